@@ -1,0 +1,27 @@
+"""CachePilot's cache engine: COMPUTE / REUSE / FORECAST per denoising step, block group and sample."""
+
+from .actions import NUM_ACTIONS, Action
+from .blocks import find_blocks, split_groups, supported_block_classes
+from .config import CacheConfig
+from .engine import CacheEngine, PolicyLike, disable_cache, enable_cache, get_engine, safe_actions
+from .layout import CfgLayout
+from .observations import Observation, build_observation, feature_names
+
+__all__ = [
+    "NUM_ACTIONS",
+    "Action",
+    "CacheConfig",
+    "CacheEngine",
+    "CfgLayout",
+    "Observation",
+    "PolicyLike",
+    "build_observation",
+    "disable_cache",
+    "enable_cache",
+    "feature_names",
+    "find_blocks",
+    "get_engine",
+    "safe_actions",
+    "split_groups",
+    "supported_block_classes",
+]

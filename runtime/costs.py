@@ -1,0 +1,59 @@
+"""FLOP costs of a transformer's blocks and of the parts that always run, measured with ``FlopCounterMode``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass
+class CostModel:
+    """Per-row FLOPs of one forward pass at one input shape.
+
+    Attributes:
+        shape: Hidden-state shape (without the batch dimension) the costs were measured at.
+        block_flops: ``(blocks,)`` FLOPs of each hooked block per batch row.
+        always_flops: FLOPs per row of everything outside the hooked blocks (embeddings, final layer).
+    """
+
+    shape: tuple[int, ...]
+    block_flops: torch.Tensor
+    always_flops: float
+
+    @property
+    def full_flops(self) -> float:
+        """FLOPs per row of an uncached forward pass."""
+        return self.always_flops + float(self.block_flops.sum())
+
+
+@dataclass
+class CostMeter:
+    """Measures a forward pass: the root opens it, each block records the FLOPs of its own call.
+
+    Attributes:
+        counter: The active flop counter.
+        rows: Batch rows of the measured pass.
+        block_flops: FLOPs each block's call used, by block index.
+    """
+
+    counter: FlopCounterMode = field(default_factory=lambda: FlopCounterMode(display=False))
+    rows: int = 1
+    block_flops: dict[int, float] = field(default_factory=dict)
+
+    def total(self) -> int:
+        """FLOPs counted so far in this pass."""
+        return self.counter.get_total_flops()
+
+    def finish(self, shape: tuple[int, ...], num_blocks: int) -> CostModel:
+        """Turns the measured pass into per-row costs."""
+        missing = sorted(set(range(num_blocks)) - set(self.block_flops))
+        if missing:
+            raise RuntimeError(
+                f"Blocks {missing} did not run in the measured forward pass: the transformer skipped hooked blocks, "
+                "so their cost is unknown."
+            )
+        blocks = torch.tensor([self.block_flops[i] for i in range(num_blocks)], dtype=torch.float64) / self.rows
+        always = max(float(self.total()) / self.rows - float(blocks.sum()), 0.0)
+        return CostModel(shape=shape, block_flops=blocks, always_flops=always)

@@ -1,0 +1,413 @@
+"""The cache engine: compute / reuse / forecast per denoising step, per block group and per sample."""
+
+from __future__ import annotations
+
+import time as wallclock
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from diffusers.hooks.hooks import HookRegistry
+from diffusers.utils.torch_utils import unwrap_module
+
+from .actions import NUM_ACTIONS, Action
+from .blocks import find_blocks, split_groups
+from .config import CacheConfig
+from .costs import CostMeter, CostModel
+from .hooks import BLOCK_HOOK, ROOT_HOOK, BlockHook, RootHook
+from .layout import batch_layout, resolve_cfg_layout
+from .observations import Observation, build_observation, feature_names, relative_l1
+from .state import ContextStateManager, GenerationState, StepDecision
+
+DEFAULT_GROUPS = 4
+
+
+@runtime_checkable
+class PolicyLike(Protocol):
+    """What the engine needs of a policy: ``act`` maps an observation to ``(samples, groups)`` actions."""
+
+    def act(self, observation: Observation) -> torch.Tensor: ...
+
+
+@dataclass
+class EngineStats:
+    """Counters since the engine was enabled or last reset."""
+
+    steps: int = 0
+    generations: int = 0
+    block_computed: torch.Tensor | None = None
+    block_total: torch.Tensor | None = None
+    spent_flops: float = 0.0
+    full_flops: float = 0.0
+    reuses: int = 0
+    forecasts: int = 0
+    fallbacks: int = 0
+    decisions: int = 0
+    decision_seconds: float = 0.0
+    action_counts: torch.Tensor = field(default_factory=lambda: torch.zeros(NUM_ACTIONS, dtype=torch.int64))
+
+
+class CacheEngine:
+    """Runs a policy's cache decisions inside any diffusers transformer, through ``diffusers.hooks``.
+
+    Create it with :func:`enable_cache`; remove it with :func:`disable_cache`.
+
+    Args:
+        transformer: The transformer to accelerate.
+        policy: Anything with ``act(observation) -> (samples, groups)`` actions (see ``policies``).
+        config: Engine options.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, policy: PolicyLike, config: CacheConfig) -> None:
+        self.transformer = transformer
+        self.policy = policy
+        self.config = config
+        self.blocks = find_blocks(transformer)
+        groups = config.groups
+        if groups is None:
+            groups = max(1, min(DEFAULT_GROUPS, len(self.blocks) - config.probe_blocks))
+        self.groups = split_groups(len(self.blocks), config.probe_blocks, groups)
+        self.order = config.forecast_order or int(getattr(policy, "forecast_order", 1) or 1)
+        self.cfg_layout = resolve_cfg_layout(config.cfg_layout, transformer)
+        self.transformer_class = type(unwrap_module(transformer)).__name__
+        self.state_manager = ContextStateManager(GenerationState)
+        self.costs: CostModel | None = None
+        self.meter: CostMeter | None = None
+        self.stats = EngineStats()
+        self._check_policy()
+
+    @property
+    def num_groups(self) -> int:
+        """Block groups a policy chooses actions for."""
+        return len(self.groups)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Names of the observation features this engine builds."""
+        return feature_names(self.num_groups)
+
+    @property
+    def budget(self) -> float | None:
+        """Target compute fraction shown to the policy."""
+        return self.config.budget
+
+    def set_budget(self, budget: float | None) -> None:
+        """Changes the target compute fraction (the speed knob) between or during generations."""
+        self.config = CacheConfig(**{**self.config.to_dict(), "budget": budget})
+
+    def reset(self) -> None:
+        """Forgets all cached residuals and statistics; the next call starts a new generation."""
+        self.state_manager.reset()
+        self.stats = EngineStats()
+
+    # -- step boundaries (called by RootHook) ---------------------------------------------------------------
+
+    def begin_step(self, state: GenerationState, time: float, hidden: torch.Tensor) -> CostMeter | None:
+        """Starts a denoising step; returns a cost meter when this pass must be measured."""
+        rows = hidden.shape[0]
+        shape = tuple(hidden.shape[1:])
+        new_generation = (
+            state.step_index == 0 or rows != state.rows or time >= state.time - 1e-9 or shape != state.shape
+        )
+        if new_generation:
+            layout = batch_layout(self.cfg_layout, self.transformer_class, rows)
+            state.start(time, rows, layout, self.num_groups, self.order + 1)
+            state.shape = shape
+            self.stats.generations += 1
+        else:
+            for group in state.groups:
+                group.since_compute += 1
+        state.previous_first_input = state.first_input
+        state.first_input = None
+        state.probe_residual = None
+        state.decision = None
+        state.step_index += 1
+        state.time = time
+        state.computed = torch.zeros(rows, len(self.blocks), dtype=torch.bool)
+        if self.costs is None or self.costs.shape != shape:
+            if not new_generation:
+                raise RuntimeError("Input shape changed within a generation.")
+            self.meter = CostMeter(rows=rows)
+            return self.meter
+        return None
+
+    def end_step(self, state: GenerationState, hidden: torch.Tensor, meter: CostMeter | None) -> None:
+        """Closes a step: turns this step's executed blocks into FLOPs and statistics."""
+        if meter is not None:
+            self.costs = meter.finish(tuple(hidden.shape[1:]), len(self.blocks))
+            self.meter = None
+        costs = self.costs
+        computed = state.computed.to(torch.float64)
+        spent = costs.always_flops + computed @ costs.block_flops
+        state.spent_flops += spent
+        state.full_flops += costs.full_flops
+        stats = self.stats
+        if stats.block_computed is None:
+            stats.block_computed = torch.zeros(len(self.blocks), dtype=torch.int64)
+            stats.block_total = torch.zeros(len(self.blocks), dtype=torch.int64)
+        stats.block_computed += state.computed.sum(0)
+        stats.block_total += state.rows
+        stats.spent_flops += float(spent.sum())
+        stats.full_flops += costs.full_flops * state.rows
+        stats.steps += 1
+
+    # -- decisions -------------------------------------------------------------------------------------------
+
+    @torch.compiler.disable
+    def decide(self, state: GenerationState) -> None:
+        """Asks the policy for this step's actions (after the probe blocks ran) and fixes them per row."""
+        if state.previous_first_input is not None and state.first_input is not None:
+            state.accumulated_input_change += relative_l1(state.first_input, state.previous_first_input)
+        observation = build_observation(state, self.budget, self.order)
+        started = wallclock.perf_counter()
+        actions = self.policy.act(observation)
+        self.stats.decision_seconds += wallclock.perf_counter() - started
+        self.stats.decisions += 1
+        actions = self._checked_actions(actions, observation)
+        self.stats.action_counts += torch.bincount(actions.flatten(), minlength=NUM_ACTIONS)
+
+        row_actions = actions[state.sample_of_row]
+        computing_any = (row_actions == Action.COMPUTE).any(dim=1)
+        if state.first_input is not None and bool(computing_any.any()):
+            if state.reference_input is None:
+                state.reference_input = torch.zeros_like(state.first_input)
+            state.reference_input[computing_any] = state.first_input[computing_any]
+            if state.probe_residual is not None:
+                if state.reference_probe is None:
+                    state.reference_probe = torch.zeros_like(state.probe_residual)
+                state.reference_probe[computing_any] = state.probe_residual[computing_any]
+            state.accumulated_input_change[computing_any] = 0.0
+
+        def rows_where(group: int, action: Action) -> torch.Tensor:
+            return torch.nonzero(row_actions[:, group] == action).flatten()
+
+        state.decision = StepDecision(
+            row_actions=row_actions,
+            compute_rows=[rows_where(g, Action.COMPUTE) for g in range(self.num_groups)],
+            reuse_rows=[rows_where(g, Action.REUSE) for g in range(self.num_groups)],
+            forecast_rows=[rows_where(g, Action.FORECAST) for g in range(self.num_groups)],
+        )
+
+    def _checked_actions(self, actions: Any, observation: Observation) -> torch.Tensor:
+        actions = torch.as_tensor(actions).to(torch.int64)
+        expected = (observation.num_samples, self.num_groups)
+        if tuple(actions.shape) != expected:
+            raise ValueError(
+                f"{type(self.policy).__name__}.act returned actions of shape {tuple(actions.shape)}; the engine needs "
+                f"{expected} (samples, groups)."
+            )
+        if bool(((actions < 0) | (actions >= NUM_ACTIONS)).any()):
+            raise ValueError(f"{type(self.policy).__name__}.act returned actions outside 0..{NUM_ACTIONS - 1}.")
+        return safe_actions(actions, observation.action_mask)
+
+    # -- cache actions (called by BlockHook) ----------------------------------------------------------------
+
+    def apply_cached(
+        self, state: GenerationState, group_index: int, hidden: torch.Tensor, encoder: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Gives REUSE and FORECAST rows their group output (input plus cached residual); the rest pass through.
+
+        Rows whose cached or forecast residual is not finite are moved to COMPUTE and counted as fallbacks.
+        """
+        decision = state.decision
+        history = state.groups[group_index].history
+        fallback: list[torch.Tensor] = []
+        for kind, rows in (
+            ("reuse", decision.reuse_rows[group_index]),
+            ("forecast", decision.forecast_rows[group_index]),
+        ):
+            if rows.numel() == 0:
+                continue
+            if kind == "reuse":
+                residual = history.latest(rows)
+            else:
+                residual = history.forecast(rows, state.time, self.order)
+            finite = torch.ones(rows.numel(), dtype=torch.bool)
+            for stream in residual:
+                if stream is not None:
+                    finite &= torch.isfinite(stream).flatten(1).all(dim=1)
+            good = rows[finite]
+            if not bool(finite.all()):
+                fallback.append(rows[~finite])
+                residual = tuple(None if r is None else r[finite] for r in residual)
+            if good.numel() == 0:
+                continue
+            hidden = hidden.index_add(0, good, residual[0].to(hidden.dtype))
+            if encoder is not None and residual[1] is not None:
+                encoder = encoder.index_add(0, good, residual[1].to(encoder.dtype))
+            if kind == "reuse":
+                self.stats.reuses += good.numel()
+            else:
+                self.stats.forecasts += good.numel()
+        if fallback:
+            moved = torch.cat(fallback)
+            self.stats.fallbacks += moved.numel()
+            decision.compute_rows[group_index] = torch.sort(torch.cat([decision.compute_rows[group_index], moved]))[0]
+        return hidden, encoder
+
+    def store_residual(
+        self,
+        state: GenerationState,
+        group_index: int,
+        rows: torch.Tensor,
+        hidden: torch.Tensor,
+        encoder: torch.Tensor | None,
+    ) -> None:
+        """Keeps the group's freshly computed residual of ``rows`` (group output minus group input)."""
+        group = state.groups[group_index]
+        input_hidden, input_encoder = group.group_input
+        residual_hidden = hidden[rows] - input_hidden[rows]
+        residual_encoder = None
+        if encoder is not None and input_encoder is not None and encoder.shape == input_encoder.shape:
+            residual_encoder = encoder[rows] - input_encoder[rows]
+        group.history.push(rows, (residual_hidden, residual_encoder), state.time)
+        group.since_compute[rows] = 0
+        if state.probe_residual is not None:
+            if group.probe_at_compute is None:
+                group.probe_at_compute = torch.zeros_like(state.probe_residual)
+            group.probe_at_compute[rows] = state.probe_residual[rows]
+        group.group_input = None
+
+    # -- reporting -------------------------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """Statistics since the engine was enabled or last reset.
+
+        Returns:
+            A dict with ``computed_fraction`` (computed block evaluations over all, probe blocks included),
+            ``flops_speedup`` (uncached FLOPs of the whole transformer over executed FLOPs), ``per_block``
+            (computed fraction of each block), ``reuses``, ``forecasts``, ``fallbacks`` (non-finite cached or
+            forecast residuals recomputed), ``steps``, ``generations``, ``decisions``,
+            ``decision_seconds`` and the ``actions`` histogram.
+        """
+        stats = self.stats
+        per_block = [0.0] * len(self.blocks)
+        computed_fraction = 1.0
+        if stats.block_total is not None:
+            per_block = (stats.block_computed.double() / stats.block_total.clamp_min(1).double()).tolist()
+            computed_fraction = float(stats.block_computed.sum()) / max(float(stats.block_total.sum()), 1.0)
+        return {
+            "computed_fraction": computed_fraction,
+            "flops_speedup": stats.full_flops / stats.spent_flops if stats.spent_flops > 0 else 1.0,
+            "per_block": per_block,
+            "reuses": stats.reuses,
+            "forecasts": stats.forecasts,
+            "fallbacks": stats.fallbacks,
+            "steps": stats.steps,
+            "generations": stats.generations,
+            "decisions": stats.decisions,
+            "decision_seconds": stats.decision_seconds,
+            "actions": {a.name.lower(): int(stats.action_counts[a]) for a in Action},
+        }
+
+    def _check_policy(self) -> None:
+        if not callable(getattr(self.policy, "act", None)):
+            raise TypeError(f"{type(self.policy).__name__} has no act(observation) method; it is not a policy.")
+        expected_groups = getattr(self.policy, "num_groups", None)
+        if expected_groups is not None and expected_groups != self.num_groups:
+            raise ValueError(
+                f"The policy chooses actions for {expected_groups} groups but the engine has {self.num_groups}: "
+                f"pass groups={expected_groups}."
+            )
+        expected_names = getattr(self.policy, "feature_names", None)
+        if expected_names is not None and tuple(expected_names) != self.feature_names:
+            raise ValueError(
+                f"The policy was trained on observation features {list(expected_names)} but this engine builds "
+                f"{list(self.feature_names)}."
+            )
+
+
+def safe_actions(actions: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    """Maps impossible actions to the nearest possible one: FORECAST -> REUSE -> COMPUTE."""
+    actions = actions.clone()
+    can_forecast = action_mask[..., Action.FORECAST]
+    can_reuse = action_mask[..., Action.REUSE]
+    actions[(actions == Action.FORECAST) & ~can_forecast] = Action.REUSE
+    actions[(actions == Action.REUSE) & ~can_reuse] = Action.COMPUTE
+    return actions
+
+
+def enable_cache(
+    transformer: torch.nn.Module,
+    policy: PolicyLike | str | Path,
+    *,
+    groups: int | Sequence[float] | None = None,
+    probe_blocks: int | None = None,
+    forecast_order: int | None = None,
+    cfg_layout: str = "auto",
+    budget: float | None = None,
+) -> CacheEngine:
+    """Hooks the cache engine into a diffusers transformer.
+
+    Args:
+        transformer: Any transformer whose blocks diffusers' ``TransformerBlockRegistry`` knows (DiT, PixArt,
+            SD3, Flux, Wan, ...), e.g. ``pipe.transformer`` of an unmodified pipeline.
+        policy: A policy object, or the path of an exported ``.safetensors`` policy.
+        groups: Block groups in relative depth (default 4, fewer on shallow models, or what an exported policy
+            was trained with).
+        probe_blocks: Always-computed front blocks (default 1, or the exported policy's).
+        forecast_order: Taylor order of FORECAST (default: the policy's).
+        cfg_layout: Order of batched CFG halves: ``"auto"``, ``"none"``, ``"cond_uncond"``, ``"uncond_cond"``.
+        budget: Target compute fraction for budget-conditioned policies (the speed knob).
+
+    Returns:
+        The engine; ``engine.summary()`` reports what was computed.
+
+    Raises:
+        ValueError: If the model has no supported blocks, the options do not fit it, or caching is already on.
+    """
+    if isinstance(policy, (str, Path)):
+        from policies.export import load_policy  # the one import of the policies package, for exported files
+
+        policy = load_policy(policy)
+    defaults = getattr(policy, "engine_options", {}) or {}
+    config = CacheConfig(
+        groups=groups if groups is not None else defaults.get("groups"),
+        probe_blocks=probe_blocks if probe_blocks is not None else defaults.get("probe_blocks", 1),
+        forecast_order=forecast_order if forecast_order is not None else defaults.get("forecast_order"),
+        cfg_layout=cfg_layout,
+        budget=budget,
+    )
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    if registry.get_hook(ROOT_HOOK) is not None:
+        raise ValueError(
+            "Caching is already enabled on this transformer: call runtime.disable_cache(transformer) first."
+        )
+    engine = CacheEngine(transformer, policy, config)
+    group_of = {block: g for g, members in enumerate(engine.groups) for block in members}
+    for index, block in enumerate(engine.blocks):
+        block_registry = HookRegistry.check_if_exists_or_initialize(block.module)
+        block_registry.register_hook(BlockHook(engine, index, block, group_of.get(index)), BLOCK_HOOK)
+    registry.register_hook(RootHook(engine), ROOT_HOOK)
+    registry.invalidate_child_registries_cache()
+    return engine
+
+
+def get_engine(transformer: torch.nn.Module) -> CacheEngine | None:
+    """The engine hooked into ``transformer``, or ``None``."""
+    registry = getattr(transformer, "_diffusers_hook", None)
+    hook = registry.get_hook(ROOT_HOOK) if registry is not None else None
+    return hook.engine if hook is not None else None
+
+
+def disable_cache(transformer: torch.nn.Module) -> None:
+    """Removes the engine's hooks and cached tensors; the transformer behaves exactly as before.
+
+    Raises:
+        ValueError: If caching is not enabled on ``transformer``.
+    """
+    engine = get_engine(transformer)
+    if engine is None:
+        raise ValueError("Caching is not enabled on this transformer; nothing to disable.")
+    engine.reset()
+    for module in [block.module for block in engine.blocks] + [transformer]:
+        registry = module._diffusers_hook
+        name = ROOT_HOOK if module is transformer else BLOCK_HOOK
+        registry.remove_hook(name, recurse=False)
+        if not registry.hooks:
+            del module._diffusers_hook
+    registry = getattr(transformer, "_diffusers_hook", None)
+    if registry is not None:
+        registry.invalidate_child_registries_cache()

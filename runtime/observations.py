@@ -1,0 +1,163 @@
+"""The observation a policy sees: one builder for the training environment and for inference alike.
+
+Features, per logical sample, in this order (``G`` = number of block groups):
+
+========================  =================================================================================  ========
+name                      meaning                                                                            range
+========================  =================================================================================  ========
+``time``                  diffusion time of this step (timestep / 1000, or sigma), 1 = pure noise            [0, 1]
+``input_change``          relative L1 change of the first block's input since the sample's last step that    [0, 4]
+                          computed any group (0 at the first step)
+``probe_change``          relative L1 change of the probe blocks' residual since that same step (0 with no   [0, 4]
+                          probe blocks)
+``compute_spent``         FLOPs the sample has used in the finished steps, as a fraction of uncached          [0, 1]
+                          (1 at the first step)
+``budget``                target compute fraction the policy is asked to meet (1 when none is set)           [0, 1]
+``since_compute_g``       for each group g: steps since it last computed, divided by 16, capped at 1          [0, 1]
+``forecast_gap_g``        for each group g: how much the probe residual changed since g last computed,        [-4, 4]
+                          minus how much g's own forecast (or, with one point, its reuse) says g changed;
+                          positive when the cache likely lags behind the model
+========================  =================================================================================  ========
+
+Relative L1 change of ``a`` from ``b`` is ``mean|a - b| / mean|b|``, computed on the sample's conditional row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .actions import NUM_ACTIONS, Action
+from .state import GenerationState
+
+GLOBAL_FEATURES = ("time", "input_change", "probe_change", "compute_spent", "budget")
+GROUP_FEATURES = ("since_compute", "forecast_gap")
+CHANGE_CAP = 4.0
+SINCE_COMPUTE_SCALE = 16.0
+
+
+def feature_names(num_groups: int) -> tuple[str, ...]:
+    """Names of the observation features for a policy over ``num_groups`` groups, in vector order."""
+    per_group = tuple(f"{name}_{g}" for name in GROUP_FEATURES for g in range(num_groups))
+    return GLOBAL_FEATURES + per_group
+
+
+@dataclass
+class Observation:
+    """What a policy is given at one denoising step, for a batch of samples.
+
+    Attributes:
+        features: ``(samples, F)`` float32 vector, laid out as :func:`feature_names` says.
+        action_mask: ``(samples, groups, 3)`` which actions are possible (``REUSE`` needs one computed step,
+            ``FORECAST`` two; the first step allows only ``COMPUTE``).
+        step_index: 0-based denoising step within the generation.
+        time: The ``time`` feature (normalised diffusion time).
+        signals: Raw statistics classic policies use: ``since_compute`` ``(samples, groups)`` int steps,
+            ``input_change``, ``probe_change``, ``accumulated_input_change`` ``(samples,)``.
+        names: Feature names.
+    """
+
+    features: torch.Tensor
+    action_mask: torch.Tensor
+    step_index: int
+    time: float
+    signals: dict[str, torch.Tensor] = field(default_factory=dict)
+    names: tuple[str, ...] = ()
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in the batch."""
+        return self.features.shape[0]
+
+    @property
+    def num_groups(self) -> int:
+        """Block groups an action is chosen for."""
+        return self.action_mask.shape[1]
+
+
+def relative_l1(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per-row ``mean|current - reference| / mean|reference|`` as float64."""
+    difference = (current - reference).abs().flatten(1).mean(1)
+    scale = reference.abs().flatten(1).mean(1).clamp_min(1e-12)
+    return (difference / scale).to(torch.float64)
+
+
+def build_observation(state: GenerationState, budget: float | None, order: int) -> Observation:
+    """Builds the observation of the current step from the generation state.
+
+    Args:
+        state: The context's state, after the probe blocks ran at this step.
+        budget: Target compute fraction, or ``None``.
+        order: The engine's forecast order (how many points a full forecast uses is ``order + 1``).
+
+    Returns:
+        The observation, one row per logical sample.
+    """
+    rows = state.signal_rows
+    samples = rows.numel()
+    num_groups = len(state.groups)
+    zeros = torch.zeros(samples, dtype=torch.float64)
+
+    first_step = state.step_index <= 1 or state.reference_input is None
+    input_change = zeros if first_step else relative_l1(state.first_input[rows], state.reference_input[rows])
+    probe_change = zeros
+    if not first_step and state.probe_residual is not None:
+        probe_change = relative_l1(state.probe_residual[rows], state.reference_probe[rows])
+    full = state.full_flops[rows]
+    spent = torch.where(full > 0, state.spent_flops[rows] / full.clamp_min(1e-12), torch.ones_like(full))
+
+    since = torch.stack([g.since_compute[rows] for g in state.groups], dim=1)
+    gaps = torch.stack([_forecast_gap(state, g, rows, order) for g in range(num_groups)], dim=1)
+
+    time = min(max(state.time / state.time_scale, 0.0), 1.0)
+    global_features = torch.stack(
+        [
+            torch.full((samples,), time, dtype=torch.float64),
+            input_change.clamp(0, CHANGE_CAP),
+            probe_change.clamp(0, CHANGE_CAP),
+            spent.clamp(0, 1),
+            torch.full((samples,), 1.0 if budget is None else float(budget), dtype=torch.float64),
+        ],
+        dim=1,
+    )
+    features = torch.cat([global_features, (since / SINCE_COMPUTE_SCALE).clamp(max=1.0), gaps], dim=1)
+
+    counts = torch.stack([g.history.counts[rows] for g in state.groups], dim=1)
+    mask = torch.zeros(samples, num_groups, NUM_ACTIONS, dtype=torch.bool)
+    mask[..., Action.COMPUTE] = True
+    mask[..., Action.REUSE] = counts >= 1
+    mask[..., Action.FORECAST] = counts >= 2
+    return Observation(
+        features=features.to(torch.float32),
+        action_mask=mask,
+        step_index=state.step_index - 1,
+        time=time,
+        signals={
+            "since_compute": since,
+            "input_change": input_change,
+            "probe_change": probe_change,
+            "accumulated_input_change": state.accumulated_input_change[rows],
+        },
+        names=feature_names(num_groups),
+    )
+
+
+def _forecast_gap(state: GenerationState, group_index: int, rows: torch.Tensor, order: int) -> torch.Tensor:
+    group = state.groups[group_index]
+    gap = torch.zeros(rows.numel(), dtype=torch.float64)
+    if state.probe_residual is None or group.probe_at_compute is None:
+        return gap
+    valid = group.history.counts[rows] >= 1
+    if not bool(valid.any()):
+        return gap
+    probe_moved = relative_l1(state.probe_residual[rows], group.probe_at_compute[rows])
+    predicted_moved = torch.zeros_like(probe_moved)
+    multi = group.history.counts[rows] >= 2
+    if bool(multi.any()):
+        forecast_rows = rows[multi]
+        forecast = group.history.forecast(forecast_rows, state.time, order)[0]
+        latest = group.history.latest(forecast_rows)[0]
+        predicted_moved[multi] = relative_l1(forecast, latest)
+    gap = torch.where(valid, probe_moved - predicted_moved, gap)
+    return gap.clamp(-CHANGE_CAP, CHANGE_CAP)

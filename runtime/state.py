@@ -1,0 +1,147 @@
+"""Per-generation cache state, one per cache context (e.g. ``"cond"`` / ``"uncond"`` passes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.hooks.hooks import BaseState, StateManager
+
+from .forecast import ResidualHistory
+from .layout import CfgLayout, sample_of_row, samples_in, signal_rows
+
+DEFAULT_CONTEXT = "default"
+
+
+@dataclass
+class StepDecision:
+    """What each group does for each row at the current step.
+
+    Attributes:
+        row_actions: ``(rows, groups)`` actions as ints.
+        compute_rows: Per group, index of the rows that compute it.
+        reuse_rows: Per group, index of the rows that reuse its residual.
+        forecast_rows: Per group, index of the rows that forecast its residual.
+    """
+
+    row_actions: torch.Tensor
+    compute_rows: list[torch.Tensor]
+    reuse_rows: list[torch.Tensor]
+    forecast_rows: list[torch.Tensor]
+
+
+@dataclass
+class GroupState:
+    """Cache state of one block group.
+
+    Attributes:
+        history: The newest computed residuals, per row.
+        since_compute: ``(rows,)`` steps since the group last computed (0 right after a compute).
+        probe_at_compute: Probe residual at the group's last compute, per row (``None`` before any).
+        group_input: The group's input at the current step, kept by its first block for its last block.
+    """
+
+    history: ResidualHistory
+    since_compute: torch.Tensor
+    probe_at_compute: torch.Tensor | None = None
+    group_input: tuple[torch.Tensor | None, ...] | None = None
+
+
+@dataclass
+class GenerationState(BaseState):
+    """Everything the engine remembers within one generation of one cache context.
+
+    Attributes:
+        step_index: Denoising steps seen in this generation (the current one included), 0 before any.
+        time: Diffusion time the transformer received at the current step.
+        time_scale: What the time is divided by to lie in [0, 1] (1000 for timesteps, 1 for sigmas).
+        rows: Batch rows; ``shape``: hidden-state shape without the batch; ``layout``: how rows pair into samples.
+        first_input: First block's input at the current step.
+        previous_first_input: First block's input at the previous step.
+        probe_residual: Output of the probe blocks minus their input at the current step.
+        reference_input / reference_probe: First-block input and probe residual at each row's last step that
+            computed any group.
+        accumulated_input_change: ``(rows,)`` sum of step-to-step relative changes of the first block's input
+            since that step (TeaCache's statistic, without its per-model polynomial).
+        spent_flops / full_flops: ``(rows,)`` FLOPs executed and FLOPs an uncached run would have executed, over
+            the finished steps of this generation.
+        groups: Per-group state.
+        decision: This step's decision, once made.
+        computed: ``(rows, blocks)`` which blocks each row computed at the current step.
+    """
+
+    step_index: int = 0
+    time: float = 0.0
+    time_scale: float = 1.0
+    rows: int = 0
+    shape: tuple[int, ...] = ()
+    layout: CfgLayout = CfgLayout.NONE
+    first_input: torch.Tensor | None = None
+    previous_first_input: torch.Tensor | None = None
+    probe_residual: torch.Tensor | None = None
+    reference_input: torch.Tensor | None = None
+    reference_probe: torch.Tensor | None = None
+    accumulated_input_change: torch.Tensor | None = None
+    spent_flops: torch.Tensor | None = None
+    full_flops: torch.Tensor | None = None
+    groups: list[GroupState] = field(default_factory=list)
+    decision: StepDecision | None = None
+    computed: torch.Tensor | None = None
+
+    def start(self, time: float, rows: int, layout: CfgLayout, num_groups: int, history_depth: int) -> None:
+        """Begins a new generation at its first step."""
+        self.reset()
+        self.time_scale = 1000.0 if time > 1.0 + 1e-6 else 1.0
+        self.rows = rows
+        self.layout = layout
+        self.accumulated_input_change = torch.zeros(rows, dtype=torch.float64)
+        self.spent_flops = torch.zeros(rows, dtype=torch.float64)
+        self.full_flops = torch.zeros(rows, dtype=torch.float64)
+        self.groups = [
+            GroupState(ResidualHistory(history_depth, rows), torch.zeros(rows, dtype=torch.int64))
+            for _ in range(num_groups)
+        ]
+
+    def reset(self) -> None:
+        """Forgets the generation (cached residuals included)."""
+        self.__init__()
+
+    @property
+    def samples(self) -> int:
+        """Logical samples in the batch."""
+        return samples_in(self.layout, self.rows)
+
+    @property
+    def sample_of_row(self) -> torch.Tensor:
+        """``(rows,)`` sample index of each row."""
+        return sample_of_row(self.layout, self.rows)
+
+    @property
+    def signal_rows(self) -> torch.Tensor:
+        """``(samples,)`` row whose statistics represent each sample."""
+        return signal_rows(self.layout, self.rows)
+
+
+class ContextStateManager(StateManager):
+    """diffusers' ``StateManager`` that also works outside ``cache_context`` (a single default context).
+
+    Transformers without ``CacheMixin`` (DiT, PixArt, SD3) are never given a context; Flux and Wan pipelines
+    run conditional and unconditional passes inside ``cache_context("cond")`` / ``("uncond")``, which keeps
+    their states apart.
+    """
+
+    def get_state(self) -> GenerationState:
+        context = self._context
+        name = DEFAULT_CONTEXT if context is None else getattr(context, "name", context)
+        if name not in self._state_cache:
+            self._state_cache[name] = self._state_cls(*self._init_args, **self._init_kwargs)
+        return self._state_cache[name]
+
+    def states(self) -> dict[str, GenerationState]:
+        """All contexts' states by context name."""
+        return dict(self._state_cache)
+
+    def reset(self, *args, **kwargs) -> None:
+        for state in self._state_cache.values():
+            state.reset()
+        self._state_cache.clear()

@@ -1,0 +1,190 @@
+"""Engine contract on a tiny DiT: identity, per-sample sub-batches, contexts, generations, fallbacks, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from diffusers.hooks.hooks import CacheContext, _set_cache_context
+
+import runtime
+from policies import FORA, AlwaysCompute, TaylorSeer
+from runtime import Action
+from tests.runtime.toy_models import ScriptedPolicy, denoise_dit, tiny_dit
+
+
+def test_always_compute_is_bit_identical_and_disable_restores() -> None:
+    model = tiny_dit()
+    reference = denoise_dit(model, [3, 7])
+    engine = runtime.enable_cache(model, AlwaysCompute())
+    assert torch.equal(denoise_dit(model, [3, 7]), reference)
+    summary = engine.summary()
+    assert summary["computed_fraction"] == 1.0 and summary["flops_speedup"] == 1.0
+    runtime.disable_cache(model)
+    assert not hasattr(model, "_diffusers_hook")
+    assert all(not hasattr(block, "_diffusers_hook") for block in model.transformer_blocks)
+    assert torch.equal(denoise_dit(model, [3, 7]), reference)
+
+
+@pytest.mark.parametrize("interval", [2, 3])
+def test_fora_computed_fraction_and_flops(interval: int) -> None:
+    model, steps, depth = tiny_dit(depth=6), 7, 6
+    engine = runtime.enable_cache(model, FORA(interval), groups=5, probe_blocks=1)
+    denoise_dit(model, [1], steps=steps)
+    summary = engine.summary()
+    computed_steps = math.ceil(steps / interval)
+    assert summary["computed_fraction"] == pytest.approx((1 + (depth - 1) * computed_steps / steps) / depth)
+    assert summary["per_block"][0] == 1.0
+    assert summary["per_block"][1:] == pytest.approx([computed_steps / steps] * (depth - 1))
+    costs = engine.costs
+    full = costs.full_flops
+    spent = costs.always_flops + costs.block_flops[0] + float(costs.block_flops[1:].sum()) * computed_steps / steps
+    assert summary["flops_speedup"] == pytest.approx(full / spent)
+    assert costs.always_flops > 0 and bool((costs.block_flops > 0).all())
+
+
+def test_per_sample_sub_batches_equal_running_each_sample_alone() -> None:
+    model = tiny_dit(depth=5)
+    labels = [2, 5, 8]
+
+    def script(step: int, sample: int, group: int) -> Action:
+        if step == 0:
+            return Action.COMPUTE
+        return Action((step + sample + group) % 3)
+
+    engine = runtime.enable_cache(model, ScriptedPolicy(script), groups=4, forecast_order=1)
+    batched = denoise_dit(model, labels, steps=5)
+    assert engine.summary()["forecasts"] > 0 and engine.summary()["reuses"] > 0
+    runtime.disable_cache(model)
+    for index, label in enumerate(labels):
+        runtime.enable_cache(model, ScriptedPolicy(script, sample_ids=[index]), groups=4, forecast_order=1)
+        alone = denoise_dit(model, [label], steps=5)
+        runtime.disable_cache(model)
+        rows = [index, index + len(labels)]  # [cond, uncond] halves of this sample
+        torch.testing.assert_close(batched[:, rows], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_cfg_halves_share_one_decision_and_observation_uses_cond_half() -> None:
+    model = tiny_dit()
+    policy = ScriptedPolicy(lambda step, sample, group: Action.COMPUTE if step % 2 == 0 else Action.REUSE)
+    engine = runtime.enable_cache(model, policy)
+    denoise_dit(model, [4, 6], steps=3)
+    assert policy.observations[0].num_samples == 2
+    assert engine.state_manager.get_state().layout is runtime.CfgLayout.COND_UNCOND
+    runtime.disable_cache(model)
+    runtime.enable_cache(model, AlwaysCompute(), cfg_layout="cond_uncond")
+    with pytest.raises(ValueError, match="cfg_layout='none'"):
+        denoise_dit(model, [4], steps=2, cfg=False)
+
+
+def test_contexts_keep_separate_state_and_new_generations_are_detected() -> None:
+    model = tiny_dit()
+    alone = denoise_dit(model, [1], steps=4)
+    engine = runtime.enable_cache(model, FORA(2))
+    cached_alone = denoise_dit(model, [1], steps=4)
+    engine.reset()
+
+    latents = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(1)).expand(2, -1, -1, -1)
+    labels = torch.tensor([1, 1000])
+    outputs: dict[str, list[torch.Tensor]] = {"cond": [], "uncond": []}
+    x = {"cond": latents.clone(), "uncond": latents.clone()}
+    with torch.no_grad():
+        for t in torch.linspace(950, 50, 4).long():
+            for name in ("cond", "uncond"):
+                _set_cache_context(model, CacheContext(name))
+                out = model(x[name], timestep=t.expand(2), class_labels=labels).sample
+                x[name] = x[name] - 0.05 * out
+                outputs[name].append(out)
+    _set_cache_context(model, None)
+    assert set(engine.state_manager.states()) == {"cond", "uncond"}
+    assert torch.equal(torch.stack(outputs["cond"]), torch.stack(outputs["uncond"]))
+    assert torch.equal(torch.stack(outputs["cond"]), cached_alone)
+    assert not torch.equal(cached_alone, alone)
+
+    engine.reset()
+    denoise_dit(model, [1], steps=4)
+    denoise_dit(model, [1], steps=4)
+    assert engine.summary()["generations"] == 2
+    assert engine.summary()["steps"] == 8
+
+
+def test_non_finite_cached_residual_falls_back_to_compute() -> None:
+    model = tiny_dit()
+    reference = denoise_dit(model, [2], steps=4)
+
+    class Poison:
+        """Reuses everything after step 0, and poisons group 1's cache of the first sample at step 2."""
+
+        forecast_order = 1
+
+        def act(self, observation: runtime.Observation) -> torch.Tensor:
+            if observation.step_index == 2:
+                history = engine.state_manager.get_state().groups[1].history
+                history.values[0][0, 0, 0, 0] = float("nan")
+            return torch.full((observation.num_samples, observation.num_groups), int(Action.REUSE))
+
+    engine = runtime.enable_cache(model, Poison())
+    out = denoise_dit(model, [2], steps=4)
+    summary = engine.summary()
+    assert summary["fallbacks"] >= 1
+    assert bool(torch.isfinite(out).all())
+    assert out.shape == reference.shape
+
+
+def test_errors_name_the_fix() -> None:
+    with pytest.raises(ValueError, match="BasicTransformerBlock"):
+        runtime.enable_cache(torch.nn.Linear(2, 2), AlwaysCompute())
+    model = tiny_dit(depth=4)
+    with pytest.raises(ValueError, match="use 1 to 3 groups"):
+        runtime.enable_cache(model, AlwaysCompute(), groups=8)
+    with pytest.raises(ValueError, match="probe_blocks"):
+        runtime.enable_cache(model, AlwaysCompute(), probe_blocks=4)
+    with pytest.raises(ValueError, match="budget"):
+        runtime.enable_cache(model, AlwaysCompute(), budget=1.5)
+    with pytest.raises(ValueError, match="cfg_layout"):
+        runtime.enable_cache(model, AlwaysCompute(), cfg_layout="cond-first")
+    runtime.enable_cache(model, AlwaysCompute())
+    with pytest.raises(ValueError, match="already enabled"):
+        runtime.enable_cache(model, AlwaysCompute())
+    runtime.disable_cache(model)
+    with pytest.raises(ValueError, match="not enabled"):
+        runtime.disable_cache(model)
+
+    class WrongShape:
+        def act(self, observation: runtime.Observation) -> torch.Tensor:
+            return torch.zeros(observation.num_samples, 1, dtype=torch.int64)
+
+    runtime.enable_cache(model, WrongShape(), groups=3)
+    with pytest.raises(ValueError, match=r"\(samples, groups\)"):
+        denoise_dit(model, [1], steps=2)
+
+
+def test_observation_vector_is_documented_and_bounded() -> None:
+    model = tiny_dit(depth=5)
+    policy = ScriptedPolicy(lambda step, sample, group: Action.COMPUTE if step % 3 == 0 else Action.FORECAST)
+    engine = runtime.enable_cache(model, policy, groups=4, budget=0.4)
+    denoise_dit(model, [1, 2], steps=6)
+    names = runtime.feature_names(4)
+    assert engine.feature_names == names and len(names) == 5 + 2 * 4
+    doc = runtime.observations.__doc__
+    assert all(f"``{name.rsplit('_', 1)[0] if name[-1].isdigit() else name}" in doc for name in names)
+    first, later = policy.observations[0], policy.observations[-1]
+    assert first.action_mask[..., Action.REUSE].sum() == 0 and first.features.shape == (2, len(names))
+    assert bool(later.action_mask[..., Action.FORECAST].all())
+    values = torch.stack([o.features for o in policy.observations])
+    assert bool(torch.isfinite(values).all())
+    assert bool((values[..., names.index("budget")] == 0.4).all())
+    assert bool((values[..., names.index("time")] <= 1).all()) and bool((values[..., :2] >= 0).all())
+    spent = values[1:, :, names.index("compute_spent")]
+    assert bool((spent < 1).any()) and bool((spent > 0).all())
+    assert bool((values[2:, :, names.index("probe_change")] > 0).all())
+
+
+def test_taylorseer_forecasts_and_reports_them() -> None:
+    model = tiny_dit()
+    engine = runtime.enable_cache(model, TaylorSeer(interval=2, order=2))
+    assert engine.order == 2
+    denoise_dit(model, [1], steps=6)
+    summary = engine.summary()
+    assert summary["forecasts"] > 0 and summary["fallbacks"] == 0
