@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time as wallclock
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -19,7 +20,7 @@ from .costs import CostMeter, CostModel
 from .hooks import BLOCK_HOOK, ROOT_HOOK, BlockHook, RootHook
 from .layout import batch_layout, resolve_cfg_layout
 from .observations import Observation, build_observation, feature_names, relative_l1
-from .state import ContextStateManager, GenerationState, StepDecision
+from .state import DEFAULT_CONTEXT, ContextStateManager, GenerationState, StepDecision
 
 DEFAULT_GROUPS = 4
 
@@ -76,6 +77,8 @@ class CacheEngine:
         self.costs: CostModel | None = None
         self.meter: CostMeter | None = None
         self.stats = EngineStats()
+        self._sample_budgets: torch.Tensor | None = None
+        self._uncached = False
         self._check_policy()
 
     @property
@@ -89,13 +92,38 @@ class CacheEngine:
         return feature_names(self.num_groups)
 
     @property
-    def budget(self) -> float | None:
-        """Target compute fraction shown to the policy."""
-        return self.config.budget
+    def budget(self) -> float | torch.Tensor | None:
+        """Target compute fraction shown to the policy: one for all samples, per sample, or ``None``."""
+        return self._sample_budgets if self._sample_budgets is not None else self.config.budget
 
-    def set_budget(self, budget: float | None) -> None:
-        """Changes the target compute fraction (the speed knob) between or during generations."""
+    def set_budget(self, budget: float | torch.Tensor | None) -> None:
+        """Changes the target compute fraction (the speed knob) between or during generations.
+
+        Args:
+            budget: A fraction in (0, 1] for every sample, a ``(samples,)`` tensor of per-sample fractions, or
+                ``None`` for no target.
+        """
+        if isinstance(budget, torch.Tensor):
+            values = budget.detach().to(torch.float64).flatten()
+            if bool(((values <= 0) | (values > 1)).any()):
+                raise ValueError(f"budget={values.tolist()}: every compute fraction must lie in (0, 1].")
+            self._sample_budgets = values
+            return
         self.config = CacheConfig(**{**self.config.to_dict(), "budget": budget})
+        self._sample_budgets = None
+
+    def current_state(self, context: str | None = None) -> GenerationState | None:
+        """The generation state of a cache context (the default one outside ``cache_context``), if any."""
+        return self.state_manager.states().get(context or DEFAULT_CONTEXT)
+
+    @contextlib.contextmanager
+    def uncached(self) -> Iterator[None]:
+        """Within this context every block computes and the policy is not asked (bit-identical to no cache)."""
+        previous, self._uncached = self._uncached, True
+        try:
+            yield
+        finally:
+            self._uncached = previous
 
     def reset(self) -> None:
         """Forgets all cached residuals and statistics; the next call starts a new generation."""
@@ -143,6 +171,8 @@ class CacheEngine:
         spent = costs.always_flops + computed @ costs.block_flops
         state.spent_flops += spent
         state.full_flops += costs.full_flops
+        state.last_step_fraction = spent / costs.full_flops
+        state.last_computed = state.computed
         stats = self.stats
         if stats.block_computed is None:
             stats.block_computed = torch.zeros(len(self.blocks), dtype=torch.int64)
@@ -161,11 +191,14 @@ class CacheEngine:
         if state.previous_first_input is not None and state.first_input is not None:
             state.accumulated_input_change += relative_l1(state.first_input, state.previous_first_input)
         observation = build_observation(state, self.budget, self.order)
-        started = wallclock.perf_counter()
-        actions = self.policy.act(observation)
-        self.stats.decision_seconds += wallclock.perf_counter() - started
-        self.stats.decisions += 1
-        actions = self._checked_actions(actions, observation)
+        if self._uncached:
+            actions = torch.zeros(observation.num_samples, self.num_groups, dtype=torch.int64)
+        else:
+            started = wallclock.perf_counter()
+            actions = self.policy.act(observation)
+            self.stats.decision_seconds += wallclock.perf_counter() - started
+            self.stats.decisions += 1
+            actions = self._checked_actions(actions, observation)
         self.stats.action_counts += torch.bincount(actions.flatten(), minlength=NUM_ACTIONS)
 
         row_actions = actions[state.sample_of_row]

@@ -83,12 +83,12 @@ def relative_l1(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return (difference / scale).to(torch.float64)
 
 
-def build_observation(state: GenerationState, budget: float | None, order: int) -> Observation:
+def build_observation(state: GenerationState, budget: float | torch.Tensor | None, order: int) -> Observation:
     """Builds the observation of the current step from the generation state.
 
     Args:
         state: The context's state, after the probe blocks ran at this step.
-        budget: Target compute fraction, or ``None``.
+        budget: Target compute fraction for all samples, ``(samples,)`` per-sample fractions, or ``None``.
         order: The engine's forecast order (how many points a full forecast uses is ``order + 1``).
 
     Returns:
@@ -117,7 +117,7 @@ def build_observation(state: GenerationState, budget: float | None, order: int) 
             input_change.clamp(0, CHANGE_CAP),
             probe_change.clamp(0, CHANGE_CAP),
             spent.clamp(0, 1),
-            torch.full((samples,), 1.0 if budget is None else float(budget), dtype=torch.float64),
+            _budget_column(budget, samples),
         ],
         dim=1,
     )
@@ -161,3 +161,11 @@ def _forecast_gap(state: GenerationState, group_index: int, rows: torch.Tensor, 
         predicted_moved[multi] = relative_l1(forecast, latest)
     gap = torch.where(valid, probe_moved - predicted_moved, gap)
     return gap.clamp(-CHANGE_CAP, CHANGE_CAP)
+
+
+def _budget_column(budget: float | torch.Tensor | None, samples: int) -> torch.Tensor:
+    if isinstance(budget, torch.Tensor):
+        if budget.numel() != samples:
+            raise ValueError(f"{budget.numel()} per-sample budgets were set for a batch of {samples} samples.")
+        return budget.to(torch.float64)
+    return torch.full((samples,), 1.0 if budget is None else float(budget), dtype=torch.float64)

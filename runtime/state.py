@@ -65,6 +65,8 @@ class GenerationState(BaseState):
             since that step (TeaCache's statistic, without its per-model polynomial).
         spent_flops / full_flops: ``(rows,)`` FLOPs executed and FLOPs an uncached run would have executed, over
             the finished steps of this generation.
+        last_step_fraction: ``(rows,)`` FLOPs of the last finished step as a fraction of an uncached step.
+        last_computed: ``(rows, blocks)`` which blocks each row computed at the last finished step.
         groups: Per-group state.
         decision: This step's decision, once made.
         computed: ``(rows, blocks)`` which blocks each row computed at the current step.
@@ -84,6 +86,8 @@ class GenerationState(BaseState):
     accumulated_input_change: torch.Tensor | None = None
     spent_flops: torch.Tensor | None = None
     full_flops: torch.Tensor | None = None
+    last_step_fraction: torch.Tensor | None = None
+    last_computed: torch.Tensor | None = None
     groups: list[GroupState] = field(default_factory=list)
     decision: StepDecision | None = None
     computed: torch.Tensor | None = None

@@ -1,0 +1,103 @@
+"""``CachePilot/CacheSchedule-v0``: learn when each part of a diffusion transformer may skip work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from .config import EnvConfig, from_dict
+from .episodes import EpisodeBatch
+from .sampling import draw_episode
+
+
+class CacheScheduleEnv(gym.Env):
+    """One denoising generation per episode; one env step per denoising step.
+
+    The environment drives an unmodified diffusers pipeline (by default the shipped ``mini-dit-digits``) with the
+    CachePilot engine hooked into its transformer; every action is executed by that engine, the same one used at
+    inference.
+
+    ## Action Space
+    ``MultiDiscrete([3] * groups)``: for each block group (relative depth, front to back) ``0`` COMPUTE,
+    ``1`` REUSE the group's cached residual, ``2`` FORECAST it by Taylor extrapolation. Impossible actions
+    (anything but COMPUTE at the first step, REUSE before the group has computed once, FORECAST before it has
+    computed twice) are masked by :meth:`action_masks` (MaskablePPO's convention, ``groups * 3`` booleans) and,
+    if sent anyway, replaced by the nearest possible one (FORECAST → REUSE → COMPUTE).
+
+    ## Observation Space
+    ``Box(5 + 2 * groups)`` float32, built by ``runtime.build_observation`` exactly as at inference:
+
+    | index | name | meaning | range |
+    |---|---|---|---|
+    | 0 | ``time`` | diffusion time of the step (timestep / 1000 or sigma), 1 = pure noise | [0, 1] |
+    | 1 | ``input_change`` | rel. L1 change of the first block's input since the last step computing a group | [0, 4] |
+    | 2 | ``probe_change`` | rel. L1 change of the probe blocks' residual since that step | [0, 4] |
+    | 3 | ``compute_spent`` | FLOPs used in the finished steps as a fraction of uncached (1 at the start) | [0, 1] |
+    | 4 | ``budget`` | target compute fraction of the episode (1 when not budget-conditioned) | [0, 1] |
+    | 5 … 4+G | ``since_compute_g`` | steps since group g computed, / 16, capped at 1 | [0, 1] |
+    | 5+G … 4+2G | ``forecast_gap_g`` | probe change since g computed minus the change g's forecast shows | [-4, 4] |
+
+    ## Rewards
+    Per step: ``-compute_cost * c_t / S`` (``c_t``: fraction of the transformer's FLOPs computed at the step, ``S``
+    steps) plus potential-based shaping ``Φ(x_{t+1}) - Φ(x_t)`` with ``Φ(x) = -shaping * rmse(x, x_ref)``, the
+    deviation of the latents from the uncached trajectory of the same condition and seed. At the last step:
+    ``-ssim_weight * (1 - SSIM) - psnr_weight * (psnr_cap - min(PSNR, psnr_cap)) / psnr_cap`` of the final image
+    against the uncached image and, when budget-conditioned, ``-overspend_penalty * max(0, fraction - budget)``.
+    An always-compute episode gets no quality penalty and exactly ``-compute_cost`` of compute cost.
+
+    ## Starting State
+    Noise from the episode's seed. The condition and seed are drawn from the training split (or ``split``), the
+    budget uniformly from ``budget_range``; ``reset(options={"condition", "seed", "budget", "split"})`` fixes them.
+    Training and evaluation conditions and seeds never overlap.
+
+    ## Episode End
+    Terminates after ``num_inference_steps`` steps; never truncated. The final ``info`` carries ``psnr``,
+    ``ssim``, ``compute_fraction``, ``flops_speedup``, ``budget``, ``condition``, ``seed`` and the images.
+
+    ## Arguments
+    - ``config``: an :class:`envs.config.EnvConfig` or a dict of its fields (model, scheduler, steps, guidance,
+      groups, probe blocks, forecast order, splits, budget range, reward coefficients).
+    - ``pipe``: an already loaded pipeline to use instead of ``config.model``.
+    - ``split``: ``"train"`` (default) or ``"eval"``, the split episodes are drawn from.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config: EnvConfig | dict | None = None, pipe: Any = None, split: str = "train") -> None:
+        super().__init__()
+        self.config = config if isinstance(config, EnvConfig) else from_dict(EnvConfig, config, prefix="env.")
+        self.split = split
+        self.episodes = EpisodeBatch(self.config, pipe)
+        self.observation_space = self.episodes.observation_space
+        self.action_space = self.episodes.action_space
+        self._done = True
+
+    @property
+    def engine(self):
+        """The cache engine hooked into the pipeline's transformer."""
+        return self.episodes.engine
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        spec = draw_episode(self.np_random, self.config, self.split, options)
+        budgets = None if spec.budget is None else [spec.budget]
+        observations = self.episodes.begin([spec.condition], [spec.seed], budgets)
+        self._done = False
+        return observations[0], {"condition": spec.condition, "seed": spec.seed, "budget": spec.budget}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self._done:
+            raise RuntimeError("The episode has ended: call reset() before step().")
+        result = self.episodes.step(np.asarray(action)[None])
+        self._done = result.done
+        info = result.infos[0] if result.done else {}
+        return result.observations[0], float(result.rewards[0]), result.done, False, info
+
+    def action_masks(self) -> np.ndarray:
+        """``groups * 3`` booleans: which actions are possible at the current step."""
+        return self.episodes.action_masks()[0]
+
+    def close(self) -> None:
+        self.episodes.close()

@@ -1,0 +1,182 @@
+"""Validated configuration of the cache-schedule environment (the ``env:`` section of a YAML config)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range; the message names the field."""
+
+
+@dataclass
+class RewardConfig:
+    """Coefficients of the reward (every one of them lives in the config).
+
+    Per step ``t`` of ``S``: ``-compute_cost * c_t / S`` with ``c_t`` the fraction of the transformer's cost
+    computed at the step, plus the shaping ``Φ(x_{t+1}) - Φ(x_t)`` with ``Φ(x) = -shaping * rmse(x, x_ref)``
+    against the uncached trajectory of the same condition and seed. At the end: ``-ssim_weight * (1 - SSIM)``,
+    ``-psnr_weight * (psnr_cap - min(PSNR, psnr_cap)) / psnr_cap`` and, with a budget,
+    ``-overspend_penalty * max(0, compute_fraction - budget)``.
+
+    Attributes:
+        compute_cost: Weight of compute spent over the episode (α).
+        shaping: Weight of the potential on the latent deviation from the reference.
+        ssim_weight: Weight of the final 1 - SSIM.
+        psnr_weight: Weight of the final PSNR shortfall below ``psnr_cap``.
+        psnr_cap: PSNR (dB) treated as perfect.
+        overspend_penalty: Weight of exceeding the episode's budget.
+        cost_model: ``"flops"``: a step's cost is its FLOPs (measured with FlopCounterMode) as a fraction of an
+            uncached step's.
+    """
+
+    compute_cost: float = 1.0
+    shaping: float = 1.0
+    ssim_weight: float = 1.0
+    psnr_weight: float = 1.0
+    psnr_cap: float = 40.0
+    overspend_penalty: float = 4.0
+    cost_model: str = "flops"
+
+    def __post_init__(self) -> None:
+        for name in ("compute_cost", "shaping", "ssim_weight", "psnr_weight", "overspend_penalty"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"reward.{name}={getattr(self, name)}: must be >= 0.")
+        if self.psnr_cap <= 0:
+            raise ConfigError(f"reward.psnr_cap={self.psnr_cap}: must be > 0 dB.")
+        if self.cost_model != "flops":
+            raise ConfigError(f"reward.cost_model={self.cost_model!r}: the supported cost model is 'flops'.")
+
+
+@dataclass
+class EnvConfig:
+    """What the environment generates and how the engine is set up.
+
+    Attributes:
+        model: A shipped model name (``mini-dit-digits``, ``mini-flow-digits``), a local folder or a hub id.
+        scheduler: ``"default"`` (the pipeline's), ``"ddim"``, ``"dpmsolver++"`` or ``"euler"``.
+        num_inference_steps: Denoising steps per episode (one env step each).
+        guidance_scale: Classifier-free guidance scale.
+        groups: Block groups (one action each per step).
+        probe_blocks: Always-computed front blocks.
+        forecast_order: Taylor order of FORECAST (1 to 3).
+        train_classes / eval_classes: Disjoint conditions for training and evaluation.
+        train_seeds / eval_seeds: Disjoint ``[start, stop)`` seed ranges.
+        budget_conditioned: Draw a target compute fraction per episode and show it to the policy.
+        budget_range: ``[low, high]`` the budget is drawn from, inside (0, 1].
+        reference_cache_dir: Folder to keep uncached reference trajectories on disk across runs, or ``None``.
+        reward: Reward coefficients.
+    """
+
+    model: str = "mini-dit-digits"
+    scheduler: str = "default"
+    num_inference_steps: int = 50
+    guidance_scale: float = 4.0
+    groups: int = 4
+    probe_blocks: int = 1
+    forecast_order: int = 2
+    train_classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6])
+    eval_classes: list[int] = field(default_factory=lambda: [7, 8, 9])
+    train_seeds: list[int] = field(default_factory=lambda: [0, 1_000_000])
+    eval_seeds: list[int] = field(default_factory=lambda: [1_000_000, 1_000_100])
+    budget_conditioned: bool = True
+    budget_range: list[float] = field(default_factory=lambda: [0.15, 0.8])
+    reference_cache_dir: str | None = None
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.reward, dict):
+            self.reward = from_dict(RewardConfig, self.reward, prefix="reward.")
+        if self.num_inference_steps < 2:
+            raise ConfigError(f"num_inference_steps={self.num_inference_steps}: use at least 2.")
+        if self.scheduler not in ("default", "ddim", "dpmsolver++", "euler"):
+            raise ConfigError(f"scheduler={self.scheduler!r}: use 'default', 'ddim', 'dpmsolver++' or 'euler'.")
+        if not 1 <= self.forecast_order <= 3:
+            raise ConfigError(f"forecast_order={self.forecast_order}: use 1, 2 or 3.")
+        if self.groups < 1 or self.probe_blocks < 0:
+            raise ConfigError(
+                f"groups={self.groups}, probe_blocks={self.probe_blocks}: need groups >= 1, probes >= 0."
+            )
+        if not self.train_classes or not self.eval_classes:
+            raise ConfigError("train_classes and eval_classes must each name at least one condition.")
+        shared = sorted(set(self.train_classes) & set(self.eval_classes))
+        if shared:
+            raise ConfigError(
+                f"train_classes and eval_classes overlap in {shared}: evaluation must use conditions never trained on."
+            )
+        for name in ("train_seeds", "eval_seeds"):
+            value = getattr(self, name)
+            if len(value) != 2 or value[0] >= value[1] or value[0] < 0:
+                raise ConfigError(f"{name}={value}: give [start, stop) with 0 <= start < stop.")
+        (a, b), (c, d) = self.train_seeds, self.eval_seeds
+        if a < d and c < b:
+            raise ConfigError(f"train_seeds={self.train_seeds} and eval_seeds={self.eval_seeds} overlap.")
+        low, high = self.budget_range
+        if not 0.0 < low <= high <= 1.0:
+            raise ConfigError(f"budget_range={self.budget_range}: need 0 < low <= high <= 1.")
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
+    """Builds a config dataclass from plain data, naming any unknown key or wrongly typed value.
+
+    Args:
+        cls: The dataclass.
+        data: Its fields as plain values (nested dataclasses as dicts).
+        prefix: Prepended to field names in errors (e.g. ``"env."``).
+
+    Raises:
+        ConfigError: Unknown key, wrong type, or a value the dataclass rejects.
+    """
+    data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]}; known: {sorted(fields)}.")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name} must be a mapping, got {type(value).__name__}.")
+            values[name] = from_dict(hint, value, prefix=f"{prefix}{name}.")
+            continue
+        values[name] = _check_type(f"{prefix}{name}", value, hint)
+    try:
+        return cls(**values)
+    except ConfigError as error:
+        raise ConfigError(f"{prefix}{error}") from None
+
+
+def _check_type(name: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(name, value, option)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name}={value!r} has the wrong type: expected {hint}.")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}={value!r} has the wrong type: expected a list.")
+        (item,) = typing.get_args(hint)
+        return [_check_type(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}={value!r} has the wrong type: expected a number.")
+        return float(value)
+    if hint in (int, bool, str):
+        if type(value) is not hint:
+            raise ConfigError(f"{name}={value!r} has the wrong type: expected {hint.__name__}.")
+        return value
+    return value

@@ -1,0 +1,225 @@
+"""A batch of episodes run as one batched generation: the core both environments share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+import runtime
+from runtime.observations import CHANGE_CAP, GLOBAL_FEATURES
+
+from .config import EnvConfig
+from .pipelines import describe, generate, prepare_pipeline
+from .references import Reference, ReferenceStore
+from .session import BridgePolicy, Decision, DenoisingSession, Finished
+
+FEATURE_BOUNDS = {
+    "time": (0.0, 1.0),
+    "input_change": (0.0, CHANGE_CAP),
+    "probe_change": (0.0, CHANGE_CAP),
+    "compute_spent": (0.0, 1.0),
+    "budget": (0.0, 1.0),
+    "since_compute": (0.0, 1.0),
+    "forecast_gap": (-CHANGE_CAP, CHANGE_CAP),
+}
+
+
+def rmse(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per-sample root-mean-square difference, float64."""
+    return (x.double() - reference.double()).pow(2).flatten(1).mean(1).sqrt()
+
+
+@dataclass
+class StepResult:
+    """What one step of a batch of episodes returns (per sample)."""
+
+    observations: np.ndarray
+    rewards: np.ndarray
+    done: bool
+    infos: list[dict[str, Any]] = field(default_factory=list)
+
+
+class EpisodeBatch:
+    """Runs ``N`` episodes (conditions, seeds, budgets) as one batched denoising run through the cache engine.
+
+    Args:
+        config: Environment configuration.
+        pipe: A loaded pipeline to use instead of loading ``config.model`` (its transformer gets the engine).
+    """
+
+    def __init__(self, config: EnvConfig, pipe: Any = None) -> None:
+        self.config = config
+        self.pipe = prepare_pipeline(pipe if pipe is not None else config.model, config.scheduler)
+        self.bridge = BridgePolicy(config.forecast_order)
+        self.engine = runtime.enable_cache(
+            self.pipe.transformer,
+            self.bridge,
+            groups=config.groups,
+            probe_blocks=config.probe_blocks,
+            forecast_order=config.forecast_order,
+        )
+        self.references = ReferenceStore(
+            self._generate_references,
+            {**describe(self.pipe), "steps": config.num_inference_steps, "guidance": config.guidance_scale},
+            config.reference_cache_dir,
+        )
+        names = self.engine.feature_names
+        low = np.array([FEATURE_BOUNDS[_base(n)][0] for n in names], dtype=np.float32)
+        high = np.array([FEATURE_BOUNDS[_base(n)][1] for n in names], dtype=np.float32)
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        self.action_space = spaces.MultiDiscrete([runtime.NUM_ACTIONS] * self.engine.num_groups)
+        self.session: DenoisingSession | None = None
+        self._decision: Decision | None = None
+        self._episode: dict[str, Any] = {}
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Observation features, in vector order."""
+        return self.engine.feature_names
+
+    def begin(self, conditions: Sequence[int], seeds: Sequence[int], budgets: Sequence[float] | None) -> np.ndarray:
+        """Starts the episodes; returns their first observations ``(N, F)``."""
+        self.abort()
+        references = self.references.get(conditions, seeds)
+        budget_tensor = None if budgets is None else torch.tensor(list(budgets), dtype=torch.float64)
+        self.engine.set_budget(budget_tensor)
+        self._episode = {
+            "conditions": list(conditions),
+            "seeds": list(seeds),
+            "budgets": None if budgets is None else list(budgets),
+            "references": references,
+            "potential": np.zeros(len(conditions)),
+            "spent": np.zeros(len(conditions)),
+            "step": 0,
+        }
+        self.session = DenoisingSession(self.bridge, self._generate_cached)
+        message = self.session.start()
+        if not isinstance(message, Decision):
+            raise RuntimeError("The pipeline finished without asking the engine for a decision.")
+        self._decision = message
+        return self.observations()
+
+    def observations(self) -> np.ndarray:
+        """The pending decision's observations ``(N, F)``."""
+        return self._decision.observation.features.numpy().astype(np.float32)
+
+    def action_masks(self) -> np.ndarray:
+        """``(N, groups * 3)`` possible actions, flattened per group as MaskablePPO expects."""
+        mask = self._decision.observation.action_mask
+        return mask.reshape(mask.shape[0], -1).numpy()
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Applies ``(N, groups)`` actions to the current denoising step and runs it."""
+        actions = torch.as_tensor(np.asarray(actions), dtype=torch.int64).reshape(-1, self.engine.num_groups)
+        observation = self._decision.observation
+        actions = runtime.safe_actions(actions.clamp(0, runtime.NUM_ACTIONS - 1), observation.action_mask)
+        message = self.session.send(actions)
+        episode, reward_config = self._episode, self.config.reward
+        step = episode["step"]
+        cost = self._last_step_cost()
+        episode["spent"] += cost
+        references: list[Reference] = episode["references"]
+        latents = self.session.latents[step]
+        reference_latents = torch.stack([r.latents[step] for r in references])
+        potential = -reward_config.shaping * rmse(latents, reference_latents).numpy()
+        rewards = -reward_config.compute_cost * cost / self.config.num_inference_steps
+        rewards = rewards + potential - episode["potential"]
+        episode["potential"] = potential
+        episode["step"] = step + 1
+        if isinstance(message, Decision):
+            self._decision = message
+            return StepResult(self.observations(), rewards.astype(np.float32), False, [{} for _ in rewards])
+        terminal, infos = self._finish(message)
+        return StepResult(self.observations(), (rewards + terminal).astype(np.float32), True, infos)
+
+    def abort(self) -> None:
+        """Abandons any unfinished episodes."""
+        if self.session is not None:
+            self.session.abort()
+            self.session = None
+
+    def close(self) -> None:
+        """Abandons episodes and removes the engine from the transformer."""
+        self.abort()
+        if runtime.get_engine(self.pipe.transformer) is self.engine:
+            runtime.disable_cache(self.pipe.transformer)
+
+    # -- internals -------------------------------------------------------------------------------------------
+
+    def _last_step_cost(self) -> np.ndarray:
+        state = self.engine.current_state()
+        per_row = state.last_step_fraction
+        per_sample = torch.zeros(state.samples, dtype=torch.float64).index_add(0, state.sample_of_row, per_row)
+        return (per_sample / (state.rows // state.samples)).numpy()
+
+    def _finish(self, message: Finished) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        from zoo.metrics import psnr, ssim
+
+        episode, reward_config = self._episode, self.config.reward
+        references: list[Reference] = episode["references"]
+        reference_images = torch.stack([r.image for r in references]).to(message.images.dtype)
+        images = message.images.clamp(0, 1)
+        psnr_values = psnr(images, reference_images).double()
+        ssim_values = ssim(images, reference_images).double()
+        capped = torch.clamp(torch.nan_to_num(psnr_values, posinf=reward_config.psnr_cap), max=reward_config.psnr_cap)
+        terminal = -reward_config.ssim_weight * (1 - ssim_values)
+        terminal = terminal - reward_config.psnr_weight * (reward_config.psnr_cap - capped) / reward_config.psnr_cap
+        fraction = episode["spent"] / self.config.num_inference_steps
+        terminal = terminal.numpy()
+        if episode["budgets"] is not None:
+            overspend = np.maximum(0.0, fraction - np.asarray(episode["budgets"]))
+            terminal = terminal - reward_config.overspend_penalty * overspend
+        infos = []
+        for i in range(len(references)):
+            infos.append(
+                {
+                    "psnr": float(psnr_values[i]),
+                    "ssim": float(ssim_values[i]),
+                    "compute_fraction": float(fraction[i]),
+                    "flops_speedup": float(1.0 / fraction[i]),
+                    "budget": None if episode["budgets"] is None else float(episode["budgets"][i]),
+                    "condition": episode["conditions"][i],
+                    "seed": episode["seeds"][i],
+                    "image": images[i],
+                    "reference_image": reference_images[i],
+                }
+            )
+        self.session = None
+        return terminal, infos
+
+    def _generate_cached(self, callback: Any) -> torch.Tensor:
+        episode = self._episode
+        return generate(
+            self.pipe,
+            episode["conditions"],
+            episode["seeds"],
+            self.config.num_inference_steps,
+            self.config.guidance_scale,
+            callback,
+        )
+
+    def _generate_references(
+        self, conditions: Sequence[int], seeds: Sequence[int]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        latents: list[torch.Tensor] = []
+
+        def record(pipe: Any, step: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict:
+            latents.append(tensors["latents"].detach().clone())
+            return {}
+
+        with torch.inference_mode(), self.engine.uncached():
+            images = generate(
+                self.pipe, conditions, seeds, self.config.num_inference_steps, self.config.guidance_scale, record
+            )
+        return latents, images
+
+
+def _base(name: str) -> str:
+    if name in GLOBAL_FEATURES:
+        return name
+    return name.rsplit("_", 1)[0]

@@ -1,0 +1,62 @@
+"""Loading the pipeline an environment denoises with, and calling it for given conditions and seeds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+from zoo import load_pipeline
+
+SCHEDULERS = {
+    "ddim": DDIMScheduler,
+    "dpmsolver++": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+}
+
+
+def prepare_pipeline(model: str | DiffusionPipeline, scheduler: str = "default") -> DiffusionPipeline:
+    """Loads ``model`` (or takes a loaded pipeline), switches its scheduler, and silences its progress bar."""
+    pipe = load_pipeline(model) if isinstance(model, str) else model
+    if scheduler != "default":
+        options = {"algorithm_type": "dpmsolver++"} if scheduler == "dpmsolver++" else {}
+        pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config, **options)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def describe(pipe: DiffusionPipeline) -> dict[str, Any]:
+    """What identifies a pipeline's trajectories: transformer and scheduler class and config."""
+    return {
+        "transformer": type(pipe.transformer).__name__,
+        "transformer_config": dict(pipe.transformer.config),
+        "scheduler": type(pipe.scheduler).__name__,
+        "scheduler_config": dict(pipe.scheduler.config),
+    }
+
+
+def generate(
+    pipe: DiffusionPipeline,
+    conditions: Sequence[int],
+    seeds: Sequence[int],
+    num_inference_steps: int,
+    guidance_scale: float,
+    callback: Callable | None = None,
+) -> torch.Tensor:
+    """Runs the unmodified class-conditional pipeline; each sample's noise comes from its own seed.
+
+    Returns:
+        Images ``(samples, C, H, W)`` in [0, 1].
+    """
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    output = pipe(
+        class_labels=list(conditions),
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        generator=generators,
+        output_type="pt",
+        callback_on_step_end=callback,
+    )
+    return output.images

@@ -1,0 +1,80 @@
+"""Uncached reference trajectories, computed once per (model, scheduler, steps, condition, seed) and kept."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+@dataclass
+class Reference:
+    """The uncached generation of one condition and seed.
+
+    Attributes:
+        latents: ``(steps, ...)`` the pipeline's latents after each denoising step.
+        image: The final image, in [0, 1].
+    """
+
+    latents: torch.Tensor
+    image: torch.Tensor
+
+
+Generate = Callable[[Sequence[int], Sequence[int]], tuple[list[torch.Tensor], torch.Tensor]]
+
+
+class ReferenceStore:
+    """Keeps reference trajectories in memory and, optionally, on disk.
+
+    Args:
+        generate: Runs the uncached pipeline for ``(conditions, seeds)``; returns the per-step latents (each
+            ``(samples, ...)``) and the images ``(samples, C, H, W)``.
+        identity: Everything that changes a trajectory besides condition and seed (model config, scheduler
+            config, steps, guidance); hashed into the disk folder name.
+        cache_dir: Folder for the on-disk copy, or ``None`` for memory only.
+    """
+
+    def __init__(self, generate: Generate, identity: dict[str, Any], cache_dir: str | Path | None = None) -> None:
+        self._generate = generate
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.folder = Path(cache_dir) / digest if cache_dir is not None else None
+        self._memory: dict[tuple[int, int], Reference] = {}
+        self.generated = 0
+
+    def get(self, conditions: Sequence[int], seeds: Sequence[int]) -> list[Reference]:
+        """References for each ``(condition, seed)``; the missing ones are generated together in one batch."""
+        keys = [(int(c), int(s)) for c, s in zip(conditions, seeds, strict=True)]
+        missing = [k for k in dict.fromkeys(keys) if k not in self._memory and not self._load(k)]
+        if missing:
+            latents, images = self._generate([c for c, _ in missing], [s for _, s in missing])
+            stacked = torch.stack(latents, dim=1)
+            for index, key in enumerate(missing):
+                reference = Reference(stacked[index].clone(), images[index].clone())
+                self._memory[key] = reference
+                self._save(key, reference)
+            self.generated += len(missing)
+        return [self._memory[k] for k in keys]
+
+    def _path(self, key: tuple[int, int]) -> Path:
+        return self.folder / f"condition{key[0]}_seed{key[1]}.safetensors"
+
+    def _load(self, key: tuple[int, int]) -> bool:
+        if self.folder is None or not self._path(key).is_file():
+            return False
+        tensors = load_file(str(self._path(key)))
+        self._memory[key] = Reference(tensors["latents"], tensors["image"])
+        return True
+
+    def _save(self, key: tuple[int, int], reference: Reference) -> None:
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temporary = self._path(key).with_suffix(".tmp")
+        save_file({"latents": reference.latents.contiguous(), "image": reference.image.contiguous()}, str(temporary))
+        temporary.replace(self._path(key))

@@ -1,0 +1,103 @@
+"""N episodes as N samples of one batched denoising run: one transformer forward serves all of them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
+
+from .config import EnvConfig, from_dict
+from .episodes import EpisodeBatch
+from .sampling import draw_episode
+
+
+class CacheScheduleVecEnv(VecEnv):
+    """Stable-Baselines3 vector environment of ``num_envs`` cache-schedule episodes run as one batch.
+
+    Every sub-environment is one sample of the same batched generation, with its own condition, seed, budget and
+    actions (the engine computes each block group only on the sub-batch that chose COMPUTE). All episodes end
+    together after ``num_inference_steps`` steps; the next batch starts at once (auto-reset), and each episode's
+    last observation is in ``info["terminal_observation"]``. Spaces, rewards and infos are those of
+    :class:`envs.CacheScheduleEnv`.
+
+    Args:
+        num_envs: Samples per batch.
+        config: An :class:`EnvConfig` or a dict of its fields.
+        pipe: An already loaded pipeline to use instead of ``config.model``.
+        split: ``"train"`` or ``"eval"``.
+        seed: Seed of the episode draws.
+    """
+
+    def __init__(
+        self,
+        num_envs: int,
+        config: EnvConfig | dict | None = None,
+        pipe: Any = None,
+        split: str = "train",
+        seed: int | None = None,
+    ) -> None:
+        self.config = config if isinstance(config, EnvConfig) else from_dict(EnvConfig, config, prefix="env.")
+        self.split = split
+        self.render_mode = None
+        self.episodes = EpisodeBatch(self.config, pipe)
+        super().__init__(num_envs, self.episodes.observation_space, self.episodes.action_space)
+        self._rng = np.random.default_rng(seed)
+        self._actions: np.ndarray | None = None
+
+    @property
+    def engine(self):
+        """The cache engine hooked into the pipeline's transformer."""
+        return self.episodes.engine
+
+    def seed(self, seed: int | None = None) -> Sequence[int | None]:
+        self._rng = np.random.default_rng(seed)
+        return [seed] * self.num_envs
+
+    def reset(self) -> np.ndarray:
+        specs = [draw_episode(self._rng, self.config, self.split, self._options[i]) for i in range(self.num_envs)]
+        budgets = None if specs[0].budget is None else [s.budget for s in specs]
+        observations = self.episodes.begin([s.condition for s in specs], [s.seed for s in specs], budgets)
+        self.reset_infos = [{"condition": s.condition, "seed": s.seed, "budget": s.budget} for s in specs]
+        return observations
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        result = self.episodes.step(self._actions)
+        observations, infos = result.observations, result.infos
+        dones = np.full(self.num_envs, result.done)
+        if result.done:
+            for info, observation in zip(infos, observations, strict=True):
+                info["terminal_observation"] = observation
+            observations = self.reset()
+        return observations, result.rewards, dones, infos
+
+    def action_masks(self) -> np.ndarray:
+        """``(num_envs, groups * 3)`` possible actions."""
+        return self.episodes.action_masks()
+
+    def close(self) -> None:
+        self.episodes.close()
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        return [getattr(self, attr_name) for _ in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        setattr(self, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
+        indices = list(self._get_indices(indices))
+        if method_name == "action_masks":
+            masks = self.action_masks()
+            return [masks[i] for i in indices]
+        result = getattr(self, method_name)(*method_args, **method_kwargs)
+        return [result for _ in indices]
+
+    def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
+        return [False for _ in self._get_indices(indices)]
+
+    def _get_indices(self, indices: VecEnvIndices) -> Iterable[int]:
+        return super()._get_indices(indices)

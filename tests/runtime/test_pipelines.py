@@ -1,0 +1,107 @@
+"""Engine contract over the four tiny pipeline families (DiT, PixArt, SD3, Flux), see ``docs/engine-api.md``.
+
+Every pipeline is called unmodified; the engine is attached to ``pipe.transformer`` and removed again.
+"""
+
+import math
+
+import pytest
+import torch
+from diffusers.hooks._helpers import TransformerBlockRegistry
+from diffusers.models.attention import BasicTransformerBlock, JointTransformerBlock
+from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
+
+STEPS = 4
+SEED = 0
+PROBE_BLOCKS = 1
+FORA_INTERVAL = 2
+
+SUPPORTED_BLOCK_NAMES = tuple(
+    cls.__name__
+    for cls in (BasicTransformerBlock, JointTransformerBlock, FluxTransformerBlock, FluxSingleTransformerBlock)
+)
+"""Block classes of the four families; an unsupported-model error should name at least one of them."""
+
+
+def _leftover_hooks(model: torch.nn.Module) -> dict[str, list[str]]:
+    """Names of the diffusers hooks still registered on ``model`` or any of its submodules, by submodule name."""
+    leftovers = {}
+    for name, module in model.named_modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None and registry.hooks:
+            leftovers[name or "<root>"] = list(registry.hooks)
+    return leftovers
+
+
+def test_runs_unhooked(tiny_pipeline, uncached_output):
+    images = tiny_pipeline.run(STEPS, SEED)
+
+    assert images.shape == tiny_pipeline.output_shape(batch_size=1)
+    assert torch.isfinite(images).all()
+    # A second, freshly built pipeline gives the same bits: the comparisons below rely on it.
+    assert torch.equal(images, uncached_output(tiny_pipeline.family, STEPS, SEED))
+
+
+def test_always_compute_is_bit_identical_and_disable_restores_the_model(tiny_pipeline, uncached_output):
+    import runtime
+    from policies import AlwaysCompute
+
+    expected = uncached_output(tiny_pipeline.family, STEPS, SEED)
+    transformer = tiny_pipeline.transformer
+
+    engine = runtime.enable_cache(transformer, AlwaysCompute(), probe_blocks=PROBE_BLOCKS)
+    try:
+        cached = tiny_pipeline.run(STEPS, SEED)
+        summary = engine.summary()
+    finally:
+        runtime.disable_cache(transformer)
+
+    assert torch.equal(cached, expected)
+    assert summary["computed_fraction"] == pytest.approx(1.0)
+
+    assert _leftover_hooks(transformer) == {}
+    for block in tiny_pipeline.blocks:
+        assert _leftover_hooks(block) == {}
+    assert torch.equal(tiny_pipeline.run(STEPS, SEED), expected)
+
+
+def test_fora_computed_fraction_matches_formula(tiny_pipeline, uncached_output):
+    import runtime
+    from policies import FORA
+
+    transformer = tiny_pipeline.transformer
+    engine = runtime.enable_cache(transformer, FORA(interval=FORA_INTERVAL), probe_blocks=PROBE_BLOCKS)
+    try:
+        images = tiny_pipeline.run(STEPS, SEED)
+        summary = engine.summary()
+    finally:
+        runtime.disable_cache(transformer)
+
+    num_blocks = tiny_pipeline.num_blocks
+    computed_steps = math.ceil(STEPS / FORA_INTERVAL)
+    expected_fraction = (PROBE_BLOCKS + (num_blocks - PROBE_BLOCKS) * computed_steps / STEPS) / num_blocks
+    assert summary["computed_fraction"] == pytest.approx(expected_fraction)
+    assert summary["flops_speedup"] > 1.0
+
+    assert images.shape == tiny_pipeline.output_shape(batch_size=1)
+    assert torch.isfinite(images).all()
+    assert not torch.equal(images, uncached_output(tiny_pipeline.family, STEPS, SEED))
+    assert _leftover_hooks(transformer) == {}
+
+
+@pytest.mark.parametrize("model_fixture", ["no_block_model", "unregistered_block_model"])
+def test_unsupported_model_raises_naming_supported_blocks(model_fixture, request):
+    import runtime
+    from policies import AlwaysCompute
+
+    model = request.getfixturevalue(model_fixture)
+    for block in getattr(model, "transformer_blocks", []):
+        with pytest.raises(ValueError):
+            TransformerBlockRegistry.get(type(block))
+
+    with pytest.raises(ValueError) as excinfo:
+        runtime.enable_cache(model, AlwaysCompute(), cfg_layout="none")
+
+    message = str(excinfo.value)
+    assert any(name in message for name in SUPPORTED_BLOCK_NAMES), message
+    assert _leftover_hooks(model) == {}
