@@ -81,7 +81,7 @@ class EnvConfig:
     forecast_order: int = 2
     train_classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6])
     eval_classes: list[int] = field(default_factory=lambda: [7, 8, 9])
-    train_seeds: list[int] = field(default_factory=lambda: [0, 1_000_000])
+    train_seeds: list[int] = field(default_factory=lambda: [0, 64])
     eval_seeds: list[int] = field(default_factory=lambda: [1_000_000, 1_000_100])
     budget_conditioned: bool = True
     budget_range: list[float] = field(default_factory=lambda: [0.15, 0.8])

@@ -190,10 +190,10 @@ class CacheEngine:
         """Asks the policy for this step's actions (after the probe blocks ran) and fixes them per row."""
         if state.previous_first_input is not None and state.first_input is not None:
             state.accumulated_input_change += relative_l1(state.first_input, state.previous_first_input)
-        observation = build_observation(state, self.budget, self.order)
         if self._uncached:
-            actions = torch.zeros(observation.num_samples, self.num_groups, dtype=torch.int64)
+            actions = torch.zeros(state.samples, self.num_groups, dtype=torch.int64)
         else:
+            observation = build_observation(state, self.budget, self.order)
             started = wallclock.perf_counter()
             actions = self.policy.act(observation)
             self.stats.decision_seconds += wallclock.perf_counter() - started

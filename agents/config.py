@@ -1,0 +1,182 @@
+"""The training configuration: YAML files plus ``--set key=value`` overrides, validated field by field."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from envs.config import ConfigError, EnvConfig, from_dict
+
+ALGORITHMS = ("ppo", "maskable_ppo")
+ACTIVATIONS = ("tanh", "relu")
+
+
+@dataclass
+class AgentConfig:
+    """The RL algorithm and its hyper-parameters.
+
+    Attributes:
+        algorithm: ``"maskable_ppo"`` (sb3-contrib, uses the environment's action masks) or ``"ppo"``.
+        total_timesteps: Environment steps (one per denoising step and sample) to train for.
+        num_envs: Samples per batched generation (sub-environments of the vector environment).
+        n_steps: Steps per sub-environment per rollout (a multiple of the episode length keeps episodes whole).
+        batch_size: PPO minibatch size.
+        n_epochs: PPO epochs per rollout.
+        learning_rate: Adam learning rate.
+        gamma: Discount (1.0: the episode is short and the reward already trades off its whole length).
+        gae_lambda: GAE λ.
+        ent_coef: Entropy bonus.
+        clip_range: PPO clip range.
+        net_arch: Hidden layer sizes of the actor and of the critic.
+        activation: ``"tanh"`` or ``"relu"``.
+        normalize_observations: Normalise observations with running statistics (exported with the policy).
+        seed: Seed of the agent and of the episode draws.
+    """
+
+    algorithm: str = "maskable_ppo"
+    total_timesteps: int = 120_000
+    num_envs: int = 16
+    n_steps: int = 50
+    batch_size: int = 400
+    n_epochs: int = 8
+    learning_rate: float = 3e-4
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    ent_coef: float = 0.01
+    clip_range: float = 0.2
+    net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    normalize_observations: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"algorithm={self.algorithm!r}: use one of {list(ALGORITHMS)}.")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation={self.activation!r}: use one of {list(ACTIVATIONS)}.")
+        for name in ("total_timesteps", "num_envs", "n_steps", "batch_size", "n_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1.")
+        if not self.net_arch or any(size < 1 for size in self.net_arch):
+            raise ConfigError(f"net_arch={self.net_arch}: give one or more positive layer sizes.")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"learning_rate={self.learning_rate}: must lie in (0, 1).")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
+            raise ConfigError(f"gamma={self.gamma}, gae_lambda={self.gae_lambda}: must lie in [0, 1].")
+
+
+@dataclass
+class EvalConfig:
+    """Periodic evaluation on the held-out split, inside an unmodified pipeline.
+
+    Attributes:
+        every_timesteps: Evaluate (and export the best policy) this often.
+        num_samples: Held-out generations per evaluation (held-out classes cycled, held-out seeds in order).
+        budgets: Budgets to evaluate a budget-conditioned policy at.
+        grid_samples: Samples in the uncached-vs-cached image grid logged to W&B.
+        overspend_weight: The score of an evaluation is the mean capped PSNR minus this weight times the mean
+            overspend (compute fraction above the budget, in percent points).
+    """
+
+    every_timesteps: int = 20_000
+    num_samples: int = 12
+    budgets: list[float] = field(default_factory=lambda: [0.25, 0.33, 0.5])
+    grid_samples: int = 6
+    overspend_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.every_timesteps < 1 or self.num_samples < 1 or self.grid_samples < 0:
+            raise ConfigError("every_timesteps and num_samples must be >= 1, grid_samples >= 0.")
+        for budget in self.budgets:
+            if not 0.0 < budget <= 1.0:
+                raise ConfigError(f"budgets: {budget} is not a compute fraction in (0, 1].")
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints for ``--resume``: written atomically, so a killed run loses at most one interval.
+
+    Attributes:
+        every_timesteps: Save this often.
+    """
+
+    every_timesteps: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.every_timesteps < 1:
+            raise ConfigError(f"every_timesteps={self.every_timesteps}: must be >= 1.")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases settings (the mode comes from ``--wandb-mode``, ``WANDB_MODE`` or the login state).
+
+    Attributes:
+        project: Project name.
+        entity: Team or user, or ``None`` for the default.
+        tags: Run tags.
+    """
+
+    project: str = "cachepilot"
+    entity: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``train_agent.py`` needs: environment, agent, evaluation, checkpoints and tracking."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain data."""
+        return asdict(self)
+
+    def sha256(self) -> str:
+        """Hash of the resolved configuration."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parses ``section.key=value`` (the value as YAML, so ``0.3``, ``true``, ``[1, 2]`` keep their types)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: write key=value, e.g. --set agent.total_timesteps=50000.")
+    key, value = text.split("=", 1)
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise ConfigError(f"--set {text!r}: the key is empty.")
+    return path, yaml.safe_load(value)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Reads a YAML config (or the defaults), applies overrides, and validates every field.
+
+    Raises:
+        ConfigError: Naming the unknown key, mistyped value or out-of-range field.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist.") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (env, agent, ...).")
+    for override in overrides or []:
+        keys, value = parse_override(override)
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {override!r}: {key} is not a section.")
+        node[keys[-1]] = value
+    return from_dict(TrainConfig, data)

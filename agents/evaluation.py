@@ -1,0 +1,132 @@
+"""Measuring a cache policy inside an unmodified pipeline: FLOP and wall-clock speedup, fidelity, class accuracy."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+import runtime
+from envs.pipelines import generate
+
+
+@dataclass
+class EvaluationPoint:
+    """A policy at one knob setting, against the uncached pipeline on the same conditions and seeds.
+
+    Attributes:
+        budget: The budget the policy was given (``None`` for policies without one).
+        flops_speedup: Uncached transformer FLOPs over executed FLOPs (engine counters).
+        wall_speedup: Median ratio of uncached to cached generation time, timed interleaved.
+        compute_fraction: Executed over uncached FLOPs (``1 / flops_speedup``).
+        psnr: Mean PSNR (dB) of the images against the uncached images (inf-free: capped at ``psnr_cap``).
+        ssim: Mean SSIM against the uncached images.
+        class_acc: Fraction of images the digits classifier assigns to the requested class (``None`` if the
+            pipeline is not a digits model).
+    """
+
+    budget: float | None
+    flops_speedup: float
+    wall_speedup: float
+    compute_fraction: float
+    psnr: float
+    ssim: float
+    class_acc: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for logging."""
+        return asdict(self)
+
+
+def timed_generation(
+    pipe: Any, conditions: Sequence[int], seeds: Sequence[int], steps: int, guidance: float
+) -> tuple[torch.Tensor, float]:
+    """Generates and returns ``(images, seconds)``."""
+    started = time.perf_counter()
+    with torch.inference_mode():
+        images = generate(pipe, conditions, seeds, steps, guidance)
+    return images, time.perf_counter() - started
+
+
+def fidelity(images: torch.Tensor, reference: torch.Tensor, psnr_cap: float = 60.0) -> tuple[float, float]:
+    """Mean PSNR (each image capped at ``psnr_cap`` dB, so identical images do not give infinity) and SSIM."""
+    from zoo.metrics import psnr, ssim
+
+    psnr_values = torch.clamp(torch.nan_to_num(psnr(images, reference), posinf=psnr_cap), max=psnr_cap)
+    return float(psnr_values.mean()), float(ssim(images, reference).mean())
+
+
+def class_accuracy(images: torch.Tensor, conditions: Sequence[int]) -> float | None:
+    """Digits-classifier accuracy on 16×16 single-channel images, or ``None`` for other images."""
+    if images.shape[1:] != (1, 16, 16):
+        return None
+    from zoo.metrics import class_accuracy as digits_accuracy
+
+    return float(digits_accuracy(images, list(conditions)))
+
+
+def evaluate_policy(
+    pipe: Any,
+    policy: Any,
+    *,
+    conditions: Sequence[int],
+    seeds: Sequence[int],
+    steps: int,
+    guidance: float,
+    budgets: Sequence[float | None] = (None,),
+    engine_options: dict[str, Any] | None = None,
+    repeats: int = 1,
+    reference: tuple[torch.Tensor, float] | None = None,
+) -> list[EvaluationPoint]:
+    """Runs ``policy`` through the engine in ``pipe`` at each budget and compares with the uncached pipeline.
+
+    Args:
+        pipe: A pipeline without a cache engine on its transformer.
+        policy: A policy object or the path of an exported policy.
+        conditions / seeds: One generation per pair, all in one batch.
+        steps / guidance: Sampling settings.
+        budgets: Budgets to evaluate at (``None``: the policy's own behaviour).
+        engine_options: ``groups``, ``probe_blocks``, ``forecast_order`` for ``runtime.enable_cache``.
+        repeats: Timed repetitions; the wall speedup is the median of interleaved uncached/cached pairs.
+        reference: Already computed uncached ``(images, seconds)`` for these settings (its images are the
+            fidelity reference; the timing is always taken afresh, interleaved with the cached runs).
+
+    Returns:
+        One point per budget.
+    """
+    engine_options = dict(engine_options or {})
+    if reference is None:
+        timed_generation(pipe, conditions[:1], seeds[:1], 2, guidance)  # warm-up
+        reference = timed_generation(pipe, conditions, seeds, steps, guidance)
+    reference_images = reference[0]
+    points = []
+    for budget in budgets:
+        ratios, images, summary = [], None, {}
+        for _ in range(repeats):
+            _, uncached_seconds = timed_generation(pipe, conditions, seeds, steps, guidance)
+            engine = runtime.enable_cache(pipe.transformer, policy, budget=budget, **engine_options)
+            try:
+                timed_generation(pipe, conditions, seeds, 2, guidance)  # measures FLOPs, outside the timing
+                engine.reset()
+                images, cached_seconds = timed_generation(pipe, conditions, seeds, steps, guidance)
+                summary = engine.summary()
+            finally:
+                runtime.disable_cache(pipe.transformer)
+            ratios.append(uncached_seconds / cached_seconds)
+        psnr_value, ssim_value = fidelity(images, reference_images)
+        points.append(
+            EvaluationPoint(
+                budget=budget,
+                flops_speedup=summary["flops_speedup"],
+                wall_speedup=statistics.median(ratios),
+                compute_fraction=1.0 / summary["flops_speedup"],
+                psnr=psnr_value,
+                ssim=ssim_value,
+                class_acc=class_accuracy(images, conditions),
+            )
+        )
+    return points

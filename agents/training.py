@@ -1,0 +1,355 @@
+"""Training a cache policy with Stable-Baselines3 on the batched cache-schedule environment."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from sb3_contrib import MaskablePPO
+from stable_baselines3 import PPO
+from stable_baselines3.common.logger import CSVOutputFormat, Logger
+from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
+
+import runtime
+from envs import CacheScheduleVecEnv
+from envs.pipelines import prepare_pipeline
+from policies import LearnedPolicy, export_policy, export_schedule
+from policies.learned import from_sb3, schedule_from_actions
+
+from .callbacks import CheckpointCallback, EvaluationCallback, ProgressBarCallback
+from .checkpoints import MODEL_FILE, NORMALIZATION_FILE, atomic_write, read_state
+from .config import TrainConfig
+from .evaluation import EvaluationPoint, evaluate_policy, timed_generation
+from .plots import image_grid, pareto_plot
+from .tracking import WandbOutputFormat, start_run
+
+CONFIG_FILE = "config.yaml"
+POLICY_FILE = "policy.safetensors"
+SCHEDULE_FILE = "schedule.safetensors"
+CHECKPOINTS = "checkpoints"
+ALGORITHMS = {"ppo": PPO, "maskable_ppo": MaskablePPO}
+ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run produced.
+
+    Attributes:
+        run_dir: The run's folder.
+        policy_path: The exported best policy.
+        schedule_path: Its static step × group schedule.
+        points: The held-out evaluation of the exported policy, one point per budget.
+        num_timesteps: Environment steps trained.
+    """
+
+    run_dir: Path
+    policy_path: Path | None
+    schedule_path: Path | None
+    points: list[EvaluationPoint] = field(default_factory=list)
+    num_timesteps: int = 0
+
+
+class Trainer:
+    """Trains, evaluates on held-out conditions and seeds, checkpoints, exports and tracks one run.
+
+    Args:
+        config: The resolved configuration.
+        run_dir: Folder of the run (config, checkpoints, policy, W&B files).
+        wandb_mode: ``"online"``, ``"offline"``, ``"disabled"`` or ``None`` (automatic).
+        resume: Continue from the last checkpoint in ``run_dir`` and the same W&B run.
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: Path, wandb_mode: str | None = None, resume: bool = False):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.wandb_mode = wandb_mode
+        self.resume = resume
+        self.state: dict[str, Any] = {"best_score": None, "evaluations": 0, "wandb_run_id": None}
+        self.history: list[tuple[int, list[EvaluationPoint]]] = []
+        self.best_points: list[EvaluationPoint] = []
+
+    # -- the run ---------------------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        """Trains to ``agent.total_timesteps`` (continuing from a checkpoint on resume) and exports the policy."""
+        config, agent = self.config, self.config.agent
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints = self.run_dir / CHECKPOINTS
+        if self.resume:
+            saved = read_state(checkpoints)
+            if saved is None:
+                raise FileNotFoundError(f"{checkpoints} holds no complete checkpoint to resume from.")
+            self.state.update(saved)
+        else:
+            text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+            atomic_write(self.run_dir / CONFIG_FILE, lambda p: Path(p).write_text(text))
+
+        self.wandb = start_run(
+            project=config.wandb.project,
+            entity=config.wandb.entity,
+            tags=config.wandb.tags,
+            config=config.to_dict(),
+            mode=self.wandb_mode,
+            out_dir=self.run_dir,
+            job_type="train",
+            run_id=self.state.get("wandb_run_id"),
+        )
+        self.state["wandb_run_id"] = self.wandb.id
+
+        torch.manual_seed(agent.seed)
+        self.vec_env = CacheScheduleVecEnv(agent.num_envs, config.env, seed=agent.seed)
+        env = VecMonitor(self.vec_env)
+        if agent.normalize_observations:
+            if self.resume and (checkpoints / NORMALIZATION_FILE).is_file():
+                env = VecNormalize.load(str(checkpoints / NORMALIZATION_FILE), env)
+            else:
+                env = VecNormalize(env, norm_obs=True, norm_reward=False, clip_obs=10.0, gamma=agent.gamma)
+        self.model = self._build_model(env, checkpoints if self.resume else None)
+        self.model.set_logger(
+            Logger(
+                str(self.run_dir), [CSVOutputFormat(str(self.run_dir / "progress.csv")), WandbOutputFormat(self.wandb)]
+            )
+        )
+
+        self.eval_pipe = prepare_pipeline(config.env.model, config.env.scheduler)
+        self.eval_conditions, self.eval_seeds = self._evaluation_split()
+        timed_generation(self.eval_pipe, self.eval_conditions[:1], self.eval_seeds[:1], 2, config.env.guidance_scale)
+        self.reference = timed_generation(
+            self.eval_pipe,
+            self.eval_conditions,
+            self.eval_seeds,
+            config.env.num_inference_steps,
+            config.env.guidance_scale,
+        )
+
+        remaining = agent.total_timesteps - self.model.num_timesteps
+        callbacks = [
+            ProgressBarCallback(agent.total_timesteps),
+            CheckpointCallback(checkpoints, config.checkpoint.every_timesteps, lambda: dict(self.state)),
+            EvaluationCallback(config.eval.every_timesteps, self.evaluate),
+        ]
+        if remaining > 0:
+            self.model.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=not self.resume)
+        if not self.history or self.history[-1][0] != self.model.num_timesteps:
+            self.evaluate(self.model)
+            callbacks[1].model = self.model
+            callbacks[1].save()
+        result = self._finish()
+        self.vec_env.close()
+        return result
+
+    def _build_model(self, env: Any, checkpoint: Path | None) -> Any:
+        agent = self.config.agent
+        algorithm = ALGORITHMS[agent.algorithm]
+        if checkpoint is not None:
+            return algorithm.load(str(checkpoint / MODEL_FILE), env=env, device="cpu")
+        return algorithm(
+            "MlpPolicy",
+            env,
+            learning_rate=agent.learning_rate,
+            n_steps=agent.n_steps,
+            batch_size=agent.batch_size,
+            n_epochs=agent.n_epochs,
+            gamma=agent.gamma,
+            gae_lambda=agent.gae_lambda,
+            ent_coef=agent.ent_coef,
+            clip_range=agent.clip_range,
+            policy_kwargs={
+                "net_arch": {"pi": list(agent.net_arch), "vf": list(agent.net_arch)},
+                "activation_fn": ACTIVATIONS[agent.activation],
+            },
+            seed=agent.seed,
+            device="cpu",
+            verbose=0,
+        )
+
+    # -- evaluation and export -------------------------------------------------------------------------------
+
+    def learned_policy(self, model: Any) -> LearnedPolicy:
+        """The current actor as a plain-torch policy (what gets exported)."""
+        env_config = self.config.env
+        return from_sb3(
+            model,
+            model.get_vec_normalize_env(),
+            feature_names=self.vec_env.engine.feature_names,
+            engine_options=self.engine_options,
+            budget_conditioned=env_config.budget_conditioned,
+            model_family=env_config.model,
+            scheduler=type(self.eval_pipe.scheduler).__name__,
+            training_config=self.config.to_dict(),
+        )
+
+    @property
+    def engine_options(self) -> dict[str, Any]:
+        """Engine options of the training environment."""
+        env_config = self.config.env
+        return {
+            "groups": env_config.groups,
+            "probe_blocks": env_config.probe_blocks,
+            "forecast_order": env_config.forecast_order,
+        }
+
+    @property
+    def budgets(self) -> list[float | None]:
+        """Budgets the policy is evaluated at."""
+        return list(self.config.eval.budgets) if self.config.env.budget_conditioned else [None]
+
+    def evaluate(self, model: Any) -> None:
+        """Evaluates the current policy on the held-out split, logs it, and exports it when it is the best so far."""
+        env_config = self.config.env
+        policy = self.learned_policy(model)
+        points = evaluate_policy(
+            self.eval_pipe,
+            policy,
+            conditions=self.eval_conditions,
+            seeds=self.eval_seeds,
+            steps=env_config.num_inference_steps,
+            guidance=env_config.guidance_scale,
+            budgets=self.budgets,
+            engine_options=self.engine_options,
+            reference=self.reference,
+        )
+        step = int(model.num_timesteps)
+        self.history.append((step, points))
+        score = self._score(points)
+        metrics: dict[str, Any] = {"eval/score": score, "global_step": step}
+        for point in points:
+            prefix = "eval" if point.budget is None else f"eval/budget_{point.budget:g}"
+            for key, value in point.to_dict().items():
+                if key != "budget" and value is not None:
+                    metrics[f"{prefix}/{key}"] = value
+        self.state["evaluations"] = self.state.get("evaluations", 0) + 1
+        best = self.state.get("best_score")
+        if best is None or score > best:
+            self.state["best_score"] = score
+            self.state["best_timesteps"] = step
+            self.best_points = points
+            self._export(policy)
+        metrics["eval/best_score"] = self.state["best_score"]
+        metrics.update(self._figures(policy, points))
+        self.wandb.log(metrics)
+
+    def _score(self, points: list[EvaluationPoint]) -> float:
+        psnr = float(np.mean([p.psnr for p in points]))
+        overspend = [max(0.0, p.compute_fraction - p.budget) for p in points if p.budget is not None]
+        return psnr - self.config.eval.overspend_weight * 100.0 * float(np.mean(overspend) if overspend else 0.0)
+
+    def _export(self, policy: LearnedPolicy) -> None:
+        export_policy(self.run_dir / POLICY_FILE, policy)
+        budget = self.budgets[len(self.budgets) // 2]
+        schedule = record_schedule(
+            self.eval_pipe, policy, budget, self.eval_conditions, self.eval_seeds, self.config, self.engine_options
+        )
+        export_schedule(
+            self.run_dir / SCHEDULE_FILE,
+            schedule,
+            engine_options=self.engine_options,
+            model_family=self.config.env.model,
+            scheduler=type(self.eval_pipe.scheduler).__name__,
+            training_config=self.config.to_dict(),
+        )
+        summary = {"timesteps": self.state.get("best_timesteps"), "points": [p.to_dict() for p in self.best_points]}
+        atomic_write(self.run_dir / "policy-eval.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
+
+    def _figures(self, policy: LearnedPolicy, points: list[EvaluationPoint]) -> dict[str, Any]:
+        if self.wandb.disabled:
+            return {}
+        import wandb
+
+        series: dict[str, list[tuple[float, float]]] = {}
+        for step, step_points in self.history:
+            series[f"{step} steps"] = [(p.flops_speedup, p.psnr) for p in step_points]
+        figures = {"eval/pareto": wandb.Image(pareto_plot(series, "held-out PSNR vs FLOP speedup"))}
+        count = self.config.eval.grid_samples
+        if count:
+            env_config = self.config.env
+            conditions, seeds = self.eval_conditions[:count], self.eval_seeds[:count]
+            rows, labels = [self.reference[0][:count]], ["uncached"]
+            for point in points:
+                runtime.enable_cache(self.eval_pipe.transformer, policy, budget=point.budget, **self.engine_options)
+                try:
+                    images, _ = timed_generation(
+                        self.eval_pipe, conditions, seeds, env_config.num_inference_steps, env_config.guidance_scale
+                    )
+                finally:
+                    runtime.disable_cache(self.eval_pipe.transformer)
+                rows.append(images)
+                labels.append(f"budget {point.budget}\n{point.flops_speedup:.1f}x" if point.budget else "cached")
+            figures["eval/samples"] = wandb.Image(image_grid(rows, labels, [f"class {c}" for c in conditions]))
+        return figures
+
+    def _evaluation_split(self) -> tuple[list[int], list[int]]:
+        env_config, count = self.config.env, self.config.eval.num_samples
+        classes = env_config.eval_classes
+        start, stop = env_config.eval_seeds
+        if count > stop - start:
+            raise ValueError(f"eval.num_samples={count} exceeds the {stop - start} held-out seeds of env.eval_seeds.")
+        return [classes[i % len(classes)] for i in range(count)], [start + i for i in range(count)]
+
+    def _finish(self) -> TrainResult:
+        import wandb
+
+        policy_path = self.run_dir / POLICY_FILE
+        schedule_path = self.run_dir / SCHEDULE_FILE
+        if policy_path.is_file() and not self.wandb.disabled:
+            artifact = wandb.Artifact(
+                "policy-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", self.config.env.model).strip("_"),
+                type="policy",
+                metadata={"best_score": self.state.get("best_score"), "timesteps": self.state.get("best_timesteps")},
+            )
+            artifact.add_file(str(policy_path))
+            if schedule_path.is_file():
+                artifact.add_file(str(schedule_path))
+            self.wandb.log_artifact(artifact)
+        if not self.best_points:
+            saved = self.run_dir / "policy-eval.json"
+            if saved.is_file():
+                self.best_points = [EvaluationPoint(**p) for p in json.loads(saved.read_text())["points"]]
+        self.wandb.summary.update({f"best/{k}": v for k, v in self.state.items() if isinstance(v, (int, float))})
+        self.wandb.finish()
+        return TrainResult(
+            run_dir=self.run_dir,
+            policy_path=policy_path if policy_path.is_file() else None,
+            schedule_path=schedule_path if schedule_path.is_file() else None,
+            points=self.best_points,
+            num_timesteps=int(self.model.num_timesteps),
+        )
+
+
+class _Recorder:
+    """Wraps a policy and keeps the actions it takes, per step."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+        self.actions: list[torch.Tensor] = []
+
+    def act(self, observation: Any) -> torch.Tensor:
+        actions = torch.as_tensor(self.policy.act(observation))
+        self.actions.append(actions)
+        return actions
+
+
+def record_schedule(
+    pipe: Any,
+    policy: Any,
+    budget: float | None,
+    conditions: list[int],
+    seeds: list[int],
+    config: TrainConfig,
+    engine_options: dict[str, Any],
+) -> torch.Tensor:
+    """The policy's deterministic decisions on the given samples, reduced to one static ``(steps, groups)`` table."""
+    recorder = _Recorder(policy)
+    runtime.enable_cache(pipe.transformer, recorder, budget=budget, **engine_options)
+    try:
+        timed_generation(pipe, conditions, seeds, config.env.num_inference_steps, config.env.guidance_scale)
+    finally:
+        runtime.disable_cache(pipe.transformer)
+    return schedule_from_actions(recorder.actions)

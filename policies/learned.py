@@ -1,0 +1,540 @@
+"""Policies loaded from exported files: a trained MLP actor (:class:`LearnedPolicy`) and a fixed per-step schedule.
+
+The actor mirrors what Stable-Baselines3's ``MlpPolicy`` computes for a ``MultiDiscrete([3] * groups)`` action space,
+in plain torch: optional ``VecNormalize`` observation normalisation, the ``net_arch`` hidden layers with their
+activation, and the action head whose ``3 * groups`` logits are consecutive chunks of 3 per group. The deterministic
+action of a group is the argmax of its chunk after impossible actions are set to ``-inf`` (MaskablePPO's
+convention).
+
+:class:`StaticSchedulePolicy` plays the same actions for every sample, chosen by step index only, so a compiled
+transformer sees one fixed sequence of cache decisions.
+
+:func:`from_sb3` builds a :class:`LearnedPolicy` from a trained Stable-Baselines3 model (importing SB3 only then);
+``policies.export`` writes and reads both policies as ``.safetensors`` files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from runtime import NUM_ACTIONS, Action, Observation
+from runtime import feature_names as runtime_feature_names
+from runtime.config import MAX_FORECAST_ORDER
+
+from .base import Policy
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+}
+"""Hidden-layer activations an exported actor may use, by the name the manifest gives them (default arguments)."""
+
+ENGINE_OPTION_KEYS = ("groups", "probe_blocks", "forecast_order")
+"""Keys of a policy's ``engine_options``."""
+
+
+@dataclass
+class ObservationNormalization:
+    """Observation normalisation as ``VecNormalize`` applies it: ``clip((x - mean) / sqrt(var + epsilon), ±clip)``.
+
+    Computed in float64 (as ``VecNormalize``'s running statistics are) and returned as float32.
+
+    Attributes:
+        mean: ``(F,)`` running mean of each feature.
+        var: ``(F,)`` running variance of each feature.
+        clip: Normalised values are clipped to ``[-clip, clip]``.
+        epsilon: Added to the variance before the square root.
+    """
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    clip: float = 10.0
+    epsilon: float = 1e-8
+
+    def __post_init__(self) -> None:
+        self.mean = torch.as_tensor(self.mean, dtype=torch.float64).detach().cpu()
+        self.var = torch.as_tensor(self.var, dtype=torch.float64).detach().cpu()
+        if self.mean.ndim != 1 or self.mean.shape != self.var.shape:
+            raise ValueError(
+                f"Normalisation mean {tuple(self.mean.shape)} and var {tuple(self.var.shape)} must both have shape "
+                "(F,), one entry per feature."
+            )
+        if not bool(torch.isfinite(self.mean).all() and torch.isfinite(self.var).all()) or bool((self.var < 0).any()):
+            raise ValueError("Normalisation mean and var must be finite, and var >= 0.")
+        if not _is_number(self.clip) or not math.isfinite(self.clip) or self.clip <= 0:
+            raise ValueError(f"Normalisation clip={self.clip!r}: give a finite number > 0.")
+        if not _is_number(self.epsilon) or not math.isfinite(self.epsilon) or self.epsilon < 0:
+            raise ValueError(f"Normalisation epsilon={self.epsilon!r}: give a finite number >= 0.")
+        self.clip, self.epsilon = float(self.clip), float(self.epsilon)
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        """Normalises ``(samples, F)`` features; returns float32."""
+        scaled = (features.to(torch.float64) - self.mean) / torch.sqrt(self.var + self.epsilon)
+        return scaled.clamp(-self.clip, self.clip).to(torch.float32)
+
+
+class LearnedPolicy(Policy):
+    """A trained MLP actor choosing COMPUTE / REUSE / FORECAST per sample and block group.
+
+    Build it with ``policies.export.from_sb3`` from a trained model, or load it with ``policies.load_policy``.
+
+    Args:
+        hidden: The hidden ``Linear`` layers, input side first (may be empty).
+        action_head: ``Linear`` layer giving ``3 * num_groups`` logits.
+        activation: Activation after every hidden layer (a name of :data:`ACTIVATIONS`), or one name per layer.
+        feature_names: Names of the observation features, in the order the first layer reads them.
+        engine_options: ``groups``, ``probe_blocks`` and ``forecast_order`` the policy was trained with.
+        normalization: Observation normalisation, or ``None`` for raw features.
+        budget_conditioned: Whether the policy was trained to follow the ``budget`` feature.
+        manifest: Provenance (``model_family``, ``scheduler``, ``training_config_sha256``, ``created_with``, ...).
+
+    Raises:
+        ValueError: If the layers do not chain, or do not fit the features, the groups or the engine options.
+    """
+
+    def __init__(
+        self,
+        hidden: Sequence[nn.Linear],
+        action_head: nn.Linear,
+        *,
+        activation: str | Sequence[str] = "tanh",
+        feature_names: Sequence[str],
+        engine_options: Mapping[str, Any],
+        normalization: ObservationNormalization | None = None,
+        budget_conditioned: bool = False,
+        manifest: Mapping[str, Any] | None = None,
+    ) -> None:
+        activations = [activation] * len(hidden) if isinstance(activation, str) else list(activation)
+        if len(activations) != len(hidden):
+            raise ValueError(f"Got {len(activations)} activations for {len(hidden)} hidden layers.")
+        unknown = [a for a in activations if a not in ACTIVATIONS]
+        if unknown:
+            raise ValueError(f"Unknown activation(s) {unknown}; supported: {sorted(ACTIVATIONS)}.")
+        layers = [*hidden, action_head]
+        if not all(isinstance(layer, nn.Linear) and layer.bias is not None for layer in layers):
+            raise ValueError("Every layer of the actor must be a torch.nn.Linear with a bias.")
+        self.feature_names = tuple(str(name) for name in feature_names)
+        if len(set(self.feature_names)) != len(self.feature_names):
+            raise ValueError(f"feature_names {list(self.feature_names)} repeat a name.")
+        self.num_groups, remainder = divmod(int(action_head.out_features), NUM_ACTIONS)
+        if remainder or self.num_groups < 1:
+            raise ValueError(
+                f"The action head gives {action_head.out_features} logits; it must give {NUM_ACTIONS} per group."
+            )
+        check_architecture(
+            [(f"hidden.{i}", layer.in_features, layer.out_features) for i, layer in enumerate(hidden)]
+            + [("action_head", action_head.in_features, action_head.out_features)],
+            num_features=len(self.feature_names),
+            num_groups=self.num_groups,
+        )
+        if normalization is not None and normalization.mean.numel() != len(self.feature_names):
+            raise ValueError(
+                f"Normalisation statistics cover {normalization.mean.numel()} features; the policy reads "
+                f"{len(self.feature_names)}."
+            )
+        self.engine_options = check_engine_options(engine_options, self.num_groups)
+        self.forecast_order = self.engine_options["forecast_order"]
+        self.normalization = normalization
+        self.budget_conditioned = bool(budget_conditioned)
+        self.activations = tuple(activations)
+        modules: list[nn.Module] = []
+        for layer, name in zip(hidden, activations, strict=True):
+            modules += [_copy_linear(layer), ACTIVATIONS[name]()]
+        self.network = nn.Sequential(*modules, _copy_linear(action_head)).eval().requires_grad_(False)
+        self.manifest = dict(manifest or {})
+
+    @property
+    def hidden(self) -> list[nn.Linear]:
+        """The hidden layers, input side first."""
+        return [module for module in self.network[:-1] if isinstance(module, nn.Linear)]
+
+    @property
+    def action_head(self) -> nn.Linear:
+        """The layer giving the ``3 * num_groups`` logits."""
+        return self.network[-1]
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """``(samples, groups, 3)`` action logits of raw (unnormalised) ``(samples, F)`` features."""
+        if features.ndim != 2 or features.shape[1] != len(self.feature_names):
+            raise ValueError(
+                f"Features of shape {tuple(features.shape)}: the policy reads (samples, {len(self.feature_names)})."
+            )
+        inputs = self.normalization(features) if self.normalization is not None else features.to(torch.float32)
+        return self.network(inputs).view(features.shape[0], self.num_groups, NUM_ACTIONS)
+
+    def act(self, observation: Observation) -> torch.Tensor:
+        """Deterministic actions: per sample and group, the possible action of highest logit."""
+        if observation.names and tuple(observation.names) != self.feature_names:
+            raise ValueError(
+                f"The observation has features {list(observation.names)}; the policy was trained on "
+                f"{list(self.feature_names)}."
+            )
+        return self._act(observation.features, observation.action_mask)
+
+    def act_numpy(self, features: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+        """Deterministic actions without an :class:`~runtime.Observation`, like SB3's ``predict(obs, True)``.
+
+        Args:
+            features: ``(samples, F)`` raw features, or one ``(F,)`` vector.
+            masks: ``(samples, groups, 3)`` (or SB3's flat ``(samples, 3 * groups)``) possible actions, or ``None``
+                when every action is possible.
+
+        Returns:
+            ``(samples, groups)`` int64 actions, or ``(groups,)`` for a single feature vector.
+        """
+        array = np.asarray(features)
+        batch = torch.as_tensor(np.atleast_2d(array))
+        mask = None
+        if masks is not None:
+            mask = torch.as_tensor(np.asarray(masks, dtype=bool)).reshape(batch.shape[0], self.num_groups, NUM_ACTIONS)
+        actions = self._act(batch, mask).numpy()
+        return actions[0] if array.ndim == 1 else actions
+
+    def _act(self, features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        with torch.no_grad():
+            logits = self.logits(features)
+        if mask is not None:
+            if tuple(mask.shape) != tuple(logits.shape):
+                raise ValueError(f"Action mask of shape {tuple(mask.shape)}; expected {tuple(logits.shape)}.")
+            logits = logits.masked_fill(~mask.to(torch.bool), -math.inf)
+        return logits.argmax(dim=-1).to(torch.int64)
+
+    def __repr__(self) -> str:
+        sizes = [layer.out_features for layer in self.hidden]
+        return (
+            f"LearnedPolicy(features={len(self.feature_names)}, hidden={sizes}, activations={list(self.activations)}, "
+            f"groups={self.num_groups}, normalized={self.normalization is not None}, "
+            f"budget_conditioned={self.budget_conditioned}, engine_options={self.engine_options})"
+        )
+
+
+class StaticSchedulePolicy(Policy):
+    """A fixed ``(steps, groups)`` action table, played by step index for every sample.
+
+    Steps beyond the table repeat its last row. Impossible actions are mapped by the engine as usual.
+
+    Args:
+        schedule: ``(steps, groups)`` integer actions (values of :class:`runtime.Action`).
+        engine_options: ``groups``, ``probe_blocks`` and ``forecast_order``; by default ``num_groups`` equal groups,
+            one probe block and order 1.
+        manifest: Provenance, as for :class:`LearnedPolicy`.
+
+    Raises:
+        ValueError: If the table is not 2-D, is empty, or holds values other than 0, 1 and 2.
+    """
+
+    def __init__(
+        self,
+        schedule: torch.Tensor | np.ndarray | Sequence[Sequence[int]],
+        *,
+        engine_options: Mapping[str, Any] | None = None,
+        manifest: Mapping[str, Any] | None = None,
+    ) -> None:
+        table = torch.as_tensor(np.asarray(schedule))
+        if table.ndim != 2 or table.numel() == 0:
+            raise ValueError(f"A schedule is a non-empty (steps, groups) table; got shape {tuple(table.shape)}.")
+        if table.is_floating_point() or table.dtype == torch.bool or table.is_complex():
+            raise ValueError(f"A schedule holds integer actions; got dtype {table.dtype}.")
+        if bool(((table < 0) | (table >= NUM_ACTIONS)).any()):
+            raise ValueError(f"A schedule's actions must lie in 0..{NUM_ACTIONS - 1} (COMPUTE, REUSE, FORECAST).")
+        self.schedule = table.to(torch.int64).clone()
+        self.num_groups = int(table.shape[1])
+        self.feature_names = None
+        options = engine_options if engine_options is not None else default_engine_options(self.num_groups)
+        self.engine_options = check_engine_options(options, self.num_groups)
+        self.forecast_order = self.engine_options["forecast_order"]
+        self.manifest = dict(manifest or {})
+
+    @property
+    def num_steps(self) -> int:
+        """Rows of the table."""
+        return int(self.schedule.shape[0])
+
+    def act(self, observation: Observation) -> torch.Tensor:
+        """The table's row for this step (the last row beyond its end), for every sample."""
+        if observation.num_groups != self.num_groups:
+            raise ValueError(f"The observation has {observation.num_groups} groups; the schedule {self.num_groups}.")
+        step = min(max(int(observation.step_index), 0), self.num_steps - 1)
+        return self.schedule[step].expand(observation.num_samples, self.num_groups).clone()
+
+    def __repr__(self) -> str:
+        return f"StaticSchedulePolicy(steps={self.num_steps}, groups={self.num_groups}, {self.engine_options})"
+
+
+def schedule_from_actions(actions_per_step: Sequence[torch.Tensor | np.ndarray]) -> torch.Tensor:
+    """Turns the actions a policy took into a static schedule: per step and group, the most frequent action.
+
+    Ties go to the cheaper-to-trust action (COMPUTE before REUSE before FORECAST).
+
+    Args:
+        actions_per_step: For each step, ``(samples, groups)`` actions (any number of samples per step).
+
+    Returns:
+        ``(steps, groups)`` int64 schedule.
+
+    Raises:
+        ValueError: If there are no steps, a step has no samples, or the steps disagree on the number of groups.
+    """
+    if len(actions_per_step) == 0:
+        raise ValueError("schedule_from_actions needs the actions of at least one step.")
+    rows = []
+    for step, actions in enumerate(actions_per_step):
+        table = torch.as_tensor(np.asarray(actions)).to(torch.int64)
+        if table.ndim != 2 or table.shape[0] == 0:
+            raise ValueError(f"Step {step}: actions of shape {tuple(table.shape)}; expected (samples >= 1, groups).")
+        if rows and table.shape[1] != rows[0].shape[0]:
+            raise ValueError(f"Step {step} has {table.shape[1]} groups; step 0 has {rows[0].shape[0]}.")
+        if bool(((table < 0) | (table >= NUM_ACTIONS)).any()):
+            raise ValueError(f"Step {step}: actions must lie in 0..{NUM_ACTIONS - 1}.")
+        counts = torch.stack([(table == int(action)).sum(0) for action in Action], dim=1)
+        rows.append(counts.argmax(dim=1))  # argmax returns the first maximum: the lowest action wins ties
+    return torch.stack(rows)
+
+
+def from_sb3(
+    model: Any,
+    vec_normalize: Any | None = None,
+    *,
+    feature_names: Sequence[str] | None = None,
+    engine_options: Mapping[str, Any] | None = None,
+    budget_conditioned: bool = False,
+    model_family: str | None = None,
+    scheduler: str | None = None,
+    training_config: Mapping[str, Any] | str | bytes | None = None,
+) -> LearnedPolicy:
+    """Extracts the actor of a trained SB3 ``PPO`` / ``A2C`` or sb3-contrib ``MaskablePPO`` with ``MlpPolicy``.
+
+    The model must observe a flat ``Box(F,)`` (SB3's default ``FlattenExtractor``, shared or not) and act in
+    ``MultiDiscrete([3] * groups)``. The actor is ``policy.mlp_extractor.policy_net`` then ``policy.action_net``.
+
+    Args:
+        model: The trained model.
+        vec_normalize: The ``VecNormalize`` wrapper it was trained in, whose observation statistics, ``clip_obs``
+            and ``epsilon`` the policy applies; ``None`` if observations were not normalised.
+        feature_names: Observation feature names (default: ``runtime.feature_names(groups)``).
+        engine_options: ``groups``, ``probe_blocks`` and ``forecast_order`` used in training (default: ``groups``
+            equal groups, one probe block, order 1).
+        budget_conditioned: Whether training varied the ``budget`` feature.
+        model_family: Model family it was trained on, e.g. ``"dit"``.
+        scheduler: Noise scheduler class it was trained with.
+        training_config: The training config, hashed into the manifest.
+
+    Returns:
+        The policy, ready for ``policies.export_policy`` or ``runtime.enable_cache``.
+
+    Raises:
+        ValueError: If the model's spaces, features extractor or networks are not supported, naming what to change.
+    """
+    import gymnasium
+    import stable_baselines3
+    from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    policy, algorithm = getattr(model, "policy", model), type(model).__name__
+    if not all(hasattr(policy, name) for name in ("mlp_extractor", "action_net", "features_extractor")):
+        raise ValueError(
+            f"{algorithm} is not supported: from_sb3 reads actor-critic MlpPolicy models (PPO, A2C, MaskablePPO)."
+        )
+    if hasattr(policy, "lstm_actor"):
+        raise ValueError(f"{algorithm} is recurrent; exported policies are feed-forward: train PPO or MaskablePPO.")
+    observation_space, action_space = policy.observation_space, policy.action_space
+    if not isinstance(observation_space, gymnasium.spaces.Box) or len(observation_space.shape) != 1:
+        raise ValueError(
+            f"Observation space {observation_space} is not supported: a policy reads a flat Box(F,) "
+            "feature vector (no Dict, image or multi-dimensional observations)."
+        )
+    nvec = np.asarray(getattr(action_space, "nvec", []))
+    if not isinstance(action_space, gymnasium.spaces.MultiDiscrete) or nvec.ndim != 1 or not (nvec == 3).all():
+        raise ValueError(
+            f"Action space {action_space} is not supported: use MultiDiscrete([3] * groups), one "
+            "COMPUTE / REUSE / FORECAST choice per block group."
+        )
+    extractor = getattr(policy, "pi_features_extractor", policy.features_extractor)
+    if type(extractor) is not FlattenExtractor:
+        raise ValueError(
+            f"Features extractor {type(extractor).__name__} is not supported: train with "
+            "'MlpPolicy' and the default FlattenExtractor."
+        )
+    if not isinstance(policy.mlp_extractor, MlpExtractor) or not isinstance(policy.action_net, nn.Linear):
+        raise ValueError(f"{algorithm}'s policy is not the standard MlpExtractor + Linear action_net of 'MlpPolicy'.")
+    hidden, activations = _split_policy_net(policy.mlp_extractor.policy_net)
+    num_groups = len(nvec)
+    if vec_normalize is None and isinstance(getattr(model, "get_env", lambda: None)(), VecNormalize):
+        raise ValueError(
+            "The model's environment is a VecNormalize: pass it as vec_normalize= so that the policy "
+            "normalises observations as in training."
+        )
+    normalization = None
+    if vec_normalize is not None and getattr(vec_normalize, "norm_obs", True):
+        statistics = vec_normalize.obs_rms
+        if isinstance(statistics, dict):
+            raise ValueError("vec_normalize holds per-key (Dict) statistics; a policy reads one flat Box(F,).")
+        normalization = ObservationNormalization(
+            statistics.mean, statistics.var, vec_normalize.clip_obs, vec_normalize.epsilon
+        )
+    created_with = {"stable-baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__}
+    if type(model).__module__.startswith("sb3_contrib"):
+        created_with["sb3-contrib"] = importlib.metadata.version("sb3-contrib")
+    return LearnedPolicy(
+        hidden,
+        policy.action_net,
+        activation=activations,
+        feature_names=feature_names if feature_names is not None else runtime_feature_names(num_groups),
+        engine_options=engine_options if engine_options is not None else default_engine_options(num_groups),
+        normalization=normalization,
+        budget_conditioned=budget_conditioned,
+        manifest={
+            "algorithm": algorithm,
+            "model_family": model_family,
+            "scheduler": scheduler,
+            "training_config_sha256": training_config_sha256(training_config),
+            "created_with": created_with,
+        },
+    )
+
+
+def default_engine_options(num_groups: int) -> dict[str, Any]:
+    """Engine options of ``num_groups`` equal-depth groups, one probe block and first-order forecasts."""
+    return {"groups": num_groups, "probe_blocks": 1, "forecast_order": 1}
+
+
+def training_config_sha256(config: Mapping[str, Any] | str | bytes | None) -> str | None:
+    """SHA-256 of a training config: of the canonical JSON of a mapping or dataclass, else of its text or bytes."""
+    if config is None:
+        return None
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    if isinstance(config, Mapping):
+        config = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    if isinstance(config, str):
+        config = config.encode("utf-8")
+    if not isinstance(config, bytes):
+        raise TypeError(f"training_config must be a mapping, a dataclass, text or bytes; got {type(config).__name__}.")
+    return hashlib.sha256(config).hexdigest()
+
+
+def check_engine_options(options: Mapping[str, Any], num_groups: int) -> dict[str, Any]:
+    """Validates a policy's engine options against its number of groups.
+
+    Args:
+        options: ``groups`` (a count, or the increasing depth fractions in (0, 1) where groups end),
+            ``probe_blocks`` and ``forecast_order``.
+        num_groups: Groups the policy chooses actions for.
+
+    Returns:
+        The options as plain JSON values (``groups`` as an int or a list of floats).
+
+    Raises:
+        ValueError: Naming the missing, unknown or bad option.
+    """
+    if not isinstance(options, Mapping):
+        raise ValueError(f"engine_options must be a mapping with keys {list(ENGINE_OPTION_KEYS)}; got {options!r}.")
+    missing = [key for key in ENGINE_OPTION_KEYS if key not in options]
+    unknown = sorted(set(options) - set(ENGINE_OPTION_KEYS))
+    if missing or unknown:
+        raise ValueError(
+            f"engine_options: missing {missing}, unknown {unknown}; give exactly {list(ENGINE_OPTION_KEYS)}."
+        )
+    groups, probe_blocks, order = options["groups"], options["probe_blocks"], options["forecast_order"]
+    if _is_int(groups):
+        if groups != num_groups:
+            raise ValueError(f"engine_options groups={groups} but the policy acts on {num_groups} groups.")
+    elif isinstance(groups, Sequence) and not isinstance(groups, str) and all(_is_number(f) for f in groups):
+        groups = [float(f) for f in groups]
+        if any(not 0.0 < f < 1.0 for f in groups) or groups != sorted(set(groups)):
+            raise ValueError(f"engine_options groups={groups}: depth fractions must increase strictly inside (0, 1).")
+        if len(groups) + 1 != num_groups:
+            raise ValueError(
+                f"engine_options groups={groups} makes {len(groups) + 1} groups but the policy acts on {num_groups}."
+            )
+    else:
+        raise ValueError(f"engine_options groups={groups!r}: give a number of groups or a list of depth fractions.")
+    if not _is_int(probe_blocks) or probe_blocks < 0:
+        raise ValueError(f"engine_options probe_blocks={probe_blocks!r}: give a whole number >= 0.")
+    if not _is_int(order) or not 1 <= order <= MAX_FORECAST_ORDER:
+        raise ValueError(f"engine_options forecast_order={order!r}: use 1 to {MAX_FORECAST_ORDER}.")
+    return {
+        "groups": groups if isinstance(groups, list) else int(groups),
+        "probe_blocks": int(probe_blocks),
+        "forecast_order": int(order),
+    }
+
+
+def check_architecture(layers: Sequence[tuple[str, int, int]], num_features: int, num_groups: int) -> None:
+    """Checks that ``(name, in_features, out_features)`` layers chain from the features to ``3 * num_groups`` logits.
+
+    Raises:
+        ValueError: Naming the layer whose size does not fit.
+    """
+    if not layers:
+        raise ValueError("The actor has no layers; it needs at least the action head.")
+    first_name, first_in, _ = layers[0]
+    if first_in != num_features:
+        raise ValueError(
+            f"Observation size mismatch: {num_features} feature_names but the first layer {first_name!r} takes "
+            f"{first_in} inputs."
+        )
+    for (previous, _, given), (name, taken, _) in zip(layers, layers[1:], strict=False):
+        if taken != given:
+            raise ValueError(
+                f"Layer {name!r} takes {taken} inputs but the layer before it, {previous!r}, gives {given}."
+            )
+    head_name, _, logits = layers[-1]
+    if not _is_int(num_groups) or num_groups < 1 or logits != NUM_ACTIONS * num_groups:
+        raise ValueError(
+            f"Action head size mismatch: {head_name!r} gives {logits} logits but {num_groups} groups need "
+            f"{NUM_ACTIONS} per group ({NUM_ACTIONS} * {num_groups})."
+        )
+
+
+def _split_policy_net(net: nn.Module) -> tuple[list[nn.Linear], list[str]]:
+    """Splits SB3's ``policy_net`` (``Linear, activation, ...``) into its layers and activation names."""
+    modules = list(net) if isinstance(net, nn.Sequential) else [net]
+    hidden, activations = modules[0::2], modules[1::2]
+    names = []
+    for module in activations:
+        name = next((n for n, kind in ACTIVATIONS.items() if type(module) is kind), None)
+        defaults = ACTIVATIONS[name]() if name is not None else None
+        same = defaults is not None and all(
+            getattr(module, a, None) == getattr(defaults, a, None) for a in ("alpha", "negative_slope", "approximate")
+        )
+        if not same:
+            raise ValueError(
+                f"Activation {module} is not supported: use one of {sorted(ACTIVATIONS)} (default "
+                "arguments) as activation_fn."
+            )
+        names.append(name)
+    if len(hidden) != len(names) or not all(isinstance(layer, nn.Linear) for layer in hidden):
+        raise ValueError(f"policy_net {net} is not a stack of Linear layers each followed by an activation.")
+    return hidden, names
+
+
+def _copy_linear(layer: nn.Linear) -> nn.Linear:
+    copy = nn.Linear(int(layer.in_features), int(layer.out_features), bias=True)
+    with torch.no_grad():
+        copy.weight.copy_(layer.weight.detach().to("cpu", torch.float32))
+        copy.bias.copy_(layer.bias.detach().to("cpu", torch.float32))
+    return copy
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
