@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from agents.config import ConfigError, load_config
+from agents.config import ConfigError, load_config  # noqa: F401 (load_config is part of the CLI module API)
 from agents.training import CONFIG_FILE, Trainer
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"

@@ -65,7 +65,7 @@ class CheckpointCallback(BaseCallback):
 
 
 class EvaluationCallback(BaseCallback):
-    """Runs ``evaluate(model)`` every ``every_timesteps`` steps (after a rollout) and at the end of training."""
+    """Runs ``evaluate(model)`` every ``every_timesteps`` steps, after the policy update that follows a rollout."""
 
     def __init__(self, every_timesteps: int, evaluate: Callable[[Any], None]) -> None:
         super().__init__()
@@ -79,7 +79,7 @@ class EvaluationCallback(BaseCallback):
     def _on_step(self) -> bool:
         return True
 
-    def _on_rollout_end(self) -> None:
+    def _on_rollout_start(self) -> None:
         if self.model.num_timesteps - self._last >= self.every_timesteps:
             self._last = self.model.num_timesteps
             self.evaluate(self.model)

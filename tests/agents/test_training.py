@@ -1,0 +1,120 @@
+"""End to end: train_agent.py trains, logs to W&B offline, exports a policy acting like the SB3 model, resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DiTTransformer2DModel
+from sb3_contrib import MaskablePPO
+from stable_baselines3.common.vec_env import VecNormalize
+
+import train_agent
+from agents.checkpoints import NORMALIZATION_FILE, read_state
+from envs import CacheScheduleVecEnv
+from policies import LearnedPolicy, load_policy
+from tests.agents.wandb_records import read_offline_run
+from zoo.pipelines import MiniDiTPipeline
+
+TINY = [
+    "env.num_inference_steps=5",
+    "env.groups=2",
+    "agent.num_envs=4",
+    "agent.n_steps=10",
+    "agent.batch_size=20",
+    "agent.n_epochs=2",
+    "eval.every_timesteps=200",
+    "eval.num_samples=4",
+    "eval.grid_samples=2",
+    "checkpoint.every_timesteps=40",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=1,
+        out_channels=1,
+        num_layers=5,
+        sample_size=16,
+        patch_size=4,
+        num_embeds_ada_norm=10,
+        norm_type="ada_norm_zero",
+    )
+    folder = tmp_path_factory.mktemp("tiny-dit")
+    MiniDiTPipeline(
+        transformer=transformer, scheduler=DDIMScheduler(beta_schedule="squaredcos_cap_v2")
+    ).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    overrides = [f"env.model={tiny_model}", "agent.total_timesteps=200", *TINY]
+    argv = [item for override in overrides for item in ("--set", override)]
+    assert train_agent.main([*argv, "--wandb-mode", "offline", "--out", str(run_dir)]) == 0
+    return run_dir
+
+
+def test_training_exports_a_policy_and_logs_to_wandb(trained_run: Path) -> None:
+    policy = load_policy(trained_run / "policy.safetensors")
+    assert isinstance(policy, LearnedPolicy)
+    assert policy.budget_conditioned and policy.num_groups == 2
+    assert policy.engine_options["groups"] == 2 and policy.engine_options["forecast_order"] == 2
+    assert (trained_run / "schedule.safetensors").is_file()
+
+    logged = read_offline_run(trained_run / "wandb")
+    assert {"env", "agent", "eval", "checkpoint", "wandb"} <= logged.config_keys
+    for key in ("eval/score", "eval/budget_0.25/psnr", "eval/budget_0.5/flops_speedup", "train/value_loss"):
+        assert key in logged.history_keys, key
+    assert "rollout/ep_rew_mean" in logged.history_keys
+    assert any(k.startswith("eval/samples") for k in logged.history_keys)
+    assert any(k.startswith("eval/pareto") for k in logged.history_keys)
+    assert any(kind == "policy" for _, kind in logged.artifacts)
+    images = list((trained_run / "wandb").rglob("media/images/eval/*.png"))
+    assert len(images) >= 2
+
+
+def test_exported_policy_acts_like_the_sb3_model(trained_run: Path, tiny_model: Path) -> None:
+    checkpoint = trained_run / "checkpoints"
+    config = train_agent.load_config(trained_run / "config.yaml")
+    venv = CacheScheduleVecEnv(4, config.env, pipe=MiniDiTPipeline.from_pretrained(tiny_model), seed=1)
+    normalize = VecNormalize.load(str(checkpoint / NORMALIZATION_FILE), venv)
+    normalize.training = False
+    model = MaskablePPO.load(str(checkpoint / "model.zip"), device="cpu")
+    policy = load_policy(trained_run / "policy.safetensors")
+
+    rng = np.random.default_rng(0)
+    low, high = venv.observation_space.low, venv.observation_space.high
+    observations = rng.uniform(low, high, size=(100, len(low))).astype(np.float32)
+    masks = np.ones((100, 2 * 3), dtype=bool)
+    masks[::3, 2::3] = False  # no FORECAST in some rows
+    expected, _ = model.predict(normalize.normalize_obs(observations), deterministic=True, action_masks=masks)
+    np.testing.assert_array_equal(policy.act_numpy(observations, masks), expected)
+    venv.close()
+
+
+def test_resume_continues_the_same_run(trained_run: Path) -> None:
+    before = read_state(trained_run / "checkpoints")
+    assert before["num_timesteps"] == 200
+    assert train_agent.main(["--resume", str(trained_run), "--set", "agent.total_timesteps=280"]) == 0
+    after = read_state(trained_run / "checkpoints")
+    assert after["num_timesteps"] >= 280
+    assert after["wandb_run_id"] == before["wandb_run_id"]
+    assert read_offline_run(trained_run / "wandb").run_ids == {before["wandb_run_id"]}
+    assert after["evaluations"] == before["evaluations"] + 1
+
+
+def test_config_errors_name_the_field(capsys: pytest.CaptureFixture) -> None:
+    assert train_agent.main(["--set", "agent.learning_rat=0.1"]) == 2
+    assert "agent.learning_rat" in capsys.readouterr().err
+    assert train_agent.main(["--set", "env.budget_range=[0.5, 1.5]"]) == 2
+    assert "budget_range" in capsys.readouterr().err
+    assert train_agent.main(["--set", "agent.n_steps=ten"]) == 2
+    assert "agent.n_steps" in capsys.readouterr().err
