@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ class EvaluationPoint:
         ssim: Mean SSIM against the uncached images.
         class_acc: Fraction of images the digits classifier assigns to the requested class (``None`` if the
             pipeline is not a digits model).
+        images: The cached images (not part of :meth:`to_dict`).
     """
 
     budget: float | None
@@ -36,10 +37,13 @@ class EvaluationPoint:
     psnr: float
     ssim: float
     class_acc: float | None
+    images: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values for logging."""
-        return asdict(self)
+        """Plain values for logging (without the images)."""
+        data = asdict(self)
+        data.pop("images")
+        return data
 
 
 def timed_generation(
@@ -127,6 +131,7 @@ def evaluate_policy(
                 psnr=psnr_value,
                 ssim=ssim_value,
                 class_acc=class_accuracy(images, conditions),
+                images=images,
             )
         )
     return points

@@ -193,7 +193,7 @@ class CacheEngine:
         if self._uncached:
             actions = torch.zeros(state.samples, self.num_groups, dtype=torch.int64)
         else:
-            observation = build_observation(state, self.budget, self.order)
+            observation = build_observation(state, self.budget)
             started = wallclock.perf_counter()
             actions = self.policy.act(observation)
             self.stats.decision_seconds += wallclock.perf_counter() - started

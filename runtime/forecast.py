@@ -50,6 +50,9 @@ class ResidualHistory:
     Args:
         depth: How many computed steps to keep (forecast order + 1).
         batch: Rows in the batch.
+
+    Attributes:
+        last_change: ``(batch,)`` relative L1 change between the two newest residuals of the hidden stream.
     """
 
     def __init__(self, depth: int, batch: int) -> None:
@@ -58,6 +61,7 @@ class ResidualHistory:
         self.values: list[torch.Tensor | None] | None = None
         self.times = torch.zeros(depth, batch, dtype=torch.float64)
         self.counts = torch.zeros(batch, dtype=torch.int64)
+        self.last_change = torch.zeros(batch, dtype=torch.float64)
 
     def push(self, rows: torch.Tensor, residual: tuple[torch.Tensor | None, ...], time: float) -> None:
         """Stores a newly computed residual for ``rows`` (an index tensor into the batch)."""
@@ -65,6 +69,14 @@ class ResidualHistory:
             self.values = [
                 None if r is None else r.new_zeros((self.depth, self.batch, *r.shape[1:])) for r in residual
             ]
+        first = self.values[0]
+        if first is not None and self.depth > 1:
+            previous = first[0, rows].flatten(1)
+            current = residual[0].to(first.dtype).flatten(1)
+            change = (current - previous).abs().mean(1) / current.abs().mean(1).clamp_min(1e-12)
+            self.last_change[rows] = torch.where(
+                self.counts[rows] >= 1, change.double(), torch.zeros_like(change.double())
+            )
         for buffer, value in zip(self.values, residual, strict=True):
             if buffer is None or value is None:
                 continue

@@ -15,7 +15,7 @@ name                      meaning                                               
 ``budget``                target compute fraction the policy is asked to meet (1 when none is set)           [0, 1]
 ``since_compute_g``       for each group g: steps since it last computed, divided by 16, capped at 1          [0, 1]
 ``forecast_gap_g``        for each group g: how much the probe residual changed since g last computed,        [-4, 4]
-                          minus how much g's own forecast (or, with one point, its reuse) says g changed;
+                          minus how much g's first-order forecast says g changed (0 for a reuse);
                           positive when the cache likely lags behind the model
 ========================  =================================================================================  ========
 
@@ -83,13 +83,12 @@ def relative_l1(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return (difference / scale).to(torch.float64)
 
 
-def build_observation(state: GenerationState, budget: float | torch.Tensor | None, order: int) -> Observation:
+def build_observation(state: GenerationState, budget: float | torch.Tensor | None) -> Observation:
     """Builds the observation of the current step from the generation state.
 
     Args:
         state: The context's state, after the probe blocks ran at this step.
         budget: Target compute fraction for all samples, ``(samples,)`` per-sample fractions, or ``None``.
-        order: The engine's forecast order (how many points a full forecast uses is ``order + 1``).
 
     Returns:
         The observation, one row per logical sample.
@@ -108,7 +107,7 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
     spent = torch.where(full > 0, state.spent_flops[rows] / full.clamp_min(1e-12), torch.ones_like(full))
 
     since = torch.stack([g.since_compute[rows] for g in state.groups], dim=1)
-    gaps = torch.stack([_forecast_gap(state, g, rows, order) for g in range(num_groups)], dim=1)
+    gaps = torch.stack([_forecast_gap(state, g, rows) for g in range(num_groups)], dim=1)
 
     time = min(max(state.time / state.time_scale, 0.0), 1.0)
     global_features = torch.stack(
@@ -143,22 +142,25 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
     )
 
 
-def _forecast_gap(state: GenerationState, group_index: int, rows: torch.Tensor, order: int) -> torch.Tensor:
+def _forecast_gap(state: GenerationState, group_index: int, rows: torch.Tensor) -> torch.Tensor:
+    """Probe change since the group's last compute minus the change its first-order forecast extrapolates.
+
+    The forecast's change is ``|t - t0| / |t0 - t1| * relL1(R0, R1)`` (exact for order 1): a ratio of scalars kept
+    when the residuals were stored, so no tensor is forecast just to build the observation.
+    """
     group = state.groups[group_index]
     gap = torch.zeros(rows.numel(), dtype=torch.float64)
     if state.probe_residual is None or group.probe_at_compute is None:
         return gap
-    valid = group.history.counts[rows] >= 1
+    history = group.history
+    valid = history.counts[rows] >= 1
     if not bool(valid.any()):
         return gap
     probe_moved = relative_l1(state.probe_residual[rows], group.probe_at_compute[rows])
-    predicted_moved = torch.zeros_like(probe_moved)
-    multi = group.history.counts[rows] >= 2
-    if bool(multi.any()):
-        forecast_rows = rows[multi]
-        forecast = group.history.forecast(forecast_rows, state.time, order)[0]
-        latest = group.history.latest(forecast_rows)[0]
-        predicted_moved[multi] = relative_l1(forecast, latest)
+    times = history.times[:, rows]
+    span = (times[0] - times[1]).abs().clamp_min(1e-12) if history.depth > 1 else torch.ones_like(times[0])
+    predicted_moved = (state.time - times[0]).abs() / span * history.last_change[rows]
+    predicted_moved = torch.where(history.counts[rows] >= 2, predicted_moved, torch.zeros_like(predicted_moved))
     gap = torch.where(valid, probe_moved - predicted_moved, gap)
     return gap.clamp(-CHANGE_CAP, CHANGE_CAP)
 
