@@ -39,7 +39,12 @@ def save_checkpoint(folder: Path, model: BaseAlgorithm, normalization: VecNormal
 
 
 def read_state(folder: Path) -> dict[str, Any] | None:
-    """The state of the last complete checkpoint in ``folder``, or ``None``."""
+    """The state of the last complete checkpoint in ``folder``, or ``None``.
+
+    Temporary files a killed run left behind (never the checkpoint itself) are removed.
+    """
+    for leftover in folder.glob(".*-*"):
+        leftover.unlink(missing_ok=True)
     path = folder / STATE_FILE
     if not path.is_file():
         return None

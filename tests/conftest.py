@@ -536,3 +536,6 @@ def no_block_model() -> NoBlockModel:
     """A small model without any recognised transformer block list."""
     torch.manual_seed(0)
     return NoBlockModel().eval()
+
+
+from tests.digits_fixtures import tiny_digits_dir  # noqa: E402, F401 (a shared fixture)

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from diffusers import DDIMScheduler, DiTTransformer2DModel
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -33,30 +31,9 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=1,
-        out_channels=1,
-        num_layers=5,
-        sample_size=16,
-        patch_size=4,
-        num_embeds_ada_norm=10,
-        norm_type="ada_norm_zero",
-    )
-    folder = tmp_path_factory.mktemp("tiny-dit")
-    MiniDiTPipeline(
-        transformer=transformer, scheduler=DDIMScheduler(beta_schedule="squaredcos_cap_v2")
-    ).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_run(tiny_digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
-    overrides = [f"env.model={tiny_model}", "agent.total_timesteps=200", *TINY]
+    overrides = [f"env.model={tiny_digits_dir}", "agent.total_timesteps=200", *TINY]
     argv = [item for override in overrides for item in ("--set", override)]
     assert train_agent.main([*argv, "--wandb-mode", "offline", "--out", str(run_dir)]) == 0
     return run_dir
@@ -81,10 +58,10 @@ def test_training_exports_a_policy_and_logs_to_wandb(trained_run: Path) -> None:
     assert len(images) >= 2
 
 
-def test_exported_policy_acts_like_the_sb3_model(trained_run: Path, tiny_model: Path) -> None:
+def test_exported_policy_acts_like_the_sb3_model(trained_run: Path, tiny_digits_dir: Path) -> None:
     checkpoint = trained_run / "checkpoints"
     config = train_agent.load_config(trained_run / "config.yaml")
-    venv = CacheScheduleVecEnv(4, config.env, pipe=MiniDiTPipeline.from_pretrained(tiny_model), seed=1)
+    venv = CacheScheduleVecEnv(4, config.env, pipe=MiniDiTPipeline.from_pretrained(tiny_digits_dir), seed=1)
     normalize = VecNormalize.load(str(checkpoint / NORMALIZATION_FILE), venv)
     normalize.training = False
     model = MaskablePPO.load(str(checkpoint / "model.zip"), device="cpu")

@@ -6,31 +6,13 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DiTTransformer2DModel
 from gymnasium.utils.env_checker import check_env as gymnasium_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from envs import ENV_ID, CacheScheduleEnv, CacheScheduleVecEnv, ConfigError
-from zoo.pipelines import MiniDiTPipeline
+from tests.digits_fixtures import tiny_digits_pipeline
 
 STEPS, GROUPS = 4, 2
-
-
-def tiny_digits_pipeline() -> MiniDiTPipeline:
-    """A random, tiny version of the shipped digits DiT pipeline (same classes, null class 10)."""
-    torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=1,
-        out_channels=1,
-        num_layers=5,
-        sample_size=16,
-        patch_size=4,
-        num_embeds_ada_norm=10,
-        norm_type="ada_norm_zero",
-    ).eval()
-    return MiniDiTPipeline(transformer=transformer, scheduler=DDIMScheduler(beta_schedule="squaredcos_cap_v2"))
 
 
 def make_env(**overrides) -> CacheScheduleEnv:
