@@ -267,9 +267,9 @@ class CacheEngine:
                 residual = tuple(None if r is None else r[finite] for r in residual)
             if good.numel() == 0:
                 continue
-            hidden = hidden.index_add(0, good, residual[0].to(hidden.dtype))
+            hidden = _add_rows(hidden, good, residual[0])
             if encoder is not None and residual[1] is not None:
-                encoder = encoder.index_add(0, good, residual[1].to(encoder.dtype))
+                encoder = _add_rows(encoder, good, residual[1])
             if kind == "reuse":
                 self.stats.reuses += good.numel()
             else:
@@ -291,10 +291,10 @@ class CacheEngine:
         """Keeps the group's freshly computed residual of ``rows`` (group output minus group input)."""
         group = state.groups[group_index]
         input_hidden, input_encoder = group.group_input
-        residual_hidden = hidden[rows] - input_hidden[rows]
+        residual_hidden = _rows(hidden, rows) - _rows(input_hidden, rows)
         residual_encoder = None
         if encoder is not None and input_encoder is not None and encoder.shape == input_encoder.shape:
-            residual_encoder = encoder[rows] - input_encoder[rows]
+            residual_encoder = _rows(encoder, rows) - _rows(input_encoder, rows)
         group.history.push(rows, (residual_hidden, residual_encoder), state.time)
         group.since_compute[rows] = 0
         if state.probe_residual is not None:
@@ -350,6 +350,19 @@ class CacheEngine:
                 f"The policy was trained on observation features {list(expected_names)} but this engine builds "
                 f"{list(self.feature_names)}."
             )
+
+
+def _rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``tensor[rows]``, without a gather when ``rows`` is the whole batch in order."""
+    return tensor if rows.numel() == tensor.shape[0] else tensor[rows]
+
+
+def _add_rows(tensor: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """A new tensor: ``tensor`` with ``values`` added to ``rows`` (a plain sum when ``rows`` is the whole batch)."""
+    values = values.to(tensor.dtype)
+    if rows.numel() == tensor.shape[0]:
+        return tensor + values
+    return tensor.index_add(0, rows, values)
 
 
 def safe_actions(actions: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:

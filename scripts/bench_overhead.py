@@ -82,10 +82,14 @@ def main() -> None:
             uncached_times.append(uncached)
             cached_times.append(cached)
             decision_share = summary["decision_seconds"] / (cached / args.steps) / args.steps
-    print(f"model: DiT width {args.width}, depth {args.depth}, {args.sample_size}x{args.sample_size} latents, "
-          f"batch {args.batch} x2 (CFG), {args.steps} steps, {torch.get_num_threads()} threads")
-    print(f"uncached {statistics.median(uncached_times):.2f} s, FORA(N={args.interval}) "
-          f"{statistics.median(cached_times):.2f} s")
+    print(
+        f"model: DiT width {args.width}, depth {args.depth}, {args.sample_size}x{args.sample_size} latents, "
+        f"batch {args.batch} x2 (CFG), {args.steps} steps, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"uncached {statistics.median(uncached_times):.2f} s, FORA(N={args.interval}) "
+        f"{statistics.median(cached_times):.2f} s"
+    )
     print(f"flops_speedup {flops_speedup:.3f}")
     print(f"wall_speedup / flops_speedup (median of {args.repeats}): {statistics.median(ratios):.3f}")
     print(f"policy decision time per step: {100 * decision_share:.3f}% of a step")
