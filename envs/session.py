@@ -46,6 +46,7 @@ class BridgePolicy:
         self.inbox: queue.Queue = queue.Queue()
 
     def act(self, observation: Observation) -> torch.Tensor:
+        observation.features  # noqa: B018 (computed here, while the engine waits: it is sealed after act)
         self.outbox.put(Decision(observation))
         actions = self.inbox.get()
         if actions is None:

@@ -19,12 +19,14 @@ class Policy(ABC):
         feature_names: Observation features the policy expects, or ``None`` if it reads only named signals.
         engine_options: Engine options the policy was trained with (``groups``, ``probe_blocks``, ...), used as
             defaults by ``runtime.enable_cache``.
+        required_signals: Signals the engine must keep that it otherwise skips (``"accumulated_input_change"``).
     """
 
     forecast_order: int = 1
     num_groups: int | None = None
     feature_names: tuple[str, ...] | None = None
     engine_options: dict[str, Any] = {}
+    required_signals: tuple[str, ...] = ()
 
     @abstractmethod
     def act(self, observation: Observation) -> torch.Tensor:

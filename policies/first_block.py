@@ -35,6 +35,7 @@ class FirstBlockThreshold(Policy):
             raise ValueError(f"max_skips={max_skips!r}: give a whole number >= 1, or None.")
         self.threshold = float(threshold)
         self.signal = signal
+        self.required_signals = (signal,)
         self.max_skips = max_skips
 
     def act(self, observation: Observation) -> torch.Tensor:

@@ -34,12 +34,13 @@ class PolicyLike(Protocol):
 
 @dataclass
 class EngineStats:
-    """Counters since the engine was enabled or last reset."""
+    """Counters since the engine was enabled or last reset (rows: batch rows, so CFG halves count twice)."""
 
     steps: int = 0
     generations: int = 0
-    block_computed: torch.Tensor | None = None
-    block_total: torch.Tensor | None = None
+    row_steps: int = 0
+    probe_computed: int = 0
+    group_computed: list[int] = field(default_factory=list)
     spent_flops: float = 0.0
     full_flops: float = 0.0
     reuses: int = 0
@@ -47,7 +48,7 @@ class EngineStats:
     fallbacks: int = 0
     decisions: int = 0
     decision_seconds: float = 0.0
-    action_counts: torch.Tensor = field(default_factory=lambda: torch.zeros(NUM_ACTIONS, dtype=torch.int64))
+    action_counts: list[int] = field(default_factory=lambda: [0] * NUM_ACTIONS)
 
 
 class CacheEngine:
@@ -76,7 +77,10 @@ class CacheEngine:
         self.state_manager = ContextStateManager(GenerationState)
         self.costs: CostModel | None = None
         self.meter: CostMeter | None = None
-        self.stats = EngineStats()
+        self.stats = self._new_stats()
+        self.group_flops = torch.zeros(len(self.groups), dtype=torch.float64)
+        self._all_rows = torch.arange(0)
+        self._track_accumulation = "accumulated_input_change" in getattr(policy, "required_signals", ())
         self._sample_budgets: torch.Tensor | None = None
         self._uncached = False
         self._check_policy()
@@ -128,7 +132,10 @@ class CacheEngine:
     def reset(self) -> None:
         """Forgets all cached residuals and statistics; the next call starts a new generation."""
         self.state_manager.reset()
-        self.stats = EngineStats()
+        self.stats = self._new_stats()
+
+    def _new_stats(self) -> EngineStats:
+        return EngineStats(group_computed=[0] * len(self.groups))
 
     # -- step boundaries (called by RootHook) ---------------------------------------------------------------
 
@@ -143,6 +150,8 @@ class CacheEngine:
             layout = batch_layout(self.cfg_layout, self.transformer_class, rows)
             state.start(time, rows, layout, self.num_groups, self.order + 1)
             state.shape = shape
+            if self._track_accumulation:
+                state.accumulated_input_change = torch.zeros(rows, dtype=torch.float64)
             self.stats.generations += 1
         else:
             for group in state.groups:
@@ -153,7 +162,6 @@ class CacheEngine:
         state.decision = None
         state.step_index += 1
         state.time = time
-        state.computed = torch.zeros(rows, len(self.blocks), dtype=torch.bool)
         if self.costs is None or self.costs.shape != shape:
             if not new_generation:
                 raise RuntimeError("Input shape changed within a generation.")
@@ -162,23 +170,26 @@ class CacheEngine:
         return None
 
     def end_step(self, state: GenerationState, hidden: torch.Tensor, meter: CostMeter | None) -> None:
-        """Closes a step: turns this step's executed blocks into FLOPs and statistics."""
+        """Closes a step: turns what each row computed into FLOPs and statistics."""
         if meter is not None:
             self.costs = meter.finish(tuple(hidden.shape[1:]), len(self.blocks))
+            self.group_flops = torch.stack([self.costs.block_flops[g].sum() for g in self.groups])
             self.meter = None
-        costs = self.costs
-        computed = state.computed.to(torch.float64)
-        spent = costs.always_flops + computed @ costs.block_flops
+        costs, stats = self.costs, self.stats
+        probe_flops = float(costs.block_flops[: self.config.probe_blocks].sum())
+        decision = state.decision
+        computed = torch.tensor(decision.row_actions, dtype=torch.float64) == Action.COMPUTE
+        for g, rows in enumerate(decision.compute_rows):
+            if rows.numel() != int(computed[:, g].sum()):  # fallbacks added rows to COMPUTE
+                computed[rows, g] = True
+        spent = costs.always_flops + probe_flops + computed.double() @ self.group_flops
         state.spent_flops += spent
         state.full_flops += costs.full_flops
         state.last_step_fraction = spent / costs.full_flops
-        state.last_computed = state.computed
-        stats = self.stats
-        if stats.block_computed is None:
-            stats.block_computed = torch.zeros(len(self.blocks), dtype=torch.int64)
-            stats.block_total = torch.zeros(len(self.blocks), dtype=torch.int64)
-        stats.block_computed += state.computed.sum(0)
-        stats.block_total += state.rows
+        for g, rows in enumerate(decision.compute_rows):
+            stats.group_computed[g] += rows.numel()
+        stats.probe_computed += state.rows
+        stats.row_steps += state.rows
         stats.spent_flops += float(spent.sum())
         stats.full_flops += costs.full_flops * state.rows
         stats.steps += 1
@@ -188,40 +199,59 @@ class CacheEngine:
     @torch.compiler.disable
     def decide(self, state: GenerationState) -> None:
         """Asks the policy for this step's actions (after the probe blocks ran) and fixes them per row."""
-        if state.previous_first_input is not None and state.first_input is not None:
+        if state.accumulated_input_change is not None and state.previous_first_input is not None:
             state.accumulated_input_change += relative_l1(state.first_input, state.previous_first_input)
         if self._uncached:
-            actions = torch.zeros(state.samples, self.num_groups, dtype=torch.int64)
+            sample_actions = [[int(Action.COMPUTE)] * self.num_groups] * state.samples
         else:
             observation = build_observation(state, self.budget)
             started = wallclock.perf_counter()
             actions = self.policy.act(observation)
             self.stats.decision_seconds += wallclock.perf_counter() - started
             self.stats.decisions += 1
-            actions = self._checked_actions(actions, observation)
-        self.stats.action_counts += torch.bincount(actions.flatten(), minlength=NUM_ACTIONS)
-
-        row_actions = actions[state.sample_of_row]
-        computing_any = (row_actions == Action.COMPUTE).any(dim=1)
-        if state.first_input is not None and bool(computing_any.any()):
-            if state.reference_input is None:
-                state.reference_input = torch.zeros_like(state.first_input)
-            state.reference_input[computing_any] = state.first_input[computing_any]
-            if state.probe_residual is not None:
-                if state.reference_probe is None:
-                    state.reference_probe = torch.zeros_like(state.probe_residual)
-                state.reference_probe[computing_any] = state.probe_residual[computing_any]
-            state.accumulated_input_change[computing_any] = 0.0
-
-        def rows_where(group: int, action: Action) -> torch.Tensor:
-            return torch.nonzero(row_actions[:, group] == action).flatten()
-
+            observation.seal()
+            sample_actions = self._checked_actions(actions, observation).tolist()
+        row_actions = [sample_actions[sample] for sample in state.samples_per_row]
+        for actions in sample_actions:
+            for action in actions:
+                self.stats.action_counts[action] += 1
+        self._update_references(state, row_actions)
+        index = [
+            self._index(state.rows, [r for r, a in enumerate(row_actions) if a[g] == kind])
+            for kind in Action
+            for g in range(self.num_groups)
+        ]
+        groups = self.num_groups
         state.decision = StepDecision(
             row_actions=row_actions,
-            compute_rows=[rows_where(g, Action.COMPUTE) for g in range(self.num_groups)],
-            reuse_rows=[rows_where(g, Action.REUSE) for g in range(self.num_groups)],
-            forecast_rows=[rows_where(g, Action.FORECAST) for g in range(self.num_groups)],
+            compute_rows=index[0:groups],
+            reuse_rows=index[groups : 2 * groups],
+            forecast_rows=index[2 * groups : 3 * groups],
         )
+
+    def _index(self, rows: int, selected: list[int]) -> torch.Tensor:
+        if len(selected) == rows:
+            if self._all_rows.numel() != rows:
+                self._all_rows = torch.arange(rows)
+            return self._all_rows
+        return torch.tensor(selected, dtype=torch.int64)
+
+    def _update_references(self, state: GenerationState, row_actions: list[list[int]]) -> None:
+        """Rows that compute any group now become the reference for the change features."""
+        computing = [r for r, actions in enumerate(row_actions) if Action.COMPUTE in actions]
+        if not computing or state.first_input is None:
+            return
+        if state.accumulated_input_change is not None:
+            state.accumulated_input_change[computing] = 0.0
+        if len(computing) == state.rows:
+            state.reference_input, state.reference_probe = state.first_input, state.probe_residual
+            return
+        rows = torch.tensor(computing)
+        base = state.reference_input if state.reference_input is not None else torch.zeros_like(state.first_input)
+        state.reference_input = base.index_copy(0, rows, state.first_input[rows])
+        if state.probe_residual is not None:
+            probe = state.reference_probe if state.reference_probe is not None else state.probe_residual
+            state.reference_probe = probe.index_copy(0, rows, state.probe_residual[rows])
 
     def _checked_actions(self, actions: Any, observation: Observation) -> torch.Tensor:
         actions = torch.as_tensor(actions).to(torch.int64)
@@ -248,29 +278,27 @@ class CacheEngine:
         history = state.groups[group_index].history
         fallback: list[torch.Tensor] = []
         for kind, rows in (
-            ("reuse", decision.reuse_rows[group_index]),
-            ("forecast", decision.forecast_rows[group_index]),
+            (Action.REUSE, decision.reuse_rows[group_index]),
+            (Action.FORECAST, decision.forecast_rows[group_index]),
         ):
             if rows.numel() == 0:
                 continue
-            if kind == "reuse":
-                residual = history.latest(rows)
+            if kind == Action.REUSE:
+                residual = history.latest(rows, copy=False)
             else:
                 residual = history.forecast(rows, state.time, self.order)
-            finite = torch.ones(rows.numel(), dtype=torch.bool)
-            for stream in residual:
-                if stream is not None:
-                    finite &= torch.isfinite(stream).flatten(1).all(dim=1)
-            good = rows[finite]
-            if not bool(finite.all()):
+            finite = _finite_rows(residual)
+            good = rows
+            if finite is not None:
                 fallback.append(rows[~finite])
+                good = rows[finite]
                 residual = tuple(None if r is None else r[finite] for r in residual)
             if good.numel() == 0:
                 continue
             hidden = _add_rows(hidden, good, residual[0])
             if encoder is not None and residual[1] is not None:
                 encoder = _add_rows(encoder, good, residual[1])
-            if kind == "reuse":
+            if kind == Action.REUSE:
                 self.stats.reuses += good.numel()
             else:
                 self.stats.forecasts += good.numel()
@@ -298,9 +326,11 @@ class CacheEngine:
         group.history.push(rows, (residual_hidden, residual_encoder), state.time)
         group.since_compute[rows] = 0
         if state.probe_residual is not None:
-            if group.probe_at_compute is None:
-                group.probe_at_compute = torch.zeros_like(state.probe_residual)
-            group.probe_at_compute[rows] = state.probe_residual[rows]
+            if rows.numel() == state.rows:
+                group.probe_at_compute = state.probe_residual
+            else:
+                base = group.probe_at_compute if group.probe_at_compute is not None else state.probe_residual
+                group.probe_at_compute = base.index_copy(0, rows, state.probe_residual[rows])
         group.group_input = None
 
     # -- reporting -------------------------------------------------------------------------------------------
@@ -316,13 +346,15 @@ class CacheEngine:
             ``decision_seconds`` and the ``actions`` histogram.
         """
         stats = self.stats
-        per_block = [0.0] * len(self.blocks)
-        computed_fraction = 1.0
-        if stats.block_total is not None:
-            per_block = (stats.block_computed.double() / stats.block_total.clamp_min(1).double()).tolist()
-            computed_fraction = float(stats.block_computed.sum()) / max(float(stats.block_total.sum()), 1.0)
+        total = max(stats.row_steps, 1)
+        per_block = [1.0 if stats.row_steps else 0.0] * self.config.probe_blocks
+        for g, members in enumerate(self.groups):
+            per_block += [stats.group_computed[g] / total] * len(members)
+        computed = stats.probe_computed * self.config.probe_blocks + sum(
+            count * len(members) for count, members in zip(stats.group_computed, self.groups, strict=True)
+        )
         return {
-            "computed_fraction": computed_fraction,
+            "computed_fraction": computed / (total * len(self.blocks)) if stats.row_steps else 1.0,
             "flops_speedup": stats.full_flops / stats.spent_flops if stats.spent_flops > 0 else 1.0,
             "per_block": per_block,
             "reuses": stats.reuses,
@@ -332,7 +364,7 @@ class CacheEngine:
             "generations": stats.generations,
             "decisions": stats.decisions,
             "decision_seconds": stats.decision_seconds,
-            "actions": {a.name.lower(): int(stats.action_counts[a]) for a in Action},
+            "actions": {a.name.lower(): stats.action_counts[a] for a in Action},
         }
 
     def _check_policy(self) -> None:
@@ -363,6 +395,17 @@ def _add_rows(tensor: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) ->
     if rows.numel() == tensor.shape[0]:
         return tensor + values
     return tensor.index_add(0, rows, values)
+
+
+def _finite_rows(residual: tuple[torch.Tensor | None, ...]) -> torch.Tensor | None:
+    """``None`` when every value is finite (one reduction), else a per-row finiteness mask."""
+    streams = [r for r in residual if r is not None]
+    if all(bool(torch.isfinite(r).all()) for r in streams):
+        return None
+    finite = torch.ones(streams[0].shape[0], dtype=torch.bool)
+    for stream in streams:
+        finite &= torch.isfinite(stream).flatten(1).all(dim=1)
+    return finite
 
 
 def safe_actions(actions: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+Residual = tuple[torch.Tensor | None, ...]
+
 
 def lagrange_weights(times: torch.Tensor, counts: torch.Tensor, time: float, order: int) -> torch.Tensor:
     """Weights of the polynomial extrapolation through each row's most recent points.
@@ -44,74 +46,113 @@ class ResidualHistory:
     """The newest computed residuals of one block group, per batch row, with the times they were computed at.
 
     A residual is a tuple of stream tensors (hidden states, and encoder hidden states for dual-stream blocks),
-    each ``(batch, ...)``. Buffers are allocated on first use and updated only by :meth:`push`; the tensors
-    :meth:`latest` and :meth:`forecast` return are new, so callers can never change what is cached.
+    each ``(batch, ...)``. History is a list of slots, newest first; when the whole batch computes, a push just
+    puts the new residual in front (no copy). Stored tensors are never modified: a partial push builds new slots.
 
     Args:
         depth: How many computed steps to keep (forecast order + 1).
         batch: Rows in the batch.
 
     Attributes:
+        slots: Newest-first residuals, each a tuple of ``(batch, ...)`` stream tensors.
+        slot_times: ``(batch,)`` float64 time of each slot's residual, per row.
+        counts: ``(batch,)`` how many slots hold a residual of each row.
         last_change: ``(batch,)`` relative L1 change between the two newest residuals of the hidden stream.
     """
 
     def __init__(self, depth: int, batch: int) -> None:
         self.depth = depth
         self.batch = batch
-        self.values: list[torch.Tensor | None] | None = None
-        self.times = torch.zeros(depth, batch, dtype=torch.float64)
+        self.slots: list[Residual] = []
+        self.slot_times: list[torch.Tensor] = []
         self.counts = torch.zeros(batch, dtype=torch.int64)
         self.last_change = torch.zeros(batch, dtype=torch.float64)
 
-    def push(self, rows: torch.Tensor, residual: tuple[torch.Tensor | None, ...], time: float) -> None:
-        """Stores a newly computed residual for ``rows`` (an index tensor into the batch)."""
-        if self.values is None:
-            self.values = [
-                None if r is None else r.new_zeros((self.depth, self.batch, *r.shape[1:])) for r in residual
-            ]
-        first = self.values[0]
-        if first is not None and self.depth > 1:
-            previous = first[0, rows].flatten(1)
-            current = residual[0].to(first.dtype).flatten(1)
-            change = (current - previous).abs().mean(1) / current.abs().mean(1).clamp_min(1e-12)
-            self.last_change[rows] = torch.where(
-                self.counts[rows] >= 1, change.double(), torch.zeros_like(change.double())
-            )
-        for buffer, value in zip(self.values, residual, strict=True):
-            if buffer is None or value is None:
+    @property
+    def times(self) -> torch.Tensor:
+        """``(slots, batch)`` times, newest first."""
+        return torch.stack(self.slot_times)
+
+    def push(self, rows: torch.Tensor, residual: Residual, time: float) -> None:
+        """Stores a newly computed residual for ``rows`` (a sorted index tensor into the batch)."""
+        everyone = rows.numel() == self.batch
+        if self.slots:
+            self._check_shapes(residual)
+            if self.depth > 1 and residual[0] is not None:
+                previous = _take(self.slots[0][0], rows, everyone).flatten(1)
+                current = residual[0].flatten(1)
+                change = (current - previous).abs().mean(1) / current.abs().mean(1).clamp_min(1e-12)
+                valid = _take(self.counts, rows, everyone) >= 1
+                change = torch.where(valid, change.double(), torch.zeros_like(change, dtype=torch.float64))
+                self.last_change[rows] = change
+        if everyone:
+            self.slots.insert(0, residual)
+            self.slot_times.insert(0, torch.full((self.batch,), float(time), dtype=torch.float64))
+        else:
+            self._push_rows(rows, residual, time)
+        del self.slots[self.depth :]
+        del self.slot_times[self.depth :]
+        self.counts[rows] = torch.clamp(self.counts[rows] + 1, max=self.depth)
+
+    def latest(self, rows: torch.Tensor, copy: bool = True) -> Residual:
+        """The most recent residual of ``rows``; ``copy=False`` may return the stored tensors themselves."""
+        everyone = rows.numel() == self.batch and not copy
+        return tuple(None if s is None else _take(s, rows, everyone) for s in self._newest())
+
+    def forecast(self, rows: torch.Tensor, time: float, order: int) -> Residual:
+        """The polynomial extrapolation of ``rows``' residual to ``time`` (new tensors)."""
+        everyone = rows.numel() == self.batch
+        self._newest()
+        times = torch.stack([_take(t, rows, everyone) for t in self.slot_times])
+        weights = lagrange_weights(times, _take(self.counts, rows, everyone), time, order)
+        result = []
+        for stream in range(len(self.slots[0])):
+            if self.slots[0][stream] is None:
+                result.append(None)
                 continue
-            if buffer.shape[2:] != value.shape[1:]:
+            total = None
+            for k, slot in enumerate(self.slots):
+                values = _take(slot[stream], rows, everyone)
+                w = weights[k].to(values.dtype).reshape(-1, *([1] * (values.ndim - 1)))
+                total = w * values if total is None else total + w * values
+            result.append(total)
+        return tuple(result)
+
+    def _newest(self) -> Residual:
+        if not self.slots:
+            raise RuntimeError("ResidualHistory is empty: a group must compute before it can be reused.")
+        return self.slots[0]
+
+    def _push_rows(self, rows: torch.Tensor, residual: Residual, time: float) -> None:
+        new_slots, new_times = [], []
+        for k in range(min(len(self.slots) + 1, self.depth)):
+            source = residual if k == 0 else tuple(None if s is None else s[rows] for s in self.slots[k - 1])
+            if k < len(self.slots):
+                base, base_times = self.slots[k], self.slot_times[k]
+            else:
+                base = tuple(None if r is None else r.new_zeros((self.batch, *r.shape[1:])) for r in residual)
+                base_times = torch.zeros(self.batch, dtype=torch.float64)
+            new_slots.append(
+                tuple(
+                    None if b is None or s is None else b.index_copy(0, rows, s.to(b.dtype))
+                    for b, s in zip(base, source, strict=True)
+                )
+            )
+            source_times = torch.full((rows.numel(),), float(time), dtype=torch.float64)
+            if k > 0:
+                source_times = self.slot_times[k - 1][rows]
+            new_times.append(base_times.index_copy(0, rows, source_times))
+        self.slots, self.slot_times = new_slots, new_times
+
+    def _check_shapes(self, residual: Residual) -> None:
+        for stored, value in zip(self.slots[0], residual, strict=True):
+            if stored is not None and value is not None and stored.shape[1:] != value.shape[1:]:
                 raise ValueError(
-                    f"A block group's residual changed shape from {tuple(buffer.shape[2:])} to "
+                    f"A block group's residual changed shape from {tuple(stored.shape[1:])} to "
                     f"{tuple(value.shape[1:])} within one generation: the group spans blocks whose hidden-state "
                     "layouts differ (e.g. dual- and single-stream blocks); use more groups so none spans both."
                 )
-            if self.depth > 1:
-                buffer[1:, rows] = buffer[:-1, rows]
-            buffer[0, rows] = value.to(buffer.dtype)
-        if self.depth > 1:
-            self.times[1:, rows] = self.times[:-1, rows]
-        self.times[0, rows] = float(time)
-        self.counts[rows] = torch.clamp(self.counts[rows] + 1, max=self.depth)
 
-    def latest(self, rows: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        """The most recent residual of ``rows``."""
-        return tuple(None if b is None else b[0, rows] for b in self._buffers())
 
-    def forecast(self, rows: torch.Tensor, time: float, order: int) -> tuple[torch.Tensor | None, ...]:
-        """The polynomial extrapolation of ``rows``' residual to ``time``."""
-        weights = lagrange_weights(self.times[:, rows], self.counts[rows], time, order)
-        result = []
-        for buffer in self._buffers():
-            if buffer is None:
-                result.append(None)
-                continue
-            values = buffer[:, rows]
-            w = weights.to(values.dtype).reshape(*weights.shape, *([1] * (values.ndim - 2)))
-            result.append((w * values).sum(dim=0))
-        return tuple(result)
-
-    def _buffers(self) -> list[torch.Tensor | None]:
-        if self.values is None:
-            raise RuntimeError("ResidualHistory is empty: a group must compute before it can be reused.")
-        return self.values
+def _take(tensor: torch.Tensor, rows: torch.Tensor, everyone: bool) -> torch.Tensor:
+    return tensor if everyone else tensor[rows]

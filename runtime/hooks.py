@@ -101,7 +101,6 @@ class BlockHook(ModelHook):
 
         if self.group is None:
             output = self._compute(args, kwargs, rows)
-            state.computed[:, self.index] = True
             if self.index == engine.config.probe_blocks - 1:
                 state.probe_residual = split_block_output(metadata, output)[0] - state.first_input
             return output
@@ -113,7 +112,6 @@ class BlockHook(ModelHook):
             group.group_input = (hidden, encoder)
             hidden, encoder = engine.apply_cached(state, self.group, hidden, encoder)
         compute_rows = state.decision.compute_rows[self.group]
-        state.computed[compute_rows, self.index] = True
 
         output = None
         if compute_rows.numel() == rows:

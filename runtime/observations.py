@@ -20,11 +20,15 @@ name                      meaning                                               
 ========================  =================================================================================  ========
 
 Relative L1 change of ``a`` from ``b`` is ``mean|a - b| / mean|b|``, computed on the sample's conditional row.
+
+Features and the change signals are computed when a policy first reads them, inside its ``act`` call: policies
+that need only the step, the time and ``since_compute`` (FORA, TaylorSeer, Δ-DiT) cost no tensor work.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -43,37 +47,112 @@ def feature_names(num_groups: int) -> tuple[str, ...]:
     return GLOBAL_FEATURES + per_group
 
 
-@dataclass
+class _Lazy:
+    """Values computed on first read, while the engine waits for the decision; unreadable after it."""
+
+    def __init__(self, thunks: dict[str, Callable[[], Any]]) -> None:
+        self._thunks = thunks
+        self._values: dict[str, Any] = {}
+        self._sealed = False
+
+    def get(self, name: str) -> Any:
+        if name not in self._values:
+            if self._sealed:
+                raise RuntimeError(
+                    f"Observation value {name!r} was not read during the policy's act() call, and the engine has "
+                    "moved on since. "
+                    "Read what you need (e.g. observation.features) inside act()."
+                )
+            self._values[name] = self._thunks[name]()
+        return self._values[name]
+
+    def seal(self) -> None:
+        self._sealed = True
+
+
+class Signals(Mapping):
+    """Raw statistics classic policies read by name (computed on first read)."""
+
+    def __init__(self, lazy: _Lazy, names: tuple[str, ...]) -> None:
+        self._lazy = lazy
+        self._names = names
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._names:
+            raise KeyError(f"no signal {name!r}; available: {list(self._names)}")
+        return self._lazy.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 class Observation:
     """What a policy is given at one denoising step, for a batch of samples.
 
     Attributes:
-        features: ``(samples, F)`` float32 vector, laid out as :func:`feature_names` says.
         action_mask: ``(samples, groups, 3)`` which actions are possible (``REUSE`` needs one computed step,
             ``FORECAST`` two; the first step allows only ``COMPUTE``).
         step_index: 0-based denoising step within the generation.
         time: The ``time`` feature (normalised diffusion time).
-        signals: Raw statistics classic policies use: ``since_compute`` ``(samples, groups)`` int steps,
-            ``input_change``, ``probe_change``, ``accumulated_input_change`` ``(samples,)``.
         names: Feature names.
+        signals: Raw statistics classic policies use: ``since_compute`` ``(samples, groups)`` int steps,
+            ``input_change``, ``probe_change`` and, for policies that list it in ``required_signals``,
+            ``accumulated_input_change`` ``(samples,)``.
     """
 
-    features: torch.Tensor
-    action_mask: torch.Tensor
-    step_index: int
-    time: float
-    signals: dict[str, torch.Tensor] = field(default_factory=dict)
-    names: tuple[str, ...] = ()
+    def __init__(
+        self,
+        *,
+        action_mask: torch.Tensor,
+        step_index: int,
+        time: float,
+        names: tuple[str, ...],
+        thunks: dict[str, Callable[[], Any]],
+    ) -> None:
+        self.action_mask = action_mask
+        self.step_index = step_index
+        self.time = time
+        self.names = names
+        self._lazy = _Lazy(thunks)
+        self.signals = Signals(self._lazy, tuple(k for k in thunks if k != "features"))
+
+    @classmethod
+    def from_features(
+        cls,
+        features: torch.Tensor,
+        action_mask: torch.Tensor,
+        *,
+        step_index: int = 0,
+        time: float = 1.0,
+        names: tuple[str, ...] = (),
+        signals: dict[str, torch.Tensor] | None = None,
+    ) -> Observation:
+        """An observation from ready values (for tests, replays and offline evaluation of a policy)."""
+        thunks: dict[str, Callable[[], Any]] = {"features": lambda: features}
+        thunks.update({name: (lambda value=value: value) for name, value in (signals or {}).items()})
+        return cls(action_mask=action_mask, step_index=step_index, time=time, names=names, thunks=thunks)
+
+    @property
+    def features(self) -> torch.Tensor:
+        """``(samples, F)`` float32 vector, laid out as :func:`feature_names` says."""
+        return self._lazy.get("features")
 
     @property
     def num_samples(self) -> int:
         """Samples in the batch."""
-        return self.features.shape[0]
+        return self.action_mask.shape[0]
 
     @property
     def num_groups(self) -> int:
         """Block groups an action is chosen for."""
         return self.action_mask.shape[1]
+
+    def seal(self) -> None:
+        """Called by the engine after ``act``: values not read by then can no longer be computed."""
+        self._lazy.seal()
 
 
 def relative_l1(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -84,10 +163,10 @@ def relative_l1(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 
 def build_observation(state: GenerationState, budget: float | torch.Tensor | None) -> Observation:
-    """Builds the observation of the current step from the generation state.
+    """Builds the observation of the current step from the generation state (after the probe blocks ran).
 
     Args:
-        state: The context's state, after the probe blocks ran at this step.
+        state: The context's state.
         budget: Target compute fraction for all samples, ``(samples,)`` per-sample fractions, or ``None``.
 
     Returns:
@@ -96,50 +175,61 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
     rows = state.signal_rows
     samples = rows.numel()
     num_groups = len(state.groups)
-    zeros = torch.zeros(samples, dtype=torch.float64)
-
     first_step = state.step_index <= 1 or state.reference_input is None
-    input_change = zeros if first_step else relative_l1(state.first_input[rows], state.reference_input[rows])
-    probe_change = zeros
-    if not first_step and state.probe_residual is not None:
-        probe_change = relative_l1(state.probe_residual[rows], state.reference_probe[rows])
-    full = state.full_flops[rows]
-    spent = torch.where(full > 0, state.spent_flops[rows] / full.clamp_min(1e-12), torch.ones_like(full))
-
-    since = torch.stack([g.since_compute[rows] for g in state.groups], dim=1)
-    gaps = torch.stack([_forecast_gap(state, g, rows) for g in range(num_groups)], dim=1)
-
-    time = min(max(state.time / state.time_scale, 0.0), 1.0)
-    global_features = torch.stack(
-        [
-            torch.full((samples,), time, dtype=torch.float64),
-            input_change.clamp(0, CHANGE_CAP),
-            probe_change.clamp(0, CHANGE_CAP),
-            spent.clamp(0, 1),
-            _budget_column(budget, samples),
-        ],
-        dim=1,
-    )
-    features = torch.cat([global_features, (since / SINCE_COMPUTE_SCALE).clamp(max=1.0), gaps], dim=1)
-
     counts = torch.stack([g.history.counts[rows] for g in state.groups], dim=1)
     mask = torch.zeros(samples, num_groups, NUM_ACTIONS, dtype=torch.bool)
     mask[..., Action.COMPUTE] = True
     mask[..., Action.REUSE] = counts >= 1
     mask[..., Action.FORECAST] = counts >= 2
-    return Observation(
-        features=features.to(torch.float32),
+    since = torch.stack([g.since_compute[rows] for g in state.groups], dim=1)
+    time = min(max(state.time / state.time_scale, 0.0), 1.0)
+    zeros = torch.zeros(samples, dtype=torch.float64)
+
+    def input_change() -> torch.Tensor:
+        if first_step:
+            return zeros
+        return relative_l1(state.first_input[rows], state.reference_input[rows])
+
+    def probe_change() -> torch.Tensor:
+        if first_step or state.probe_residual is None:
+            return zeros
+        return relative_l1(state.probe_residual[rows], state.reference_probe[rows])
+
+    thunks: dict[str, Callable[[], Any]] = {
+        "since_compute": lambda: since,
+        "input_change": input_change,
+        "probe_change": probe_change,
+    }
+    if state.accumulated_input_change is not None:
+        accumulated = state.accumulated_input_change[rows].clone()
+        thunks["accumulated_input_change"] = lambda: accumulated
+
+    def features() -> torch.Tensor:
+        full = state.full_flops[rows]
+        spent = torch.where(full > 0, state.spent_flops[rows] / full.clamp_min(1e-12), torch.ones_like(full))
+        gaps = torch.stack([_forecast_gap(state, g, rows) for g in range(num_groups)], dim=1)
+        global_features = torch.stack(
+            [
+                torch.full((samples,), time, dtype=torch.float64),
+                observation.signals["input_change"].clamp(0, CHANGE_CAP),
+                observation.signals["probe_change"].clamp(0, CHANGE_CAP),
+                spent.clamp(0, 1),
+                _budget_column(budget, samples),
+            ],
+            dim=1,
+        )
+        vector = torch.cat([global_features, (since / SINCE_COMPUTE_SCALE).clamp(max=1.0), gaps], dim=1)
+        return vector.to(torch.float32)
+
+    thunks["features"] = features
+    observation = Observation(
         action_mask=mask,
         step_index=state.step_index - 1,
         time=time,
-        signals={
-            "since_compute": since,
-            "input_change": input_change,
-            "probe_change": probe_change,
-            "accumulated_input_change": state.accumulated_input_change[rows],
-        },
         names=feature_names(num_groups),
+        thunks=thunks,
     )
+    return observation
 
 
 def _forecast_gap(state: GenerationState, group_index: int, rows: torch.Tensor) -> torch.Tensor:
@@ -153,14 +243,17 @@ def _forecast_gap(state: GenerationState, group_index: int, rows: torch.Tensor) 
     if state.probe_residual is None or group.probe_at_compute is None:
         return gap
     history = group.history
-    valid = history.counts[rows] >= 1
+    counts = history.counts[rows]
+    valid = counts >= 1
     if not bool(valid.any()):
         return gap
     probe_moved = relative_l1(state.probe_residual[rows], group.probe_at_compute[rows])
-    times = history.times[:, rows]
-    span = (times[0] - times[1]).abs().clamp_min(1e-12) if history.depth > 1 else torch.ones_like(times[0])
-    predicted_moved = (state.time - times[0]).abs() / span * history.last_change[rows]
-    predicted_moved = torch.where(history.counts[rows] >= 2, predicted_moved, torch.zeros_like(predicted_moved))
+    predicted_moved = torch.zeros_like(probe_moved)
+    if len(history.slot_times) >= 2:
+        newest, older = history.slot_times[0][rows], history.slot_times[1][rows]
+        span = (newest - older).abs().clamp_min(1e-12)
+        predicted_moved = (state.time - newest).abs() / span * history.last_change[rows]
+        predicted_moved = torch.where(counts >= 2, predicted_moved, torch.zeros_like(predicted_moved))
     gap = torch.where(valid, probe_moved - predicted_moved, gap)
     return gap.clamp(-CHANGE_CAP, CHANGE_CAP)
 

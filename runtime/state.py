@@ -18,13 +18,13 @@ class StepDecision:
     """What each group does for each row at the current step.
 
     Attributes:
-        row_actions: ``(rows, groups)`` actions as ints.
-        compute_rows: Per group, index of the rows that compute it.
+        row_actions: ``rows`` lists of per-group actions (ints), after impossible actions were mapped.
+        compute_rows: Per group, sorted index of the rows that compute it (fallbacks included).
         reuse_rows: Per group, index of the rows that reuse its residual.
         forecast_rows: Per group, index of the rows that forecast its residual.
     """
 
-    row_actions: torch.Tensor
+    row_actions: list[list[int]]
     compute_rows: list[torch.Tensor]
     reuse_rows: list[torch.Tensor]
     forecast_rows: list[torch.Tensor]
@@ -62,14 +62,14 @@ class GenerationState(BaseState):
         reference_input / reference_probe: First-block input and probe residual at each row's last step that
             computed any group.
         accumulated_input_change: ``(rows,)`` sum of step-to-step relative changes of the first block's input
-            since that step (TeaCache's statistic, without its per-model polynomial).
+            since that step (TeaCache's statistic, without its per-model polynomial), kept only for policies that
+            list it in ``required_signals``.
         spent_flops / full_flops: ``(rows,)`` FLOPs executed and FLOPs an uncached run would have executed, over
             the finished steps of this generation.
         last_step_fraction: ``(rows,)`` FLOPs of the last finished step as a fraction of an uncached step.
-        last_computed: ``(rows, blocks)`` which blocks each row computed at the last finished step.
         groups: Per-group state.
         decision: This step's decision, once made.
-        computed: ``(rows, blocks)`` which blocks each row computed at the current step.
+
     """
 
     step_index: int = 0
@@ -87,10 +87,8 @@ class GenerationState(BaseState):
     spent_flops: torch.Tensor | None = None
     full_flops: torch.Tensor | None = None
     last_step_fraction: torch.Tensor | None = None
-    last_computed: torch.Tensor | None = None
     groups: list[GroupState] = field(default_factory=list)
     decision: StepDecision | None = None
-    computed: torch.Tensor | None = None
 
     def start(self, time: float, rows: int, layout: CfgLayout, num_groups: int, history_depth: int) -> None:
         """Begins a new generation at its first step."""
@@ -98,7 +96,6 @@ class GenerationState(BaseState):
         self.time_scale = 1000.0 if time > 1.0 + 1e-6 else 1.0
         self.rows = rows
         self.layout = layout
-        self.accumulated_input_change = torch.zeros(rows, dtype=torch.float64)
         self.spent_flops = torch.zeros(rows, dtype=torch.float64)
         self.full_flops = torch.zeros(rows, dtype=torch.float64)
         self.groups = [
@@ -119,6 +116,11 @@ class GenerationState(BaseState):
     def sample_of_row(self) -> torch.Tensor:
         """``(rows,)`` sample index of each row."""
         return sample_of_row(self.layout, self.rows)
+
+    @property
+    def samples_per_row(self) -> list[int]:
+        """Sample index of each row, as a list."""
+        return [row % self.samples for row in range(self.rows)]
 
     @property
     def signal_rows(self) -> torch.Tensor:

@@ -173,9 +173,9 @@ def test_maskable_ppo_export_load_matches_predict_with_masks(tmp_path: Path) -> 
     masks = random_masks(np.random.default_rng(3), len(observations), GROUPS)
     expected, _ = model.predict(observations, action_masks=masks.reshape(len(observations), -1), deterministic=True)
     np.testing.assert_array_equal(loaded.act_numpy(observations, masks), expected)
-    observation = Observation(
-        features=torch.from_numpy(observations),
-        action_mask=torch.from_numpy(masks),
+    observation = Observation.from_features(
+        torch.from_numpy(observations),
+        torch.from_numpy(masks),
         step_index=3,
         time=0.5,
         names=runtime.feature_names(GROUPS),
@@ -275,9 +275,9 @@ def test_normalization_is_vecnormalize_formula() -> None:
 
 
 def test_act_rejects_observations_of_other_features() -> None:
-    observation = Observation(
-        features=torch.zeros(1, FEATURES),
-        action_mask=torch.ones(1, GROUPS, 3, dtype=torch.bool),
+    observation = Observation.from_features(
+        torch.zeros(1, FEATURES),
+        torch.ones(1, GROUPS, 3, dtype=torch.bool),
         step_index=0,
         time=1.0,
         names=tuple(reversed(runtime.feature_names(GROUPS))),
@@ -316,7 +316,7 @@ def test_schedule_export_load_and_step_clamping(tmp_path: Path) -> None:
     assert manifest["kind"] == "schedule" and manifest["num_steps"] == 3 and manifest["model_family"] == "dit"
     mask = torch.ones(4, 2, 3, dtype=torch.bool)
     for step, row in [(0, [0, 0]), (1, [1, 2]), (2, [2, 1]), (7, [2, 1])]:
-        observation = Observation(torch.zeros(4, FEATURES), mask, step_index=step, time=0.5)
+        observation = Observation.from_features(torch.zeros(4, FEATURES), mask, step_index=step, time=0.5)
         assert loaded.act(observation).tolist() == [row] * 4
     with pytest.raises(PolicyFormatError, match="not a schedule"):
         load_schedule(export_policy(tmp_path / "policy.safetensors", hand_policy([0.0, 1.0, 0.0])))

@@ -121,7 +121,7 @@ def test_non_finite_cached_residual_falls_back_to_compute() -> None:
         def act(self, observation: runtime.Observation) -> torch.Tensor:
             if observation.step_index == 2:
                 history = engine.state_manager.get_state().groups[1].history
-                history.values[0][0, 0, 0, 0] = float("nan")
+                history.slots[0][0][0, 0, 0] = float("nan")
             return torch.full((observation.num_samples, observation.num_groups), int(Action.REUSE))
 
     engine = runtime.enable_cache(model, Poison())

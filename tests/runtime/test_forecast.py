@@ -55,12 +55,15 @@ def test_reuse_and_forecast_never_mutate_the_cache(order: int) -> None:
     history = ResidualHistory(depth=order + 1, batch=2)
     for step, t in enumerate([900.0, 700.0, 650.0, 300.0]):
         history.push(torch.tensor([0, 1]), (torch.full((2, 3), float(step)),), t)
-    before = history.values[0].clone()
+    stored = [slot[0] for slot in history.slots]
+    before = [tensor.clone() for tensor in stored]
     reused = history.latest(torch.tensor([0, 1]))[0]
     forecast = history.forecast(torch.tensor([0, 1]), 100.0, order)[0]
     reused.add_(100.0)
     forecast.mul_(-3.0)
-    assert torch.equal(history.values[0], before)
+    history.push(torch.tensor([1]), (torch.full((1, 3), 9.0),), 50.0)  # a partial push builds new slots
+    assert all(torch.equal(tensor, copy) for tensor, copy in zip(stored, before, strict=True))
+    assert history.slots[0][0][1].tolist() == [9.0, 9.0, 9.0]
 
 
 def test_engine_forecast_is_exact_through_a_model() -> None:

@@ -53,6 +53,7 @@ class ScriptedPolicy:
         self.observations: list[Observation] = []
 
     def act(self, observation: Observation) -> torch.Tensor:
+        observation.features  # noqa: B018 (read inside act, so the recorded observation keeps its features)
         self.observations.append(observation)
         ids = self.sample_ids or range(observation.num_samples)
         return torch.tensor(
