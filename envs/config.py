@@ -75,7 +75,7 @@ class EnvConfig:
     model: str = "mini-dit-digits"
     scheduler: str = "default"
     num_inference_steps: int = 50
-    guidance_scale: float = 4.0
+    guidance_scale: float = 2.0
     groups: int = 4
     probe_blocks: int = 1
     forecast_order: int = 2

@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--model", default="mini-dit-digits")
     parser.add_argument("--num-envs", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 

@@ -61,7 +61,7 @@ def soak_enable_disable(model: str, cycles: int) -> tuple[int, int]:
     for _ in range(cycles):
         engine = runtime.enable_cache(pipe.transformer, FORA(2))
         with torch.inference_mode():
-            generate(pipe, [1, 2], [0, 1], 2, 4.0)
+            generate(pipe, [1, 2], [0, 1], 2, 2.0)
         engines.append(weakref.ref(engine))
         runtime.disable_cache(pipe.transformer)
         del engine
