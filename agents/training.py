@@ -19,8 +19,7 @@ from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 import runtime
 from envs import CacheScheduleVecEnv
 from envs.pipelines import prepare_pipeline
-from policies import LearnedPolicy, export_policy, export_schedule
-from policies.learned import from_sb3, schedule_from_actions
+from policies import LearnedPolicy, export_policy, export_schedule, from_sb3, schedule_from_actions
 
 from .callbacks import CheckpointCallback, EvaluationCallback, ProgressBarCallback
 from .checkpoints import MODEL_FILE, NORMALIZATION_FILE, atomic_write, read_state

@@ -1,4 +1,4 @@
-"""Cache policies: the interface, the classic hand-designed caches, and (later) the learned policy."""
+"""Cache policies: the interface, the classic hand-designed caches, and the learned policy."""
 
 from .always import AlwaysCompute
 from .base import Policy
@@ -6,7 +6,9 @@ from .delta_dit import DeltaDiT
 from .export import PolicyFormatError, export_policy, export_schedule, load_policy, load_schedule
 from .first_block import FirstBlockThreshold
 from .fora import FORA
-from .learned import LearnedPolicy, StaticSchedulePolicy
+from .learned import LearnedPolicy
+from .sb3 import from_sb3
+from .schedule import StaticSchedulePolicy, schedule_from_actions
 from .taylorseer import TaylorSeer
 
 __all__ = [
@@ -20,7 +22,9 @@ __all__ = [
     "StaticSchedulePolicy",
     "TaylorSeer",
     "export_policy",
+    "from_sb3",
     "export_schedule",
     "load_policy",
     "load_schedule",
+    "schedule_from_actions",
 ]

@@ -6,18 +6,14 @@ activation, and the action head whose ``3 * groups`` logits are consecutive chun
 action of a group is the argmax of its chunk after impossible actions are set to ``-inf`` (MaskablePPO's
 convention).
 
-:class:`StaticSchedulePolicy` plays the same actions for every sample, chosen by step index only, so a compiled
-transformer sees one fixed sequence of cache decisions.
-
-:func:`from_sb3` builds a :class:`LearnedPolicy` from a trained Stable-Baselines3 model (importing SB3 only then);
-``policies.export`` writes and reads both policies as ``.safetensors`` files.
+``policies.sb3.from_sb3`` builds one from a trained Stable-Baselines3 model; ``policies.export`` writes and reads it
+as a ``.safetensors`` file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.metadata
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -28,8 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime import NUM_ACTIONS, Action, Observation
-from runtime import feature_names as runtime_feature_names
+from runtime import NUM_ACTIONS, Observation
 from runtime.config import MAX_FORECAST_ORDER
 
 from .base import Policy
@@ -223,191 +218,6 @@ class LearnedPolicy(Policy):
         )
 
 
-class StaticSchedulePolicy(Policy):
-    """A fixed ``(steps, groups)`` action table, played by step index for every sample.
-
-    Steps beyond the table repeat its last row. Impossible actions are mapped by the engine as usual.
-
-    Args:
-        schedule: ``(steps, groups)`` integer actions (values of :class:`runtime.Action`).
-        engine_options: ``groups``, ``probe_blocks`` and ``forecast_order``; by default ``num_groups`` equal groups,
-            one probe block and order 1.
-        manifest: Provenance, as for :class:`LearnedPolicy`.
-
-    Raises:
-        ValueError: If the table is not 2-D, is empty, or holds values other than 0, 1 and 2.
-    """
-
-    def __init__(
-        self,
-        schedule: torch.Tensor | np.ndarray | Sequence[Sequence[int]],
-        *,
-        engine_options: Mapping[str, Any] | None = None,
-        manifest: Mapping[str, Any] | None = None,
-    ) -> None:
-        table = torch.as_tensor(np.asarray(schedule))
-        if table.ndim != 2 or table.numel() == 0:
-            raise ValueError(f"A schedule is a non-empty (steps, groups) table; got shape {tuple(table.shape)}.")
-        if table.is_floating_point() or table.dtype == torch.bool or table.is_complex():
-            raise ValueError(f"A schedule holds integer actions; got dtype {table.dtype}.")
-        if bool(((table < 0) | (table >= NUM_ACTIONS)).any()):
-            raise ValueError(f"A schedule's actions must lie in 0..{NUM_ACTIONS - 1} (COMPUTE, REUSE, FORECAST).")
-        self.schedule = table.to(torch.int64).clone()
-        self.num_groups = int(table.shape[1])
-        self.feature_names = None
-        options = engine_options if engine_options is not None else default_engine_options(self.num_groups)
-        self.engine_options = check_engine_options(options, self.num_groups)
-        self.forecast_order = self.engine_options["forecast_order"]
-        self.manifest = dict(manifest or {})
-
-    @property
-    def num_steps(self) -> int:
-        """Rows of the table."""
-        return int(self.schedule.shape[0])
-
-    def act(self, observation: Observation) -> torch.Tensor:
-        """The table's row for this step (the last row beyond its end), for every sample."""
-        if observation.num_groups != self.num_groups:
-            raise ValueError(f"The observation has {observation.num_groups} groups; the schedule {self.num_groups}.")
-        step = min(max(int(observation.step_index), 0), self.num_steps - 1)
-        return self.schedule[step].expand(observation.num_samples, self.num_groups).clone()
-
-    def __repr__(self) -> str:
-        return f"StaticSchedulePolicy(steps={self.num_steps}, groups={self.num_groups}, {self.engine_options})"
-
-
-def schedule_from_actions(actions_per_step: Sequence[torch.Tensor | np.ndarray]) -> torch.Tensor:
-    """Turns the actions a policy took into a static schedule: per step and group, the most frequent action.
-
-    Ties go to the cheaper-to-trust action (COMPUTE before REUSE before FORECAST).
-
-    Args:
-        actions_per_step: For each step, ``(samples, groups)`` actions (any number of samples per step).
-
-    Returns:
-        ``(steps, groups)`` int64 schedule.
-
-    Raises:
-        ValueError: If there are no steps, a step has no samples, or the steps disagree on the number of groups.
-    """
-    if len(actions_per_step) == 0:
-        raise ValueError("schedule_from_actions needs the actions of at least one step.")
-    rows = []
-    for step, actions in enumerate(actions_per_step):
-        table = torch.as_tensor(np.asarray(actions)).to(torch.int64)
-        if table.ndim != 2 or table.shape[0] == 0:
-            raise ValueError(f"Step {step}: actions of shape {tuple(table.shape)}; expected (samples >= 1, groups).")
-        if rows and table.shape[1] != rows[0].shape[0]:
-            raise ValueError(f"Step {step} has {table.shape[1]} groups; step 0 has {rows[0].shape[0]}.")
-        if bool(((table < 0) | (table >= NUM_ACTIONS)).any()):
-            raise ValueError(f"Step {step}: actions must lie in 0..{NUM_ACTIONS - 1}.")
-        counts = torch.stack([(table == int(action)).sum(0) for action in Action], dim=1)
-        rows.append(counts.argmax(dim=1))  # argmax returns the first maximum: the lowest action wins ties
-    return torch.stack(rows)
-
-
-def from_sb3(
-    model: Any,
-    vec_normalize: Any | None = None,
-    *,
-    feature_names: Sequence[str] | None = None,
-    engine_options: Mapping[str, Any] | None = None,
-    budget_conditioned: bool = False,
-    model_family: str | None = None,
-    scheduler: str | None = None,
-    training_config: Mapping[str, Any] | str | bytes | None = None,
-) -> LearnedPolicy:
-    """Extracts the actor of a trained SB3 ``PPO`` / ``A2C`` or sb3-contrib ``MaskablePPO`` with ``MlpPolicy``.
-
-    The model must observe a flat ``Box(F,)`` (SB3's default ``FlattenExtractor``, shared or not) and act in
-    ``MultiDiscrete([3] * groups)``. The actor is ``policy.mlp_extractor.policy_net`` then ``policy.action_net``.
-
-    Args:
-        model: The trained model.
-        vec_normalize: The ``VecNormalize`` wrapper it was trained in, whose observation statistics, ``clip_obs``
-            and ``epsilon`` the policy applies; ``None`` if observations were not normalised.
-        feature_names: Observation feature names (default: ``runtime.feature_names(groups)``).
-        engine_options: ``groups``, ``probe_blocks`` and ``forecast_order`` used in training (default: ``groups``
-            equal groups, one probe block, order 1).
-        budget_conditioned: Whether training varied the ``budget`` feature.
-        model_family: Model family it was trained on, e.g. ``"dit"``.
-        scheduler: Noise scheduler class it was trained with.
-        training_config: The training config, hashed into the manifest.
-
-    Returns:
-        The policy, ready for ``policies.export_policy`` or ``runtime.enable_cache``.
-
-    Raises:
-        ValueError: If the model's spaces, features extractor or networks are not supported, naming what to change.
-    """
-    import gymnasium
-    import stable_baselines3
-    from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
-    from stable_baselines3.common.vec_env import VecNormalize
-
-    policy, algorithm = getattr(model, "policy", model), type(model).__name__
-    if not all(hasattr(policy, name) for name in ("mlp_extractor", "action_net", "features_extractor")):
-        raise ValueError(
-            f"{algorithm} is not supported: from_sb3 reads actor-critic MlpPolicy models (PPO, A2C, MaskablePPO)."
-        )
-    if hasattr(policy, "lstm_actor"):
-        raise ValueError(f"{algorithm} is recurrent; exported policies are feed-forward: train PPO or MaskablePPO.")
-    observation_space, action_space = policy.observation_space, policy.action_space
-    if not isinstance(observation_space, gymnasium.spaces.Box) or len(observation_space.shape) != 1:
-        raise ValueError(
-            f"Observation space {observation_space} is not supported: a policy reads a flat Box(F,) "
-            "feature vector (no Dict, image or multi-dimensional observations)."
-        )
-    nvec = np.asarray(getattr(action_space, "nvec", []))
-    if not isinstance(action_space, gymnasium.spaces.MultiDiscrete) or nvec.ndim != 1 or not (nvec == 3).all():
-        raise ValueError(
-            f"Action space {action_space} is not supported: use MultiDiscrete([3] * groups), one "
-            "COMPUTE / REUSE / FORECAST choice per block group."
-        )
-    extractor = getattr(policy, "pi_features_extractor", policy.features_extractor)
-    if type(extractor) is not FlattenExtractor:
-        raise ValueError(
-            f"Features extractor {type(extractor).__name__} is not supported: train with "
-            "'MlpPolicy' and the default FlattenExtractor."
-        )
-    if not isinstance(policy.mlp_extractor, MlpExtractor) or not isinstance(policy.action_net, nn.Linear):
-        raise ValueError(f"{algorithm}'s policy is not the standard MlpExtractor + Linear action_net of 'MlpPolicy'.")
-    hidden, activations = _split_policy_net(policy.mlp_extractor.policy_net)
-    num_groups = len(nvec)
-    if vec_normalize is None and isinstance(getattr(model, "get_env", lambda: None)(), VecNormalize):
-        raise ValueError(
-            "The model's environment is a VecNormalize: pass it as vec_normalize= so that the policy "
-            "normalises observations as in training."
-        )
-    normalization = None
-    if vec_normalize is not None and getattr(vec_normalize, "norm_obs", True):
-        statistics = vec_normalize.obs_rms
-        if isinstance(statistics, dict):
-            raise ValueError("vec_normalize holds per-key (Dict) statistics; a policy reads one flat Box(F,).")
-        normalization = ObservationNormalization(
-            statistics.mean, statistics.var, vec_normalize.clip_obs, vec_normalize.epsilon
-        )
-    created_with = {"stable-baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__}
-    if type(model).__module__.startswith("sb3_contrib"):
-        created_with["sb3-contrib"] = importlib.metadata.version("sb3-contrib")
-    return LearnedPolicy(
-        hidden,
-        policy.action_net,
-        activation=activations,
-        feature_names=feature_names if feature_names is not None else runtime_feature_names(num_groups),
-        engine_options=engine_options if engine_options is not None else default_engine_options(num_groups),
-        normalization=normalization,
-        budget_conditioned=budget_conditioned,
-        manifest={
-            "algorithm": algorithm,
-            "model_family": model_family,
-            "scheduler": scheduler,
-            "training_config_sha256": training_config_sha256(training_config),
-            "created_with": created_with,
-        },
-    )
-
-
 def default_engine_options(num_groups: int) -> dict[str, Any]:
     """Engine options of ``num_groups`` equal-depth groups, one probe block and first-order forecasts."""
     return {"groups": num_groups, "probe_blocks": 1, "forecast_order": 1}
@@ -502,26 +312,12 @@ def check_architecture(layers: Sequence[tuple[str, int, int]], num_features: int
         )
 
 
-def _split_policy_net(net: nn.Module) -> tuple[list[nn.Linear], list[str]]:
-    """Splits SB3's ``policy_net`` (``Linear, activation, ...``) into its layers and activation names."""
-    modules = list(net) if isinstance(net, nn.Sequential) else [net]
-    hidden, activations = modules[0::2], modules[1::2]
-    names = []
-    for module in activations:
-        name = next((n for n, kind in ACTIVATIONS.items() if type(module) is kind), None)
-        defaults = ACTIVATIONS[name]() if name is not None else None
-        same = defaults is not None and all(
-            getattr(module, a, None) == getattr(defaults, a, None) for a in ("alpha", "negative_slope", "approximate")
-        )
-        if not same:
-            raise ValueError(
-                f"Activation {module} is not supported: use one of {sorted(ACTIVATIONS)} (default "
-                "arguments) as activation_fn."
-            )
-        names.append(name)
-    if len(hidden) != len(names) or not all(isinstance(layer, nn.Linear) for layer in hidden):
-        raise ValueError(f"policy_net {net} is not a stack of Linear layers each followed by an activation.")
-    return hidden, names
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _copy_linear(layer: nn.Linear) -> nn.Linear:
@@ -530,11 +326,3 @@ def _copy_linear(layer: nn.Linear) -> nn.Linear:
         copy.weight.copy_(layer.weight.detach().to("cpu", torch.float32))
         copy.bias.copy_(layer.bias.detach().to("cpu", torch.float32))
     return copy
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)

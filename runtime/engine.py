@@ -448,7 +448,7 @@ def enable_cache(
         ValueError: If the model has no supported blocks, the options do not fit it, or caching is already on.
     """
     if isinstance(policy, (str, Path)):
-        from policies.export import load_policy  # the one import of the policies package, for exported files
+        from policies.loading import load_policy  # the one import of the policies package, for exported files
 
         policy = load_policy(policy)
     defaults = getattr(policy, "engine_options", {}) or {}

@@ -27,7 +27,8 @@ from policies import (
     load_schedule,
 )
 from policies.export import from_sb3, read_manifest, training_config_sha256
-from policies.learned import ObservationNormalization, schedule_from_actions
+from policies.learned import ObservationNormalization
+from policies.schedule import schedule_from_actions
 from runtime import Action, Observation
 from tests.runtime.toy_models import denoise_dit, tiny_dit
 

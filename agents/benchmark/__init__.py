@@ -1,0 +1,28 @@
+"""The benchmark: every caching method swept over its knob on one model, against the uncached pipeline.
+
+``python benchmark.py`` runs it (see :mod:`agents.benchmark.cli`); :func:`run_benchmark` is the programmatic entry.
+"""
+
+from .config import BenchmarkConfig, load_config, parse_budgets, parse_classes, parse_seeds
+from .methods import EngineMethod, Method, Settings, build_methods
+from .report import pareto_front, psnr_at, summarize, write_results
+from .runner import count_flops, flops_cross_check, run_benchmark
+
+__all__ = [
+    "BenchmarkConfig",
+    "EngineMethod",
+    "Method",
+    "Settings",
+    "build_methods",
+    "count_flops",
+    "flops_cross_check",
+    "load_config",
+    "parse_budgets",
+    "parse_classes",
+    "parse_seeds",
+    "pareto_front",
+    "psnr_at",
+    "run_benchmark",
+    "summarize",
+    "write_results",
+]

@@ -1,0 +1,213 @@
+"""Command line of ``benchmark.py``: flags over ``configs/benchmark.yaml``, the run, the files, W&B."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from envs.config import ConfigError, EnvConfig
+
+from .config import (
+    REPO_ROOT,
+    BenchmarkConfig,
+    default_policy_path,
+    load_config,
+    parse_budgets,
+    parse_classes,
+    parse_seeds,
+)
+from .methods import build_methods
+from .report import TABLE_COLUMNS, write_results
+from .runner import run_benchmark
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``benchmark.py``."""
+    parser = argparse.ArgumentParser(
+        prog="benchmark.py",
+        description=(
+            "Sweep CachePilot's learned policy, the engine's hand-designed caches and diffusers' caches over their "
+            "knobs on one model; write results.json, results.md and pareto.png."
+        ),
+    )
+    parser.add_argument("--config", default=None, help="benchmark YAML (default: configs/benchmark.yaml)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="shipped model name or pipeline folder (default: the config's); steps and guidance then default to the "
+        "pipeline's own unless --steps / --guidance are given",
+    )
+    parser.add_argument(
+        "--policy",
+        default=None,
+        help="exported learned policy (.safetensors); default assets/policies/<model>.safetensors if it exists",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the config's)")
+    parser.add_argument("--seeds", default=None, help="seed range A-B, both included (default 1000000-1000035)")
+    parser.add_argument("--classes", default=None, help="comma-separated classes (default 7,8,9: never trained on)")
+    parser.add_argument("--budgets", default=None, help="learned policy's budgets, e.g. 0.2,0.25,0.33,0.5")
+    parser.add_argument("--quick", action="store_true", help="fewer seeds, knobs and repeats (every method kept)")
+    parser.add_argument("--out", default=None, help="output folder (default outputs/benchmark/<model>[-quick])")
+    parser.add_argument(
+        "--wandb-mode", choices=WANDB_MODES, default=None, help="W&B mode (default: online if logged in, else offline)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the config's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Config fields set by flags; a bad value stops with an error naming the flag."""
+    overrides: dict[str, Any] = {}
+    learned: dict[str, Any] = {}
+    try:
+        if args.model is not None:
+            # The config's steps and guidance belong to its model: another model uses its pipeline's defaults.
+            overrides.update(model=args.model, steps=None, guidance=None)
+        if args.steps is not None:
+            if args.steps < 2:
+                raise ConfigError(f"--steps={args.steps}: use at least 2 denoising steps.")
+            overrides["steps"] = args.steps
+        if args.guidance is not None:
+            overrides["guidance"] = args.guidance
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ConfigError(f"--threads={args.threads}: use at least 1.")
+            overrides["threads"] = args.threads
+        if args.seeds is not None:
+            parse_seeds(args.seeds, "--seeds")
+            overrides["seeds"] = args.seeds
+        if args.classes is not None:
+            overrides["classes"] = parse_classes(args.classes, "--classes")
+        if args.budgets is not None:
+            learned["budgets"] = parse_budgets(args.budgets, "--budgets")
+        if args.policy is not None:
+            learned["policy"] = args.policy
+    except ConfigError as error:
+        parser.error(str(error))
+    if learned:
+        overrides["methods"] = {"learned": learned}
+    return overrides
+
+
+def resolve_policy(config: BenchmarkConfig) -> tuple[Path | None, str | None]:
+    """The learned policy file to benchmark, or ``None`` with a notice saying why its rows are skipped.
+
+    Raises:
+        FileNotFoundError: If a policy was named explicitly (flag or config) and does not exist.
+    """
+    if config.methods.learned.policy is not None:
+        path = Path(config.methods.learned.policy)
+        if not path.is_file():
+            raise FileNotFoundError(f"--policy {path}: no such file; give an exported .safetensors policy.")
+        return path, None
+    path = default_policy_path(config.model)
+    if path.is_file():
+        return path, None
+    shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+    return None, (
+        f"No learned policy: {shown} does not exist, so the learned rows are skipped "
+        "(export one there, or pass --policy PATH)."
+    )
+
+
+def data_notices(config: BenchmarkConfig) -> list[str]:
+    """Warnings when the benchmark's classes or seeds overlap the training defaults."""
+    train = EnvConfig()
+    notices = []
+    shared = sorted(set(config.classes) & set(train.train_classes))
+    if shared:
+        notices.append(f"Classes {shared} are training classes: these rows do not measure held-out conditions.")
+    start, stop = train.train_seeds
+    seeds = config.seed_list
+    if any(start <= s < stop for s in seeds):
+        notices.append(f"Some seeds lie in the training seed range [{start}, {stop}).")
+    return notices
+
+
+def load_model(model: str, scheduler: str) -> Any:
+    """Loads the pipeline to benchmark, with its progress bar off."""
+    from envs.pipelines import prepare_pipeline
+
+    return prepare_pipeline(model, scheduler)
+
+
+def log_to_wandb(
+    results: dict[str, Any], paths: dict[str, Path], mode: str | None, project: str, out_dir: Path
+) -> None:
+    """Logs the results table, ``pareto.png`` and ``results.json`` (as an artifact) to a W&B run."""
+    import wandb
+
+    from agents.tracking import start_run
+
+    run = start_run(project=project, config=results["config"], mode=mode, out_dir=out_dir, job_type="benchmark")
+    try:
+        table = wandb.Table(
+            columns=list(TABLE_COLUMNS), data=[[row[c] for c in TABLE_COLUMNS] for row in results["rows"]]
+        )
+        run.log({"benchmark/results": table, "benchmark/pareto": wandb.Image(str(paths["png"]))})
+        for entry in results["summary"]:
+            target = f"{entry['target_speedup']:g}x"
+            for key in ("delta_psnr", "learned_psnr", "best_psnr"):
+                if entry[key] is not None:
+                    run.summary[f"benchmark/{key}@{target}"] = entry[key]
+        safe_name = "".join(c if c.isalnum() or c in "-_." else "-" for c in results["model"])
+        artifact = wandb.Artifact(f"benchmark-{safe_name}", type="benchmark")
+        artifact.add_file(str(paths["json"]))
+        run.log_artifact(artifact)
+    finally:
+        run.finish()
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parses flags, runs the benchmark, writes the three files, prints the summary and logs to W&B.
+
+    Returns:
+        The results written to ``results.json``.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = overrides_from_args(args, parser)
+    try:
+        config = load_config(args.config, quick=args.quick, overrides=overrides)
+    except ConfigError as error:
+        parser.error(f"config: {error}")
+    try:
+        policy_path, notice = resolve_policy(config)
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    notes = data_notices(config)
+    if notice:
+        notes.append(notice)
+    for note in notes:
+        print(f"notice: {note}")
+    model_name = Path(str(config.model)).name
+    out_dir = Path(args.out or f"outputs/benchmark/{model_name}{'-quick' if args.quick else ''}")
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        pipe = load_model(config.model, config.scheduler)
+    except (FileNotFoundError, ValueError) as error:  # unknown model, or a shipped one not trained yet
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    methods = build_methods(config, policy_path)
+    results = run_benchmark(
+        pipe, config, methods, model_name=str(config.model), progress=not args.no_progress, notes=notes
+    )
+    results["policy"] = str(policy_path) if policy_path is not None else None
+    paths = write_results(results, out_dir)
+    for entry in results["summary"]:
+        print(entry["line"])
+    print(
+        f"{len(results['rows'])} rows in {results['seconds']:.0f} s; wrote {', '.join(str(p) for p in paths.values())}"
+    )
+    if args.wandb_mode != "disabled":
+        log_to_wandb(results, paths, args.wandb_mode, config.wandb_project, out_dir)
+    return results

@@ -1,0 +1,208 @@
+"""The methods the benchmark compares: an interface, the engine's policies, and the grid that builds them all.
+
+A :class:`Method` is one method at one knob setting. The runner attaches it to a pipeline's transformer, generates
+inside :meth:`Method.generation` (which starts every generation from a fresh cache), and detaches it again, so the
+uncached runs it is timed against use the plain, unhooked pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import runtime
+from envs.pipelines import generate
+from policies import FORA, AlwaysCompute, DeltaDiT, FirstBlockThreshold, TaylorSeer, load_policy
+
+from .config import BenchmarkConfig, MethodsConfig
+
+FAMILIES = ("learned", "baseline", "diffusers")
+"""Row families: the learned policy, the engine's hand-designed policies, and diffusers' own caches."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every generation of a benchmark run uses.
+
+    Attributes:
+        conditions: One class per sample.
+        seeds: One seed per sample.
+        steps: Denoising steps.
+        guidance: Classifier-free guidance scale.
+        warmup_steps: Steps of short, untimed generations (warm-up, engine cost measurement).
+    """
+
+    conditions: tuple[int, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    guidance: float
+    warmup_steps: int = 2
+
+    def run(self, pipe: Any, *, steps: int | None = None, samples: int | None = None) -> torch.Tensor:
+        """Generates (under ``torch.inference_mode``) the first ``samples`` samples with ``steps`` steps."""
+        count = len(self.seeds) if samples is None else samples
+        with torch.inference_mode():
+            return generate(pipe, self.conditions[:count], self.seeds[:count], steps or self.steps, self.guidance)
+
+
+class Method(ABC):
+    """One caching method at one knob setting.
+
+    Attributes:
+        name: Method name, shared by all its knob settings (one line in the plot).
+        family: ``"learned"``, ``"baseline"`` (the engine's hand-designed policies) or ``"diffusers"``.
+        knob: The knob setting, e.g. ``"N=3"`` or ``"threshold=0.1"``.
+        counts_own_flops: Whether :meth:`flops_speedup` reads the method's own counters; otherwise the runner
+            counts FLOPs with ``FlopCounterMode``.
+    """
+
+    name: str
+    family: str
+    knob: str
+    counts_own_flops: bool = False
+
+    def prepare(self, pipe: Any, settings: Settings) -> None:  # noqa: B027 (optional hook)
+        """One-off work before the first attach, e.g. a calibration run (untimed)."""
+
+    @abstractmethod
+    def attach(self, pipe: Any, settings: Settings) -> None:
+        """Hooks the method into ``pipe.transformer`` (untimed; may run a short generation)."""
+
+    @abstractmethod
+    def detach(self, pipe: Any) -> None:
+        """Removes every hook the method added; the transformer is as before."""
+
+    @contextlib.contextmanager
+    def generation(self) -> Iterator[None]:
+        """Wraps one generation: starts it from an empty cache."""
+        yield
+
+    def flops_speedup(self) -> float | None:
+        """Uncached over executed FLOPs of the last generation, from the method's own counters, or ``None``."""
+        return None
+
+    def info(self) -> dict[str, Any]:
+        """Extra row fields describing the last generation (e.g. how many modules were hooked)."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{self.name} ({self.knob})"
+
+
+class EngineMethod(Method):
+    """A policy run by CachePilot's engine (``runtime.enable_cache``); FLOPs come from the engine's counters.
+
+    Args:
+        name: Method name.
+        family: Row family.
+        knob: Knob description.
+        policy: Returns the policy; called at every attach, so a stateful policy starts afresh each time.
+        engine_options: ``groups``, ``probe_blocks``, ... for ``runtime.enable_cache`` (the policy's own when empty).
+        budget: Compute budget shown to budget-conditioned policies.
+    """
+
+    counts_own_flops = True
+
+    def __init__(
+        self,
+        name: str,
+        family: str,
+        knob: str,
+        policy: Callable[[], Any],
+        engine_options: dict[str, Any] | None = None,
+        budget: float | None = None,
+    ) -> None:
+        self.name, self.family, self.knob = name, family, knob
+        self.make_policy = policy
+        self.engine_options = dict(engine_options or {})
+        self.budget = budget
+        self.engine: runtime.CacheEngine | None = None
+
+    def attach(self, pipe: Any, settings: Settings) -> None:
+        self.engine = runtime.enable_cache(
+            pipe.transformer, self.make_policy(), budget=self.budget, **self.engine_options
+        )
+        # The engine measures its per-block costs with FlopCounterMode on its first pass: do that here, untimed.
+        settings.run(pipe, steps=settings.warmup_steps, samples=1)
+        self.engine.reset()
+
+    def detach(self, pipe: Any) -> None:
+        if self.engine is not None:
+            runtime.disable_cache(pipe.transformer)
+            self.engine = None
+
+    @contextlib.contextmanager
+    def generation(self) -> Iterator[None]:
+        self.engine.reset()
+        yield
+
+    def flops_speedup(self) -> float | None:
+        return float(self.engine.summary()["flops_speedup"]) if self.engine is not None else None
+
+    def info(self) -> dict[str, Any]:
+        summary = self.engine.summary() if self.engine is not None else {}
+        return {key: summary[key] for key in ("computed_fraction", "fallbacks") if key in summary}
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+def engine_methods(methods: MethodsConfig, engine_options: dict[str, Any]) -> list[Method]:
+    """The engine's hand-designed policies over their grids (family ``"baseline"``)."""
+    out: list[Method] = []
+
+    def add(name: str, knob: str, factory: Callable[[], Any]) -> None:
+        out.append(EngineMethod(name, "baseline", knob, factory, engine_options))
+
+    if methods.always_compute:
+        add("AlwaysCompute", "-", AlwaysCompute)
+    for n in methods.fora.intervals:
+        add("FORA", f"N={n}", lambda n=n: FORA(n))
+    for t in methods.first_block.thresholds:
+        add("FirstBlockCache", f"threshold={_fmt(t)}", lambda t=t: FirstBlockThreshold(t, signal="probe_change"))
+    for t in methods.teacache.thresholds:
+        add(
+            "TeaCache-style",
+            f"threshold={_fmt(t)}",
+            lambda t=t: FirstBlockThreshold(t, signal="accumulated_input_change"),
+        )
+    grid = methods.taylorseer
+    for order in grid.orders:
+        for n in grid.intervals:
+            add("TaylorSeer", f"N={n}, O={order}", lambda n=n, o=order: TaylorSeer(n, o, warmup=grid.warmup))
+    grid_d = methods.delta_dit
+    for span in grid_d.spans:
+        for n in grid_d.intervals:
+            add(
+                "Δ-DiT",
+                f"N={n}, span={_fmt(span)}",
+                lambda n=n, s=span: DeltaDiT(n, boundary=grid_d.boundary, span=s),
+            )
+    return out
+
+
+def learned_methods(policy_path: str | Path, budgets: Sequence[float]) -> list[Method]:
+    """The exported learned policy at each budget (family ``"learned"``); engine options come from the file."""
+    policy = load_policy(policy_path)  # read once; validates the file before anything runs
+    return [
+        EngineMethod("CachePilot (learned)", "learned", f"budget={_fmt(b)}", lambda: policy, budget=b) for b in budgets
+    ]
+
+
+def build_methods(config: BenchmarkConfig, policy_path: str | Path | None) -> list[Method]:
+    """Every method at every knob of ``config``: learned (if ``policy_path``), engine baselines, diffusers caches."""
+    from .diffusers_caches import diffusers_methods
+
+    methods: list[Method] = []
+    if policy_path is not None and config.methods.learned.budgets:
+        methods += learned_methods(policy_path, config.methods.learned.budgets)
+    methods += engine_methods(config.methods, {"groups": config.groups, "probe_blocks": config.probe_blocks})
+    methods += diffusers_methods(config.methods, config)
+    return methods

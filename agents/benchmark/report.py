@@ -1,0 +1,261 @@
+"""Turning benchmark rows into the summary, ``results.json``, ``results.md`` and ``pareto.png``.
+
+The summary compares, at each target FLOP speedup, the learned policy's PSNR with the best PSNR any non-learned
+method reaches there. Each method's PSNR at a speedup is read off its upper Pareto front (the knob settings no other
+setting of the same method beats in both speed and PSNR), linearly interpolated in speedup between neighbouring
+front points. Below a method's slowest front point the front's first PSNR is used (that setting is at least that
+fast); past its fastest point the method does not reach the target ("n/a").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+FAMILY_ORDER = ("learned", "baseline", "diffusers")
+TABLE_COLUMNS = ("family", "method", "knob", "flops_speedup", "wall_speedup", "psnr", "ssim", "class_acc", "fd")
+_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "h", "p", "d")
+_LINESTYLES = ("-", "--", "-.", ":")
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The upper Pareto front of ``(speedup, psnr)`` points, sorted by speedup.
+
+    A point is on the front when no other point is at least as fast with a higher PSNR, or faster with the same.
+    """
+    front: list[tuple[float, float]] = []
+    best = -math.inf
+    for speedup, psnr in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if psnr > best:
+            front.append((speedup, psnr))
+            best = psnr
+    return front[::-1]
+
+
+def psnr_at(points: Sequence[tuple[float, float]], speedup: float) -> float | None:
+    """PSNR on the upper Pareto front of ``points`` at ``speedup`` (linear in speedup), or ``None`` if not reached."""
+    front = pareto_front(points)
+    if not front or front[-1][0] < speedup - 1e-9:
+        return None
+    if speedup <= front[0][0]:
+        return front[0][1]
+    for (x0, y0), (x1, y1) in zip(front, front[1:], strict=False):
+        if x0 <= speedup <= x1:
+            return y0 + (y1 - y0) * (speedup - x0) / (x1 - x0)
+    return front[-1][1]
+
+
+def summarize(rows: Sequence[dict[str, Any]], targets: Sequence[float]) -> list[dict[str, Any]]:
+    """Learned PSNR minus the best non-learned PSNR at each target FLOP speedup.
+
+    Args:
+        rows: Benchmark rows (``method``, ``family``, ``flops_speedup``, ``psnr``).
+        targets: FLOP speedups to compare at.
+
+    Returns:
+        One entry per target: ``target_speedup``, ``learned_psnr``, ``best_psnr`` and ``best_method`` (the best
+        non-learned method there), ``delta_psnr`` (learned minus best; ``None`` when either is missing),
+        ``per_method`` (every method's interpolated PSNR, ``None`` where it does not reach the target) and ``line``.
+    """
+    series: dict[str, list[tuple[float, float]]] = {}
+    family_of: dict[str, str] = {}
+    for row in rows:
+        series.setdefault(row["method"], []).append((float(row["flops_speedup"]), float(row["psnr"])))
+        family_of[row["method"]] = row["family"]
+    learned = [m for m in series if family_of[m] == "learned"]
+    others = [m for m in series if family_of[m] != "learned"]
+    learned_points = [p for m in learned for p in series[m]]
+    summary = []
+    for target in targets:
+        per_method = {m: psnr_at(series[m], target) for m in series}
+        learned_psnr = psnr_at(learned_points, target) if learned_points else None
+        reached = {m: per_method[m] for m in others if per_method[m] is not None}
+        best_method = max(reached, key=reached.get) if reached else None
+        best_psnr = reached[best_method] if best_method is not None else None
+        delta = learned_psnr - best_psnr if learned_psnr is not None and best_psnr is not None else None
+        entry = {
+            "target_speedup": float(target),
+            "learned_psnr": learned_psnr,
+            "best_psnr": best_psnr,
+            "best_method": best_method,
+            "delta_psnr": delta,
+            "per_method": per_method,
+        }
+        entry["line"] = summary_line(entry, have_learned=bool(learned_points))
+        summary.append(entry)
+    return summary
+
+
+def summary_line(entry: dict[str, Any], have_learned: bool = True) -> str:
+    """One human-readable line for a summary entry."""
+    target = f"{entry['target_speedup']:g}×"
+    if entry["learned_psnr"] is not None:
+        learned = f"learned {entry['learned_psnr']:.2f} dB"
+    else:
+        learned = "learned n/a" + ("" if have_learned else " (no learned policy)")
+    if entry["best_psnr"] is not None:
+        best = f"best non-learned {entry['best_psnr']:.2f} dB ({entry['best_method']})"
+    else:
+        best = "best non-learned n/a"
+    delta = f"{entry['delta_psnr']:+.2f} dB" if entry["delta_psnr"] is not None else "n/a"
+    return f"{target}: learned − best non-learned PSNR = {delta}  [{learned}; {best}]"
+
+
+def sorted_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows by family (learned, baseline, diffusers), then FLOP speedup, then method name."""
+
+    def key(row: dict[str, Any]) -> tuple:
+        family = FAMILY_ORDER.index(row["family"]) if row["family"] in FAMILY_ORDER else len(FAMILY_ORDER)
+        return (family, row["flops_speedup"], row["method"])
+
+    return sorted(rows, key=key)
+
+
+def _cell(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """``results.md``: the settings, the summary lines and the table sorted by family then speedup."""
+    cap = results["psnr_cap"]
+    lines = [
+        f"# Benchmark: {results['model']}",
+        "",
+        f"- scheduler {results['scheduler']}, {results['steps']} steps, guidance {results['guidance']:g}; "
+        f"{results['threads']} torch thread(s)",
+        f"- {results['n_samples']} samples: seeds {results['seeds'][0]}–{results['seeds'][-1]}, "
+        f"classes {', '.join(str(c) for c in results['classes'])}",
+        f"- PSNR and SSIM against the uncached output of the same seeds; identical images are capped at {cap:g} dB.",
+        f"- FLOP speedup: engine counters for CachePilot's engine, `FlopCounterMode` over one generation (against the "
+        f"uncached one) for diffusers' caches. Wall speedup: median of {results['repeats']} interleaved "
+        "(uncached, method) pairs in one process, after an untimed warm-up; the uncached runs use the plain "
+        "pipeline.",
+        f"- FD: `fd_digits` of each method's {results['n_samples']} images against the held-out digits (all classes), "
+        "so compare it with the AlwaysCompute row rather than read it absolutely.",
+    ]
+    check = results.get("flops_check")
+    if check:
+        lines.append(
+            f"- FLOP cross-check on {check['method']} ({check['knob']}): engine {check['engine']:.4f}×, "
+            f"FlopCounterMode {check['flop_counter']:.4f}× ({100 * check['relative_difference']:.2f}% apart)."
+        )
+    for note in results.get("notes", []):
+        lines.append(f"- {note}")
+    lines += ["", "## Learned vs best non-learned at equal FLOP speedup", ""]
+    lines += [f"- {entry['line']}" for entry in results["summary"]] or ["- (no targets)"]
+    if results["summary"]:
+        targets = [f"{entry['target_speedup']:g}×" for entry in results["summary"]]
+        lines += [
+            "",
+            "PSNR (dB) on each method's upper Pareto front at each FLOP speedup (– where it does not reach it):",
+            "",
+            "| method | " + " | ".join(targets) + " |",
+            "|---|" + "---:|" * len(targets),
+        ]
+        for method in results["summary"][0]["per_method"]:
+            values = [_cell(entry["per_method"][method]) for entry in results["summary"]]
+            lines.append(f"| {method} | " + " | ".join(values) + " |")
+    lines += [
+        "",
+        "## Results",
+        "",
+        "| family | method | knob | FLOP × | wall × | PSNR (dB) | SSIM | class acc | FD |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in sorted_rows(results["rows"]):
+        cells = [
+            row["family"],
+            row["method"],
+            row["knob"],
+            _cell(row["flops_speedup"]),
+            _cell(row["wall_speedup"]),
+            _cell(row["psnr"]),
+            _cell(row["ssim"], 3),
+            _cell(row["class_acc"], 3),
+            _cell(row["fd"], 1),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_figure(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Writes ``pareto.png``: PSNR against FLOP speedup (left) and wall speedup (right).
+
+    Every method has its own marker and line style; its points are drawn faintly and its upper Pareto front as a
+    line. The learned policy is drawn in red, thick and on top. The AlwaysCompute reference (1×, capped PSNR) is
+    left out so the axis shows the methods' range.
+    """
+    methods: dict[str, list[dict[str, Any]]] = {}  # in the order the methods were run: stable styles
+    for row in rows:
+        if row["method"] != "AlwaysCompute":
+            methods.setdefault(row["method"], []).append(row)
+    figure, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    colors = plt.get_cmap("tab10")
+    for index, (method, method_rows) in enumerate(methods.items()):
+        learned = method_rows[0]["family"] == "learned"
+        style = {
+            "color": "red" if learned else colors(index % 10),
+            "marker": "*" if learned else _MARKERS[index % len(_MARKERS)],
+            "linestyle": "-" if learned else _LINESTYLES[index % len(_LINESTYLES)],
+            "linewidth": 2.8 if learned else 1.3,
+            "markersize": 11 if learned else 6,
+            "zorder": 10 if learned else 2,
+        }
+        for axis, key in zip(axes, ("flops_speedup", "wall_speedup"), strict=True):
+            points = [(r[key], r["psnr"]) for r in method_rows]
+            axis.scatter(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                marker=style["marker"],
+                color=style["color"],
+                alpha=0.35,
+                s=style["markersize"] ** 2,
+                zorder=style["zorder"],
+            )
+            front = pareto_front(points)
+            axis.plot(
+                [p[0] for p in front],
+                [p[1] for p in front],
+                label=method,
+                **style,
+            )
+    for axis, xlabel in zip(axes, ("FLOP speedup (×)", "wall-clock speedup (×)"), strict=True):
+        axis.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
+        axis.set_xlabel(xlabel)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("PSNR vs uncached (dB)")
+    axes[0].set_title("PSNR vs FLOP speedup", fontsize=10)
+    axes[1].set_title("PSNR vs wall-clock speedup", fontsize=10)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5) or 1, fontsize=8, frameon=False)
+    if title:
+        figure.suptitle(title, fontsize=11)
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def write_results(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Writes ``results.json``, ``results.md`` and ``pareto.png`` into ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "pareto.png"}
+    paths["json"].write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    paths["md"].write_text(markdown(results))
+    title = f"{results['model']}: {results['steps']} steps, {results['n_samples']} samples"
+    pareto_figure(results["rows"], paths["png"], title=title)
+    return paths
