@@ -145,6 +145,10 @@ def markdown(results: dict[str, Any]) -> str:
         f"- FD: `fd_digits` of each method's {results['n_samples']} images against the held-out digits (all classes), "
         "so compare it with the AlwaysCompute row rather than read it absolutely.",
     ]
+    lines.append(
+        "- `FlopCounterMode` does not count PyTorch's CPU attention kernel (SDPA); engine counters and the "
+        "FlopCounterMode counts leave it out alike (a few % of a block at these short token sequences)."
+    )
     check = results.get("flops_check")
     if check:
         lines.append(

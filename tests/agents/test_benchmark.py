@@ -1,0 +1,292 @@
+"""benchmark.py on a tiny random DiT: the files and their schema, FLOP counting of every method family, hook
+removal, the summary's Pareto interpolation, W&B logging and flag errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from diffusers import DDIMScheduler, DiTTransformer2DModel
+
+from agents.benchmark import cli
+from agents.benchmark.config import load_config
+from agents.benchmark.diffusers_caches import (
+    DiffusersFirstBlockCache,
+    DiffusersMagCache,
+    DiffusersTaylorSeer,
+    MagCacheCalibration,
+)
+from agents.benchmark.methods import EngineMethod, Settings
+from agents.benchmark.report import pareto_front, psnr_at, summarize
+from agents.benchmark.runner import flops_cross_check, uncached_reference
+from policies import FORA, export_schedule
+from tests.agents.wandb_records import read_offline_run
+from zoo.pipelines import MiniDiTPipeline
+
+STEPS = 6
+NUM_LAYERS = 5
+SEEDS = "1000000-1000003"
+REPO = Path(__file__).resolve().parents[2]
+ROW_KEYS = {"method", "family", "knob", "flops_speedup", "wall_speedup", "psnr", "ssim", "class_acc", "fd"}
+TOP_KEYS = {"model", "scheduler", "steps", "n_samples", "seeds", "classes", "rows", "summary"}
+
+TINY_CONFIG: dict[str, Any] = {
+    "model": "tiny-random-dit",
+    "repeats": 1,
+    "warmup_steps": 1,
+    "methods": {
+        "fora": {"intervals": [2, 3]},
+        "first_block": {"thresholds": [0.1]},
+        "teacache": {"thresholds": [0.2]},
+        "taylorseer": {"intervals": [2], "orders": [1]},
+        "delta_dit": {"intervals": [2], "spans": [1.0]},
+        "diffusers_first_block": {"thresholds": [0.05, 10.0]},
+        "diffusers_taylorseer": {"intervals": [2], "orders": [1, 2], "disable_cache_before_step": 1},
+        "diffusers_magcache": {"thresholds": [0.5], "max_skip_steps": [2], "retention_ratio": 0.2},
+        "learned": {"budgets": [0.25, 0.5]},
+    },
+}
+
+
+def tiny_pipeline() -> MiniDiTPipeline:
+    """A random 5-block class-conditional DiT on 16×16 digits (4 cacheable blocks after the probe)."""
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=1,
+        out_channels=1,
+        num_layers=NUM_LAYERS,
+        sample_size=16,
+        patch_size=4,
+        num_embeds_ada_norm=10,
+        norm_type="ada_norm_zero",
+    ).eval()
+    pipe = MiniDiTPipeline(transformer=transformer, scheduler=DDIMScheduler(beta_schedule="squaredcos_cap_v2"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def settings() -> Settings:
+    return Settings((7, 8, 9), (1000000, 1000001, 1000002), STEPS, 4.0, warmup_steps=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Small models run fastest on one thread, and do not stall when other jobs share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    """``benchmark.py`` end to end with a tiny config and a learned (static schedule) policy; W&B disabled."""
+    folder = tmp_path_factory.mktemp("benchmark")
+    config_path = folder / "benchmark.yaml"
+    config_path.write_text(yaml.safe_dump(TINY_CONFIG))
+    table = torch.ones(STEPS, 4, dtype=torch.int64)  # reuse everything but the first step
+    table[0] = 0
+    policy = export_schedule(folder / "policy.safetensors", table)
+    out = folder / "out"
+    argv = [
+        *("--config", str(config_path), "--policy", str(policy), "--steps", str(STEPS), "--seeds", SEEDS),
+        *("--classes", "7,8,9", "--out", str(out), "--wandb-mode", "disabled", "--no-progress"),
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "load_model", lambda model, scheduler: tiny_pipeline())
+        results = cli.main(argv)
+    return results, out
+
+
+def rows_of(results: dict[str, Any], method: str) -> list[dict[str, Any]]:
+    return [row for row in results["rows"] if row["method"] == method]
+
+
+def test_writes_the_three_files_with_the_schema(benchmark_run: tuple[dict[str, Any], Path]) -> None:
+    results, out = benchmark_run
+    for name in ("results.json", "results.md", "pareto.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    written = json.loads((out / "results.json").read_text())
+    assert TOP_KEYS <= set(written)
+    assert written["steps"] == STEPS and written["n_samples"] == 4
+    assert written["seeds"] == [1000000, 1000001, 1000002, 1000003] and written["classes"] == [7, 8, 9]
+    assert written["scheduler"] == "DDIMScheduler"
+    families = set()
+    for row in written["rows"]:
+        assert ROW_KEYS <= set(row), row
+        assert row["family"] in ("learned", "baseline", "diffusers")
+        families.add(row["family"])
+        for key in ("flops_speedup", "wall_speedup", "psnr", "ssim", "class_acc", "fd"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]), (row["method"], key)
+    assert families == {"learned", "baseline", "diffusers"}
+    assert [entry["target_speedup"] for entry in written["summary"]] == [2.0, 3.0, 4.0, 5.0]
+    markdown = (out / "results.md").read_text()
+    assert "| family | method | knob |" in markdown and "60 dB" in markdown
+    for entry in written["summary"]:
+        assert entry["line"] in markdown
+
+
+def test_always_compute_is_the_reference(benchmark_run: tuple[dict[str, Any], Path]) -> None:
+    (row,) = rows_of(benchmark_run[0], "AlwaysCompute")
+    assert row["flops_speedup"] == pytest.approx(1.0)
+    assert row["psnr"] == 60.0 and row["ssim"] == pytest.approx(1.0)
+
+
+def test_fora_and_learned_rows_save_flops(benchmark_run: tuple[dict[str, Any], Path]) -> None:
+    fora = rows_of(benchmark_run[0], "FORA")
+    assert [row["knob"] for row in fora] == ["N=2", "N=3"]
+    assert all(row["flops_speedup"] > 1.2 and row["flops_source"] == "engine" for row in fora)
+    assert fora[1]["flops_speedup"] > fora[0]["flops_speedup"]
+    learned = rows_of(benchmark_run[0], "CachePilot (learned)")
+    assert [row["knob"] for row in learned] == ["budget=0.25", "budget=0.5"]
+    assert all(row["family"] == "learned" and row["flops_speedup"] > 1.5 for row in learned)
+
+
+def test_diffusers_rows_have_plausible_flop_counts(benchmark_run: tuple[dict[str, Any], Path]) -> None:
+    results = benchmark_run[0]
+    for method in ("diffusers FirstBlockCache", "diffusers TaylorSeer", "diffusers MagCache"):
+        rows = rows_of(results, method)
+        assert rows, method
+        for row in rows:
+            assert row["family"] == "diffusers" and row["flops_source"] == "FlopCounterMode"
+            assert row["hooked_modules"] > 0
+            # At least block 0 and the embeddings run at every step, so fewer than NUM_LAYERS times less work.
+            assert 1.0 - 1e-9 <= row["flops_speedup"] < NUM_LAYERS, row
+    strict, loose = rows_of(results, "diffusers FirstBlockCache")
+    assert loose["flops_speedup"] > strict["flops_speedup"]
+    assert loose["flops_speedup"] > 2.0  # threshold 10: only the first step runs the remaining blocks
+    for row in rows_of(results, "diffusers TaylorSeer"):
+        assert row["hooked_modules"] == 2 * NUM_LAYERS  # attn1 and ff of every block
+        assert row["flops_speedup"] > 1.2  # interval 2: every other step after the first is forecast
+
+
+def test_flop_counter_agrees_with_engine_counters(benchmark_run: tuple[dict[str, Any], Path]) -> None:
+    pipe, run = tiny_pipeline(), settings()
+    reference = uncached_reference(pipe, run)
+    method = EngineMethod("FORA", "baseline", "N=3", lambda: FORA(3), {"groups": 4, "probe_blocks": 1})
+    check = flops_cross_check(pipe, method, run, reference)
+    assert check["engine"] > 1.5
+    assert check["relative_difference"] < 0.03, check
+    assert benchmark_run[0]["flops_check"]["passed"]
+    assert not hasattr(pipe.transformer, "_diffusers_hook")
+
+
+def test_diffusers_hooks_are_removed_and_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe, run = tiny_pipeline(), settings()
+    uncached = run.run(pipe)
+    grid = load_config(overrides={"methods": {"diffusers_magcache": {"calibration_seed": 3}}}).methods
+    calibration = MagCacheCalibration(grid.diffusers_magcache, default_class=7)
+    methods = [
+        DiffusersFirstBlockCache(0.5),
+        DiffusersTaylorSeer(2, 2, 1, "float32"),
+        DiffusersMagCache(1.0, 2, grid.diffusers_magcache, calibration),
+    ]
+    for method in methods:
+        method.prepare(pipe, run)
+        method.attach(pipe, run)
+        outputs = []
+        for _ in range(2):
+            with method.generation():
+                outputs.append(run.run(pipe))
+        method.detach(pipe)
+        assert torch.equal(outputs[0], outputs[1]), f"{method}: state leaked between generations"
+        assert not any(hasattr(m, "_diffusers_hook") for m in pipe.transformer.modules()), method
+        assert torch.equal(run.run(pipe), uncached), f"{method}: the transformer changed after removal"
+    assert len(calibration.ratios) == STEPS
+
+    monkeypatch.setattr("agents.benchmark.diffusers_caches.taylorseer_identifiers", lambda t: ["no_such_module"])
+    with pytest.raises(RuntimeError, match="hooked no module"):
+        DiffusersTaylorSeer(2, 1, 1, "float32").attach(pipe, run)
+    assert not any(hasattr(m, "_diffusers_hook") for m in pipe.transformer.modules())
+
+
+def test_summary_interpolates_each_method_front() -> None:
+    rows = [
+        {"method": "learned", "family": "learned", "flops_speedup": 2.0, "psnr": 30.0},
+        {"method": "learned", "family": "learned", "flops_speedup": 4.0, "psnr": 26.0},
+        {"method": "FORA", "family": "baseline", "flops_speedup": 1.5, "psnr": 35.0},
+        {"method": "FORA", "family": "baseline", "flops_speedup": 2.5, "psnr": 28.0},  # dominated by 3.0×
+        {"method": "FORA", "family": "baseline", "flops_speedup": 3.0, "psnr": 29.0},
+        {"method": "TS", "family": "diffusers", "flops_speedup": 2.0, "psnr": 31.0},
+        {"method": "TS", "family": "diffusers", "flops_speedup": 5.0, "psnr": 20.0},
+    ]
+    assert pareto_front([(1.5, 35.0), (2.5, 28.0), (3.0, 29.0)]) == [(1.5, 35.0), (3.0, 29.0)]
+    assert psnr_at([(2.5, 28.0)], 2.0) == 28.0  # a faster setting also covers a slower target
+    assert psnr_at([(2.5, 28.0)], 3.0) is None
+
+    summary = summarize(rows, [2, 3, 4, 5])
+    expected = [  # (learned, best, best method, delta)
+        (30.0, 33.0, "FORA", -3.0),
+        (28.0, 29.0, "FORA", -1.0),
+        (26.0, 31.0 - 22.0 / 3.0, "TS", 26.0 - (31.0 - 22.0 / 3.0)),
+        (None, 20.0, "TS", None),
+    ]
+    for entry, (learned, best, method, delta) in zip(summary, expected, strict=True):
+        assert entry["learned_psnr"] == (None if learned is None else pytest.approx(learned))
+        assert entry["best_psnr"] == pytest.approx(best) and entry["best_method"] == method
+        assert entry["delta_psnr"] == (None if delta is None else pytest.approx(delta))
+    assert summary[2]["per_method"]["FORA"] is None
+    assert "+2.33 dB" in summary[2]["line"] and "n/a" in summary[3]["line"]
+    assert "no learned policy" in summarize(rows[2:], [2])[0]["line"]
+
+
+def test_wandb_logs_table_image_and_artifact(benchmark_run: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
+    results, out = benchmark_run
+    paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "pareto.png"}
+    cli.log_to_wandb(results, paths, "offline", "cachepilot-tests", tmp_path)
+    deadline = time.monotonic() + 20.0
+    logged = read_offline_run(tmp_path / "wandb")
+    while not logged.history_keys and time.monotonic() < deadline:  # wandb-core may still be writing the file
+        time.sleep(0.2)
+        logged = read_offline_run(tmp_path / "wandb")
+    for key in ("benchmark/results", "benchmark/pareto"):  # logged as media: keys such as benchmark/pareto/path
+        assert any(k.startswith(key) for k in logged.history_keys), key
+    assert any(kind == "benchmark" for _, kind in logged.artifacts)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--budgets", "0.2,abc"), ("--budgets", "0.5,1.5"), ("--seeds", "9-3"), ("--seeds", "1000000..1000010")],
+)
+def test_bad_flag_names_the_flag(flag: str, value: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as error:
+        cli.main([flag, value, "--wandb-mode", "disabled"])
+    assert error.value.code == 2
+    message = capsys.readouterr().err
+    assert flag in message and value in message
+
+
+def test_quick_config_keeps_every_method_and_default_policy_notice() -> None:
+    quick, full = load_config(quick=True), load_config()
+    assert quick.classes == [7, 8, 9] and quick.seed_list[0] == 1_000_000
+    assert len(quick.seed_list) < len(full.seed_list)
+    for name in ("fora", "first_block", "teacache", "diffusers_first_block", "diffusers_magcache"):
+        grid = getattr(quick.methods, name)
+        assert getattr(grid, "intervals", None) or getattr(grid, "thresholds", None), name
+    assert quick.methods.taylorseer.intervals and quick.methods.delta_dit.intervals
+    assert quick.methods.diffusers_taylorseer.intervals and quick.methods.learned.budgets
+
+    path, notice = cli.resolve_policy(load_config(overrides={"model": "no-such-model"}))
+    assert path is None and "learned rows are skipped" in notice
+    with pytest.raises(FileNotFoundError, match="--policy"):
+        cli.resolve_policy(load_config(overrides={"methods": {"learned": {"policy": "missing.safetensors"}}}))
+
+
+def test_benchmark_samples_as_the_policy_is_trained() -> None:
+    """The benchmark's steps and guidance follow the training config, or the learned rows are off-distribution."""
+    training = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())["env"]
+    benchmark = load_config()
+    assert benchmark.model == training["model"]
+    assert benchmark.steps == training["num_inference_steps"]
+    assert benchmark.guidance == training["guidance_scale"]
+    assert not set(benchmark.classes) & set(training["train_classes"])
+    assert benchmark.seed_list[0] >= training["train_seeds"][1]
