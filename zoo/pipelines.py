@@ -149,7 +149,8 @@ class MiniDiTPipeline(_DigitsPipelineMixin, DiffusionPipeline):
         else:
             labels_input = labels
 
-        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        device = self._execution_device  # looked up once: the property walks every module
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         channels = self.transformer.config.in_channels
@@ -157,7 +158,7 @@ class MiniDiTPipeline(_DigitsPipelineMixin, DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
-                t_batch = t.to(self._execution_device).reshape(1).expand(model_input.shape[0])
+                t_batch = t.to(device).reshape(1).expand(model_input.shape[0])
                 noise_pred = self.transformer(model_input, timestep=t_batch, class_labels=labels_input).sample
                 noise_pred = noise_pred[:, :channels]
                 if self.do_classifier_free_guidance:
@@ -214,13 +215,14 @@ class MiniFlowPipeline(_DigitsPipelineMixin, DiffusionPipeline):
             prompt_embeds = torch.cat([torch.zeros_like(prompt_embeds), prompt_embeds])
             pooled = torch.cat([torch.zeros_like(pooled), pooled])
 
-        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        device = self._execution_device  # looked up once: the property walks every module
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
-                t_batch = t.to(self._execution_device).reshape(1).expand(model_input.shape[0])
+                t_batch = t.to(device).reshape(1).expand(model_input.shape[0])
                 velocity = self.transformer(
                     hidden_states=model_input,
                     encoder_hidden_states=prompt_embeds,

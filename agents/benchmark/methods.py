@@ -158,15 +158,24 @@ def engine_methods(methods: MethodsConfig, engine_options: dict[str, Any]) -> li
     """The engine's hand-designed policies over their grids (family ``"baseline"``)."""
     out: list[Method] = []
 
-    def add(name: str, knob: str, factory: Callable[[], Any]) -> None:
-        out.append(EngineMethod(name, "baseline", knob, factory, engine_options))
+    # Only FirstBlockCache's rule reads the probe; the others get every block to cache (probe_blocks=0), which is
+    # their best setting at any speed (TeaCache's signal is the first block's input, known before any block runs).
+    no_probe = {**engine_options, "probe_blocks": 0}
+
+    def add(name: str, knob: str, factory: Callable[[], Any], options: dict[str, Any] = no_probe) -> None:
+        out.append(EngineMethod(name, "baseline", knob, factory, options))
 
     if methods.always_compute:
         add("AlwaysCompute", "-", AlwaysCompute)
     for n in methods.fora.intervals:
         add("FORA", f"N={n}", lambda n=n: FORA(n))
     for t in methods.first_block.thresholds:
-        add("FirstBlockCache", f"threshold={_fmt(t)}", lambda t=t: FirstBlockThreshold(t, signal="probe_change"))
+        add(
+            "FirstBlockCache",
+            f"threshold={_fmt(t)}",
+            lambda t=t: FirstBlockThreshold(t, signal="probe_change"),
+            engine_options,
+        )
     for t in methods.teacache.thresholds:
         add(
             "TeaCache-style",

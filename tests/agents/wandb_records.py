@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +24,15 @@ class LoggedRun:
     run_ids: set[str] = field(default_factory=set)
 
 
-def read_offline_run(run_dir: Path) -> LoggedRun:
-    """Parses every ``run-*.wandb`` file under ``run_dir`` (all offline segments of a resumed run)."""
+def read_offline_run(run_dir: Path, timeout: float = 30.0) -> LoggedRun:
+    """Parses every ``run-*.wandb`` file under ``run_dir`` (all offline segments of a resumed run).
+
+    W&B's writer may still be flushing after ``run.finish()`` returns, so each file is read again until it holds
+    its ``exit`` record (or ``timeout`` seconds pass).
+    """
     logged = LoggedRun()
     for path in sorted(Path(run_dir).rglob("run-*.wandb")):
-        for payload in _records(path.read_bytes()):
+        for payload in _complete_records(path, timeout):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(payload)
             kind = record.WhichOneof("record_type")
@@ -39,6 +44,21 @@ def read_offline_run(run_dir: Path) -> LoggedRun:
             elif kind == "artifact":
                 logged.artifacts.append((record.artifact.name, record.artifact.type))
     return logged
+
+
+def _complete_records(path: Path, timeout: float) -> list[bytes]:
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _records(path.read_bytes())
+        if any(_kind(payload) == "exit" for payload in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def _kind(payload: bytes) -> str | None:
+    record = wandb_internal_pb2.Record()
+    record.ParseFromString(payload)
+    return record.WhichOneof("record_type")
 
 
 def _records(raw: bytes) -> list[bytes]:
