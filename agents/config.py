@@ -39,7 +39,7 @@ class AgentConfig:
     """
 
     algorithm: str = "maskable_ppo"
-    total_timesteps: int = 120_000
+    total_timesteps: int = 600_000
     num_envs: int = 16
     n_steps: int = 50
     batch_size: int = 400
@@ -83,9 +83,9 @@ class EvalConfig:
             overspend (compute fraction above the budget, in percent points).
     """
 
-    every_timesteps: int = 20_000
+    every_timesteps: int = 60_000
     num_samples: int = 12
-    budgets: list[float] = field(default_factory=lambda: [0.25, 0.33, 0.5])
+    budgets: list[float] = field(default_factory=lambda: [0.2, 0.25, 0.33, 0.5])
     grid_samples: int = 6
     overspend_weight: float = 1.0
 

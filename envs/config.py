@@ -34,12 +34,12 @@ class RewardConfig:
             uncached step's.
     """
 
-    compute_cost: float = 1.0
-    shaping: float = 1.0
+    compute_cost: float = 0.1
+    shaping: float = 4.0
     ssim_weight: float = 1.0
-    psnr_weight: float = 1.0
-    psnr_cap: float = 40.0
-    overspend_penalty: float = 4.0
+    psnr_weight: float = 4.0
+    psnr_cap: float = 45.0
+    overspend_penalty: float = 8.0
     cost_model: str = "flops"
 
     def __post_init__(self) -> None:
@@ -78,13 +78,13 @@ class EnvConfig:
     guidance_scale: float = 2.0
     groups: int = 4
     probe_blocks: int = 1
-    forecast_order: int = 2
+    forecast_order: int = 1
     train_classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6])
     eval_classes: list[int] = field(default_factory=lambda: [7, 8, 9])
     train_seeds: list[int] = field(default_factory=lambda: [0, 64])
     eval_seeds: list[int] = field(default_factory=lambda: [1_000_000, 1_000_100])
     budget_conditioned: bool = True
-    budget_range: list[float] = field(default_factory=lambda: [0.15, 0.8])
+    budget_range: list[float] = field(default_factory=lambda: [0.15, 0.6])
     reference_cache_dir: str | None = None
     reward: RewardConfig = field(default_factory=RewardConfig)
 
