@@ -25,6 +25,7 @@ class CacheConfig:
         cfg_layout: ``"auto"`` (the convention of the pipeline that uses this transformer class), ``"none"``,
             ``"cond_uncond"`` or ``"uncond_cond"``: how batched classifier-free-guidance halves are ordered.
         budget: Target compute fraction in (0, 1] shown to budget-conditioned policies, or ``None``.
+        shared_decisions: Apply the samples' majority action per group to the whole batch.
     """
 
     groups: int | Sequence[float] | None = None
@@ -32,6 +33,7 @@ class CacheConfig:
     forecast_order: int | None = None
     cfg_layout: str = "auto"
     budget: float | None = None
+    shared_decisions: bool = False
 
     def __post_init__(self) -> None:
         if self.groups is not None and (
@@ -47,6 +49,8 @@ class CacheConfig:
         allowed = ["auto", *(v.value for v in CfgLayout)]
         if self.cfg_layout not in allowed:
             raise ValueError(f"cfg_layout={self.cfg_layout!r}: use one of {allowed}.")
+        if not isinstance(self.shared_decisions, bool):
+            raise ValueError(f"shared_decisions={self.shared_decisions!r}: give True or False.")
         if self.budget is not None:
             if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)):
                 raise ValueError(f"budget={self.budget!r}: give a compute fraction in (0, 1], or None.")

@@ -211,6 +211,8 @@ class CacheEngine:
             self.stats.decisions += 1
             observation.seal()
             sample_actions = self._checked_actions(actions, observation).tolist()
+            if self.config.shared_decisions:
+                sample_actions = shared_actions(sample_actions, observation.action_mask)
         row_actions = [sample_actions[sample] for sample in state.samples_per_row]
         for actions in sample_actions:
             for action in actions:
@@ -408,6 +410,20 @@ def _finite_rows(residual: tuple[torch.Tensor | None, ...]) -> torch.Tensor | No
     return finite
 
 
+def shared_actions(sample_actions: list[list[int]], action_mask: torch.Tensor) -> list[list[int]]:
+    """One action per group for the whole batch: the one most samples chose (ties: COMPUTE, FORECAST, REUSE).
+
+    The choice is replaced by COMPUTE where it is not possible for every sample.
+    """
+    preference = (Action.COMPUTE, Action.FORECAST, Action.REUSE)
+    possible_for_all = action_mask.all(dim=0)
+    shared = []
+    for group, column in enumerate(zip(*sample_actions, strict=True)):
+        action = max(preference, key=lambda a: (column.count(a), -preference.index(a)))
+        shared.append(int(action) if bool(possible_for_all[group, action]) else int(Action.COMPUTE))
+    return [list(shared) for _ in sample_actions]
+
+
 def safe_actions(actions: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
     """Maps impossible actions to the nearest possible one: FORECAST -> REUSE -> COMPUTE."""
     actions = actions.clone()
@@ -427,6 +443,7 @@ def enable_cache(
     forecast_order: int | None = None,
     cfg_layout: str = "auto",
     budget: float | None = None,
+    shared_decisions: bool = False,
 ) -> CacheEngine:
     """Hooks the cache engine into a diffusers transformer.
 
@@ -440,6 +457,9 @@ def enable_cache(
         forecast_order: Taylor order of FORECAST (default: the policy's).
         cfg_layout: Order of batched CFG halves: ``"auto"``, ``"none"``, ``"cond_uncond"``, ``"uncond_cond"``.
         budget: Target compute fraction for budget-conditioned policies (the speed knob).
+        shared_decisions: One action per group for the whole batch (the samples' majority) instead of one per
+            sample: on models small enough that a block's cost is mostly per call rather than per sample (CPU,
+            tiny batches), a group computed for a few samples costs nearly as much time as for all of them.
 
     Returns:
         The engine; ``engine.summary()`` reports what was computed.
@@ -458,6 +478,7 @@ def enable_cache(
         forecast_order=forecast_order if forecast_order is not None else defaults.get("forecast_order"),
         cfg_layout=cfg_layout,
         budget=budget,
+        shared_decisions=shared_decisions,
     )
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     if registry.get_hook(ROOT_HOOK) is not None:

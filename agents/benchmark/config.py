@@ -214,10 +214,13 @@ class LearnedGrid:
     Attributes:
         policy: Exported ``.safetensors`` policy (``None``: ``assets/policies/<model>.safetensors`` if it exists).
         budgets: Compute budgets (target compute fractions) to evaluate it at.
+        shared_decisions: Also evaluate it with one decision per group for the whole batch (the samples'
+            majority), which turns saved FLOPs into saved time on models whose blocks cost mostly per call.
     """
 
     policy: str | None = None
     budgets: list[float] = field(default_factory=lambda: [0.2, 0.25, 0.33, 0.5])
+    shared_decisions: bool = True
 
     def __post_init__(self) -> None:
         if any(not 0.0 < b <= 1.0 for b in self.budgets):

@@ -197,11 +197,19 @@ def engine_methods(methods: MethodsConfig, engine_options: dict[str, Any]) -> li
     return out
 
 
-def learned_methods(policy_path: str | Path, budgets: Sequence[float]) -> list[Method]:
-    """The exported learned policy at each budget (family ``"learned"``); engine options come from the file."""
+def learned_methods(policy_path: str | Path, budgets: Sequence[float], shared: bool = False) -> list[Method]:
+    """The exported learned policy at each budget (family ``"learned"``); engine options come from the file.
+
+    With ``shared``, the same budgets again with one decision per group for the whole batch.
+    """
     policy = load_policy(policy_path)  # read once; validates the file before anything runs
+    variants = [("CachePilot (learned)", {})]
+    if shared:
+        variants.append(("CachePilot (learned, shared)", {"shared_decisions": True}))
     return [
-        EngineMethod("CachePilot (learned)", "learned", f"budget={_fmt(b)}", lambda: policy, budget=b) for b in budgets
+        EngineMethod(name, "learned", f"budget={_fmt(b)}", lambda: policy, options, budget=b)
+        for name, options in variants
+        for b in budgets
     ]
 
 
@@ -211,7 +219,9 @@ def build_methods(config: BenchmarkConfig, policy_path: str | Path | None) -> li
 
     methods: list[Method] = []
     if policy_path is not None and config.methods.learned.budgets:
-        methods += learned_methods(policy_path, config.methods.learned.budgets)
+        methods += learned_methods(
+            policy_path, config.methods.learned.budgets, config.methods.learned.shared_decisions
+        )
     methods += engine_methods(config.methods, {"groups": config.groups, "probe_blocks": config.probe_blocks})
     methods += diffusers_methods(config.methods, config)
     return methods

@@ -188,3 +188,19 @@ def test_taylorseer_forecasts_and_reports_them() -> None:
     denoise_dit(model, [1], steps=6)
     summary = engine.summary()
     assert summary["forecasts"] > 0 and summary["fallbacks"] == 0
+
+
+def test_shared_decisions_apply_the_majority_to_the_whole_batch() -> None:
+    model = tiny_dit(depth=5)
+
+    def script(step: int, sample: int, group: int) -> Action:
+        if step == 0:
+            return Action.COMPUTE
+        return Action.REUSE if sample < 2 else Action.COMPUTE  # two of three samples reuse
+
+    engine = runtime.enable_cache(model, ScriptedPolicy(script), groups=2, shared_decisions=True)
+    denoise_dit(model, [1, 2, 3], steps=3)
+    decision = engine.current_state().decision
+    assert all(actions == [int(Action.REUSE)] * 2 for actions in decision.row_actions)
+    assert engine.summary()["actions"]["compute"] == 3 * 2  # only the first step computes
+    assert runtime.engine.shared_actions([[1, 0], [1, 2]], torch.ones(2, 2, 3, dtype=torch.bool)) == [[1, 0]] * 2
