@@ -45,18 +45,22 @@ def generate(
     guidance_scale: float,
     callback: Callable | None = None,
 ) -> torch.Tensor:
-    """Runs the unmodified class-conditional pipeline; each sample's noise comes from its own seed.
+    """Runs an unmodified class-conditional pipeline (the zoo's, or diffusers' ``DiTPipeline``).
+
+    Each sample's noise comes from its own seed. ``callback`` (``callback_on_step_end``) is needed by the
+    environment only; pipelines without that argument still work for evaluation.
 
     Returns:
         Images ``(samples, C, H, W)`` in [0, 1].
     """
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    extra = {} if callback is None else {"callback_on_step_end": callback}  # DiTPipeline takes no callback
     output = pipe(
         class_labels=list(conditions),
         num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale,
         generator=generators,
         output_type="pt",
-        callback_on_step_end=callback,
+        **extra,
     )
     return output.images
