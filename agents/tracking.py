@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -12,6 +13,7 @@ import numpy as np
 from stable_baselines3.common.logger import KVWriter
 
 MODES = ("online", "offline", "disabled")
+RESUME_WAIT_SECONDS = 60.0
 
 
 def is_logged_in() -> bool:
@@ -73,19 +75,29 @@ def start_run(
     mode = resolve_mode(mode)
     os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")  # our `agents` package is not the LLM SDK of that name
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
-        project=project,
-        entity=entity,
-        config=config,
-        mode=mode,
-        dir=str(out_dir),
-        job_type=job_type,
-        id=run_id,
-        resume="allow" if run_id else None,
-        name=name,
-        tags=tags,
-        settings=wandb.Settings(silent=True, console="off"),
-    )
+    options = {
+        "project": project,
+        "entity": entity,
+        "config": config,
+        "mode": mode,
+        "dir": str(out_dir),
+        "job_type": job_type,
+        "id": run_id,
+        "resume": "allow" if run_id else None,
+        "name": name,
+        "tags": tags,
+        "settings": wandb.Settings(silent=True, console="off"),
+    }
+    deadline = time.monotonic() + RESUME_WAIT_SECONDS
+    while True:
+        try:
+            run = wandb.init(**options)
+            break
+        except Exception as error:  # noqa: BLE001 - W&B raises several types for a run still held elsewhere
+            # After a crash the killed process's W&B helper can hold the run id for a while: wait for it.
+            if not run_id or "in use" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
     if mode == "offline":
         print(f"W&B is offline (not logged in). To upload this run later: wandb sync {run.dir.rsplit('/files', 1)[0]}")
     return run

@@ -43,7 +43,9 @@ def test_training_exports_a_policy_and_logs_to_wandb(trained_run: Path) -> None:
     policy = load_policy(trained_run / "policy.safetensors")
     assert isinstance(policy, LearnedPolicy)
     assert policy.budget_conditioned and policy.num_groups == 2
-    assert policy.engine_options["groups"] == 2 and policy.engine_options["forecast_order"] == 2
+    config = train_agent.load_config(trained_run / "config.yaml")
+    assert policy.engine_options["groups"] == 2
+    assert policy.engine_options["forecast_order"] == config.env.forecast_order
     assert (trained_run / "schedule.safetensors").is_file()
 
     logged = read_offline_run(trained_run / "wandb")

@@ -63,8 +63,9 @@ def test_always_compute_has_no_quality_penalty_and_the_known_cost() -> None:
     _, rewards, info = play(env, action=0, seed=5)
     assert info["psnr"] == float("inf") and info["ssim"] == pytest.approx(1.0)
     assert info["compute_fraction"] == pytest.approx(1.0) and info["flops_speedup"] == pytest.approx(1.0)
-    assert sum(rewards) == pytest.approx(-env.config.reward.compute_cost)
-    assert rewards == pytest.approx([-1.0 / STEPS] * STEPS)
+    cost = env.config.reward.compute_cost
+    assert sum(rewards) == pytest.approx(-cost)
+    assert rewards == pytest.approx([-cost / STEPS] * STEPS)
     env.close()
 
 
@@ -114,7 +115,7 @@ def test_vector_env_runs_samples_as_one_batch_and_matches_single_env() -> None:
         total += rewards
         assert dones.all() == (step == STEPS - 1)
     assert all("terminal_observation" in info for info in infos)
-    assert total == pytest.approx([-1.0] * 3, abs=1e-4)
+    assert total == pytest.approx([-venv.config.reward.compute_cost] * 3, abs=1e-4)
     assert len(venv.env_method("action_masks")) == 3
     venv.close()
 

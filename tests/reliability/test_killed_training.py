@@ -32,6 +32,28 @@ SETTINGS = [
 ]
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILLs ``pid`` and all its descendants (found through /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    family, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, p in parents.items() if p == parent and child not in family]
+        family.update(children)
+        frontier.extend(children)
+    for member in family:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def command(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "train_agent.py"), "--wandb-mode", "offline", *args]
 
@@ -58,9 +80,10 @@ def test_sigkill_then_resume(tiny_digits_dir: Path, tmp_path: Path) -> None:
         else:
             pytest.fail("no checkpoint within 120 s")
     finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+        if process.poll() is None:
+            kill_tree(process.pid)  # W&B's helper process goes too, as when a job is killed
+        _, errors = process.communicate()
+    assert process.returncode == -signal.SIGKILL, errors.decode()[-3000:]
 
     state = read_state(run_dir / "checkpoints")
     assert state is not None and state["num_timesteps"] >= 120
