@@ -97,6 +97,7 @@ def start_run(
             # After a crash the killed process's W&B helper can hold the run id for a while: wait for it.
             if not run_id or "in use" not in str(error) or time.monotonic() > deadline:
                 raise
+            wandb.teardown()  # a fresh service for the next try; this one has the failed attempt registered
             time.sleep(2.0)
     if mode == "offline":
         print(f"W&B is offline (not logged in). To upload this run later: wandb sync {run.dir.rsplit('/files', 1)[0]}")

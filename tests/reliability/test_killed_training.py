@@ -33,7 +33,7 @@ SETTINGS = [
 
 
 def kill_tree(pid: int) -> None:
-    """SIGKILLs ``pid`` and all its descendants (found through /proc)."""
+    """SIGKILLs ``pid``, all its descendants and W&B's service process for it (found through /proc)."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -42,6 +42,13 @@ def kill_tree(pid: int) -> None:
             continue
         parents[int(stat.parent.name)] = int(fields[1])
     family, frontier = {pid}, [pid]
+    for proc in Path("/proc").glob("[0-9]*/cmdline"):  # W&B's service detaches but names its parent: --pid PID
+        try:
+            arguments = proc.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--pid" in arguments and arguments[arguments.index(b"--pid") + 1 :][:1] == [str(pid).encode()]:
+            family.add(int(proc.parent.name))
     while frontier:
         parent = frontier.pop()
         children = [child for child, p in parents.items() if p == parent and child not in family]
