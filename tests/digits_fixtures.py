@@ -11,12 +11,12 @@ from diffusers import DDIMScheduler, DiTTransformer2DModel
 from zoo.pipelines import MiniDiTPipeline
 
 
-def tiny_digits_pipeline(num_layers: int = 5) -> MiniDiTPipeline:
+def tiny_digits_pipeline(num_layers: int = 5, attention_head_dim: int = 16) -> MiniDiTPipeline:
     """A random 5-block digits DiT with the shipped model's interface; built the same way on every call."""
     torch.manual_seed(0)
     transformer = DiTTransformer2DModel(
         num_attention_heads=2,
-        attention_head_dim=16,
+        attention_head_dim=attention_head_dim,
         in_channels=1,
         out_channels=1,
         num_layers=num_layers,

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from diffusers import DDIMScheduler, DiTTransformer2DModel
 
 from agents.benchmark import cli
 from agents.benchmark.config import load_config
@@ -28,6 +27,7 @@ from agents.benchmark.report import pareto_front, psnr_at, summarize
 from agents.benchmark.runner import flops_cross_check, uncached_reference
 from policies import FORA, export_schedule
 from tests.agents.wandb_records import read_offline_run
+from tests.digits_fixtures import tiny_digits_pipeline
 from zoo.pipelines import MiniDiTPipeline
 
 STEPS = 6
@@ -57,19 +57,7 @@ TINY_CONFIG: dict[str, Any] = {
 
 def tiny_pipeline() -> MiniDiTPipeline:
     """A random 5-block class-conditional DiT on 16×16 digits (4 cacheable blocks after the probe)."""
-    torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=1,
-        out_channels=1,
-        num_layers=NUM_LAYERS,
-        sample_size=16,
-        patch_size=4,
-        num_embeds_ada_norm=10,
-        norm_type="ada_norm_zero",
-    ).eval()
-    pipe = MiniDiTPipeline(transformer=transformer, scheduler=DDIMScheduler(beta_schedule="squaredcos_cap_v2"))
+    pipe = tiny_digits_pipeline(num_layers=NUM_LAYERS, attention_head_dim=8)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
