@@ -58,9 +58,9 @@ def timed_generation(
 
 def fidelity(images: torch.Tensor, reference: torch.Tensor, psnr_cap: float = 60.0) -> tuple[float, float]:
     """Mean PSNR (each image capped at ``psnr_cap`` dB, so identical images do not give infinity) and SSIM."""
-    from zoo.metrics import psnr, ssim
+    from zoo.metrics import capped_psnr, ssim
 
-    psnr_values = torch.clamp(torch.nan_to_num(psnr(images, reference), posinf=psnr_cap), max=psnr_cap)
+    psnr_values = capped_psnr(images, reference, psnr_cap)
     return float(psnr_values.mean()), float(ssim(images, reference).mean())
 
 

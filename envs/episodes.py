@@ -158,7 +158,7 @@ class EpisodeBatch:
         return (per_sample / (state.rows // state.samples)).numpy()
 
     def _finish(self, message: Finished) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        from zoo.metrics import psnr, ssim
+        from zoo.metrics import capped_psnr, psnr, ssim
 
         episode, reward_config = self._episode, self.config.reward
         references: list[Reference] = episode["references"]
@@ -166,7 +166,7 @@ class EpisodeBatch:
         images = message.images.clamp(0, 1)
         psnr_values = psnr(images, reference_images).double()
         ssim_values = ssim(images, reference_images).double()
-        capped = torch.clamp(torch.nan_to_num(psnr_values, posinf=reward_config.psnr_cap), max=reward_config.psnr_cap)
+        capped = capped_psnr(images, reference_images, reward_config.psnr_cap).double()
         terminal = -reward_config.ssim_weight * (1 - ssim_values)
         terminal = terminal - reward_config.psnr_weight * (reward_config.psnr_cap - capped) / reward_config.psnr_cap
         fraction = episode["spent"] / self.config.num_inference_steps

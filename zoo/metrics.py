@@ -34,6 +34,11 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return (10.0 * torch.log10(1.0 / mse)).float()
 
 
+def capped_psnr(x: torch.Tensor, ref: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-image PSNR in dB, capped at ``cap`` (so identical images give ``cap``, not ``inf``)."""
+    return torch.clamp(torch.nan_to_num(psnr(x, ref), posinf=cap), max=cap)
+
+
 def _gaussian_window(size: int, sigma: float, channels: int) -> torch.Tensor:
     coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
     g = torch.exp(-(coords**2) / (2 * sigma**2))
