@@ -10,6 +10,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"policy: {result.policy_path}")
     print(f"static schedule: {result.schedule_path}")
-    print("held-out evaluation (classes and seeds never trained on):")
+    print("validation (held-out classes and seeds; it picked the exported checkpoint):")
     for point in result.points:
         budget = "policy" if point.budget is None else f"budget {point.budget:.2f}"
         accuracy = "" if point.class_acc is None else f", class accuracy {100 * point.class_acc:.0f}%"
@@ -80,4 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # A training process owns its W&B service. One inherited from a parent process (WANDB_SERVICE) would outlive a
+    # killed run with the run still registered, and refuse to resume it ("run ID ... is in use").
+    os.environ.pop("WANDB_SERVICE", None)
     sys.exit(main())

@@ -39,16 +39,16 @@ class AgentConfig:
     """
 
     algorithm: str = "maskable_ppo"
-    total_timesteps: int = 600_000
+    total_timesteps: int = 200_000
     num_envs: int = 16
     n_steps: int = 50
     batch_size: int = 400
     n_epochs: int = 8
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-4
     gamma: float = 1.0
     gae_lambda: float = 0.95
-    ent_coef: float = 0.01
-    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    clip_range: float = 0.1
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "tanh"
     normalize_observations: bool = True
@@ -71,6 +71,46 @@ class AgentConfig:
 
 
 @dataclass
+class WarmStartConfig:
+    """Searched schedules, behaviour-cloned into the policy before PPO (see :mod:`agents.warm_start`).
+
+    Attributes:
+        enabled: Search and clone before the first PPO update (skipped on ``--resume``).
+        budgets: Budgets to search a static schedule for (the policy interpolates between them).
+        search_samples: Training samples the search scores schedules on (training classes cycled, the first
+            training seeds).
+        sweeps: Local-search passes over whole steps and again over single groups' cells.
+        per_group: Also move single groups' computed cells.
+        demo_samples: Training samples each schedule is played on to record observations (the next seeds).
+        workers: Processes the budgets are searched in (one torch thread each).
+        epochs: Behaviour-cloning epochs over the demonstrations.
+        learning_rate: Behaviour-cloning Adam learning rate.
+    """
+
+    enabled: bool = True
+    budgets: list[float] = field(default_factory=lambda: [0.15, 0.2, 0.25, 0.33, 0.42, 0.5])
+    search_samples: int = 12
+    sweeps: int = 2
+    per_group: bool = True
+    demo_samples: int = 16
+    workers: int = 2
+    epochs: int = 300
+    learning_rate: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if not self.budgets:
+            raise ConfigError("budgets: give at least one budget to search a schedule for.")
+        for budget in self.budgets:
+            if not 0.0 < budget <= 1.0:
+                raise ConfigError(f"budgets: {budget} is not a compute fraction in (0, 1].")
+        for name in ("search_samples", "sweeps", "demo_samples", "workers", "epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1.")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"learning_rate={self.learning_rate}: must lie in (0, 1).")
+
+
+@dataclass
 class EvalConfig:
     """Periodic evaluation on the held-out split, inside an unmodified pipeline.
 
@@ -83,7 +123,7 @@ class EvalConfig:
             overspend (compute fraction above the budget, in percent points).
     """
 
-    every_timesteps: int = 60_000
+    every_timesteps: int = 40_000
     num_samples: int = 12
     budgets: list[float] = field(default_factory=lambda: [0.2, 0.25, 0.33, 0.5])
     grid_samples: int = 6
@@ -133,6 +173,7 @@ class TrainConfig:
 
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)

@@ -15,6 +15,7 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.logger import CSVOutputFormat, Logger
 from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
+from tqdm.auto import tqdm
 
 import runtime
 from envs import CacheScheduleVecEnv
@@ -26,11 +27,14 @@ from .checkpoints import MODEL_FILE, NORMALIZATION_FILE, atomic_write, read_stat
 from .config import TrainConfig
 from .evaluation import EvaluationPoint, evaluate_policy, timed_generation
 from .plots import image_grid, pareto_plot
+from .schedule_search import search_schedules
 from .tracking import WandbOutputFormat, start_run
+from .warm_start import behaviour_clone, record_demonstrations
 
 CONFIG_FILE = "config.yaml"
 POLICY_FILE = "policy.safetensors"
 SCHEDULE_FILE = "schedule.safetensors"
+TEACHER_FILE = "teacher-schedules.json"
 CHECKPOINTS = "checkpoints"
 ALGORITHMS = {"ppo": PPO, "maskable_ppo": MaskablePPO}
 ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
@@ -128,12 +132,17 @@ class Trainer:
             config.env.guidance_scale,
         )
 
-        remaining = agent.total_timesteps - self.model.num_timesteps
         callbacks = [
             ProgressBarCallback(agent.total_timesteps),
             CheckpointCallback(checkpoints, config.checkpoint.every_timesteps, lambda: dict(self.state)),
             EvaluationCallback(config.eval.every_timesteps, self.evaluate),
         ]
+        if config.warm_start.enabled and not self.resume:
+            self.warm_start()
+            self.evaluate(self.model)
+            callbacks[1].model = self.model
+            callbacks[1].save()
+        remaining = agent.total_timesteps - self.model.num_timesteps
         if remaining > 0:
             self.model.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=not self.resume)
         if not self.history or self.history[-1][0] != self.model.num_timesteps:
@@ -143,6 +152,57 @@ class Trainer:
         result = self._finish()
         self.vec_env.close()
         return result
+
+    def warm_start(self) -> None:
+        """Searches a schedule per budget, records it in the training environment and clones it into the model."""
+        config, warm = self.config, self.config.warm_start
+        env_config = config.env
+        seeds_from = env_config.train_seeds[0]
+        classes = env_config.train_classes
+
+        def split(first: int, count: int) -> tuple[list[int], list[int]]:
+            conditions = [classes[(first + i) % len(classes)] for i in range(count)]
+            return conditions, [seeds_from + first + i for i in range(count)]
+
+        search_split = split(0, warm.search_samples)
+        results = search_schedules(
+            env_config.model,
+            warm.budgets,
+            scheduler=env_config.scheduler,
+            conditions=search_split[0],
+            seeds=search_split[1],
+            steps=env_config.num_inference_steps,
+            guidance=env_config.guidance_scale,
+            engine_options=self.engine_options,
+            sweeps=warm.sweeps,
+            per_group=warm.per_group,
+            workers=warm.workers,
+            pipe=self.eval_pipe,
+            log=tqdm.write,
+        )
+        teacher: dict[str, Any] = {}
+        schedules: dict[float, np.ndarray] = {}
+        for budget, found in zip(warm.budgets, results, strict=True):
+            schedules[float(budget)] = found.schedule
+            teacher[f"{budget:g}"] = {
+                "psnr": found.psnr,
+                "start_psnr": found.start_psnr,
+                "compute_fraction": float((found.schedule == int(runtime.Action.COMPUTE)).mean()),
+                "schedule": found.schedule.tolist(),
+            }
+        demo_split = split(warm.search_samples, warm.demo_samples)
+        demonstrations = record_demonstrations(self.vec_env.episodes, schedules, *demo_split)
+        metrics = behaviour_clone(
+            self.model, demonstrations, epochs=warm.epochs, learning_rate=warm.learning_rate, seed=config.agent.seed
+        )
+        summary = {"clone": metrics, "budgets": teacher}
+        atomic_write(self.run_dir / TEACHER_FILE, lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
+        logged = {f"warm_start/{key}": value for key, value in metrics.items()}
+        for budget, entry in teacher.items():
+            logged[f"warm_start/budget_{budget}/psnr"] = entry["psnr"]
+            logged[f"warm_start/budget_{budget}/start_psnr"] = entry["start_psnr"]
+        self.wandb.log({**logged, "global_step": 0})
+        tqdm.write(f"warm start: behaviour cloning matches {metrics['accuracy']:.1%} of the teacher's decisions")
 
     def _build_model(self, env: Any, checkpoint: Path | None) -> Any:
         agent = self.config.agent

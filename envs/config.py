@@ -77,14 +77,14 @@ class EnvConfig:
     num_inference_steps: int = 50
     guidance_scale: float = 2.0
     groups: int = 4
-    probe_blocks: int = 1
+    probe_blocks: int = 0
     forecast_order: int = 1
     train_classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6])
     eval_classes: list[int] = field(default_factory=lambda: [7, 8, 9])
     train_seeds: list[int] = field(default_factory=lambda: [0, 64])
-    eval_seeds: list[int] = field(default_factory=lambda: [1_000_000, 1_000_100])
+    eval_seeds: list[int] = field(default_factory=lambda: [2_000_000, 2_000_100])
     budget_conditioned: bool = True
-    budget_range: list[float] = field(default_factory=lambda: [0.15, 0.6])
+    budget_range: list[float] = field(default_factory=lambda: [0.15, 0.5])
     reference_cache_dir: str | None = None
     reward: RewardConfig = field(default_factory=RewardConfig)
 

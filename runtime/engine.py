@@ -400,9 +400,10 @@ def _add_rows(tensor: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) ->
 
 
 def _finite_rows(residual: tuple[torch.Tensor | None, ...]) -> torch.Tensor | None:
-    """``None`` when every value is finite (one reduction), else a per-row finiteness mask."""
+    """``None`` when every value is finite (one sum per stream), else a per-row finiteness mask."""
     streams = [r for r in residual if r is not None]
-    if all(bool(torch.isfinite(r).all()) for r in streams):
+    # A sum is finite only if every term is (an overflowing sum of finite values merely takes the slow path).
+    if all(bool(torch.isfinite(r.sum())) for r in streams):
         return None
     finite = torch.ones(streams[0].shape[0], dtype=torch.bool)
     for stream in streams:

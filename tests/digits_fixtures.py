@@ -34,3 +34,14 @@ def tiny_digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-digits-dit")
     tiny_digits_pipeline().save_pretrained(folder)
     return folder
+
+
+TINY_WARM_START = [
+    "warm_start.budgets=[0.4, 0.6]",
+    "warm_start.search_samples=2",
+    "warm_start.sweeps=1",
+    "warm_start.workers=1",
+    "warm_start.demo_samples=4",
+    "warm_start.epochs=20",
+]
+"""``--set`` overrides that keep the warm start (schedule search + behaviour cloning) to a second on the tiny model."""

@@ -75,10 +75,9 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def benchmark_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+def run_cli(folder: Path) -> tuple[dict[str, Any], Path]:
     """``benchmark.py`` end to end with a tiny config and a learned (static schedule) policy; W&B disabled."""
-    folder = tmp_path_factory.mktemp("benchmark")
+    folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "benchmark.yaml"
     config_path.write_text(yaml.safe_dump(TINY_CONFIG))
     table = torch.ones(STEPS, 4, dtype=torch.int64)  # reuse everything but the first step
@@ -93,6 +92,11 @@ def benchmark_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, A
         patch.setattr(cli, "load_model", lambda model, scheduler: tiny_pipeline())
         results = cli.main(argv)
     return results, out
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    return run_cli(tmp_path_factory.mktemp("benchmark"))
 
 
 def rows_of(results: dict[str, Any], method: str) -> list[dict[str, Any]]:
@@ -278,3 +282,15 @@ def test_benchmark_samples_as_the_policy_is_trained() -> None:
     assert benchmark.guidance == training["guidance_scale"]
     assert not set(benchmark.classes) & set(training["train_classes"])
     assert benchmark.seed_list[0] >= training["train_seeds"][1]
+
+
+def test_same_seeds_and_config_give_identical_quality(
+    benchmark_run: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    again, _ = run_cli(tmp_path / "again")
+    first = {(row["method"], row["knob"]): row for row in benchmark_run[0]["rows"]}
+    second = {(row["method"], row["knob"]): row for row in again["rows"]}
+    assert first.keys() == second.keys()
+    for key, row in first.items():
+        for field in ("psnr", "ssim", "class_acc", "fd", "flops_speedup"):
+            assert second[key][field] == row[field], (key, field)

@@ -31,7 +31,7 @@ def test_flow_config_validates_and_differs_only_where_it_should() -> None:
         ("env.budget_range=[0.0, 0.5]", "budget_range"),
         ("eval.budgets=[1.5]", "budgets"),
         ("agent.algorithm=sac", "algorithm"),
-        ("env.train_seeds=[0, 2000000]", "train_seeds"),
+        ("env.train_seeds=[0, 3000000]", "train_seeds"),
         ("wandb.colour=red", "wandb.colour"),
     ],
 )

@@ -14,6 +14,7 @@ from agents.checkpoints import NORMALIZATION_FILE, read_state
 from envs import CacheScheduleVecEnv
 from policies import LearnedPolicy, load_policy
 from tests.agents.wandb_records import read_offline_run
+from tests.digits_fixtures import TINY_WARM_START
 from zoo.pipelines import MiniDiTPipeline
 
 TINY = [
@@ -27,6 +28,7 @@ TINY = [
     "eval.num_samples=4",
     "eval.grid_samples=2",
     "checkpoint.every_timesteps=40",
+    *TINY_WARM_START,
 ]
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 import train_agent
 from policies import load_policy
+from tests.digits_fixtures import TINY_WARM_START
 
 SETTINGS = [
     "env.num_inference_steps=4",
@@ -21,6 +22,7 @@ SETTINGS = [
     "eval.num_samples=2",
     "eval.grid_samples=0",
     "checkpoint.every_timesteps=96",
+    *TINY_WARM_START,
 ]
 
 

@@ -1,8 +1,7 @@
-"""A training run killed with SIGKILL resumes from its last checkpoint, with intact files.
+"""A training run killed with SIGKILL resumes from its last checkpoint and the same offline W&B run, with intact files.
 
-W&B is disabled here: resuming the offline W&B run of a SIGKILLed process is not reliable yet (W&B's service can
-report the run id as still in use); resuming the same offline run after a normal stop is tested in
-``tests/agents/test_training.py``.
+The training subprocess is started from this test process, which may already run a W&B service for in-process tests;
+``train_agent.py`` does not inherit it (an inherited service would keep the killed run registered as in use).
 """
 
 from __future__ import annotations
@@ -20,6 +19,8 @@ import pytest
 
 from agents.checkpoints import read_state
 from policies import load_policy
+from tests.agents.wandb_records import read_offline_run
+from tests.digits_fixtures import TINY_WARM_START
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = [
@@ -33,6 +34,7 @@ SETTINGS = [
     "eval.num_samples=2",
     "eval.grid_samples=0",
     "checkpoint.every_timesteps=40",
+    *TINY_WARM_START,
 ]
 
 
@@ -66,7 +68,7 @@ def kill_tree(pid: int) -> None:
 
 
 def command(*args: str) -> list[str]:
-    return [sys.executable, str(ROOT / "train_agent.py"), "--wandb-mode", "disabled", *args]
+    return [sys.executable, str(ROOT / "train_agent.py"), "--wandb-mode", "offline", *args]
 
 
 def test_sigkill_then_resume(tiny_digits_dir: Path, tmp_path: Path) -> None:
@@ -117,3 +119,5 @@ def test_sigkill_then_resume(tiny_digits_dir: Path, tmp_path: Path) -> None:
     after = read_state(run_dir / "checkpoints")
     assert after["num_timesteps"] >= target
     load_policy(run_dir / "policy.safetensors")
+    assert after["wandb_run_id"] == state["wandb_run_id"]
+    assert read_offline_run(run_dir / "wandb").run_ids == {state["wandb_run_id"]}

@@ -1,0 +1,289 @@
+"""Searches static cache schedules on training samples: the teacher a learned policy is warm-started from.
+
+A schedule is a ``(steps, groups)`` table of COMPUTE / FORECAST actions. For a compute budget ``b`` the search starts
+from the best of a few schedules that compute every group at ``round(b * steps)`` steps, evenly spaced (TaylorSeer's
+schedule) or packed towards the first steps, and improves it by local search at a constant cost: it moves one
+computed step (then one group's computed cell) a few steps earlier or later and keeps the move that raises the mean
+PSNR against the uncached images the most. Every candidate of a round is evaluated in one batched generation, one
+table per block of samples.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import diffusers
+import numpy as np
+import torch
+
+import runtime
+from envs.pipelines import generate, prepare_pipeline
+from policies import Policy
+from runtime import Action, Observation
+from zoo.metrics import capped_psnr
+
+
+class _TablePolicy(Policy):
+    """Plays one ``(steps, groups)`` table per sample, by step index."""
+
+    def __init__(self, tables: torch.Tensor, forecast_order: int) -> None:
+        self.tables = tables
+        self.forecast_order = forecast_order
+
+    def act(self, observation: Observation) -> torch.Tensor:
+        step = min(int(observation.step_index), self.tables.shape[1] - 1)
+        return self.tables[:, step].clone()
+
+
+@dataclass
+class SearchResult:
+    """A searched schedule.
+
+    Attributes:
+        budget: The compute budget it was searched for (fraction of the transformer blocks' FLOPs).
+        schedule: ``(steps, groups)`` actions.
+        psnr: Mean PSNR (dB) of the schedule on the search samples.
+        start_psnr: Mean PSNR of the evenly spaced schedule (TaylorSeer's).
+        evaluations: Schedules evaluated.
+    """
+
+    budget: float
+    schedule: np.ndarray
+    psnr: float
+    start_psnr: float
+    evaluations: int
+
+
+class ScheduleSearch:
+    """Evaluates and searches static schedules on a fixed set of samples.
+
+    Args:
+        pipe: A class-conditional pipeline (its transformer gets hooked for each evaluation and unhooked after).
+        conditions: One class per search sample.
+        seeds: One seed per search sample.
+        steps: Denoising steps.
+        guidance: Classifier-free guidance scale.
+        engine_options: ``groups``, ``probe_blocks`` and ``forecast_order`` for ``runtime.enable_cache``.
+        psnr_cap: PSNR given to identical images.
+        tables_per_batch: Candidate schedules evaluated together in one generation.
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        conditions: Sequence[int],
+        seeds: Sequence[int],
+        steps: int,
+        guidance: float,
+        engine_options: dict[str, Any],
+        psnr_cap: float = 60.0,
+        tables_per_batch: int = 8,
+    ) -> None:
+        if len(conditions) != len(seeds) or not seeds:
+            raise ValueError("Give one condition per seed, and at least one seed.")
+        self.pipe = pipe
+        self.conditions, self.seeds = list(conditions), list(seeds)
+        self.steps, self.guidance = steps, guidance
+        self.engine_options = dict(engine_options)
+        self.groups = int(self.engine_options["groups"])
+        self.psnr_cap = psnr_cap
+        self.tables_per_batch = max(1, tables_per_batch)
+        self.evaluations = 0
+        with torch.inference_mode():
+            self.reference = generate(pipe, self.conditions, self.seeds, steps, guidance)
+
+    def evenly_spaced(self, budget: float, warp: float = 1.0) -> np.ndarray:
+        """The schedule computing every group at ``round(budget * steps)`` steps, step 0 first.
+
+        Args:
+            budget: Fraction of steps to compute.
+            warp: Computed step ``i`` of ``K`` sits at ``steps * (i / K) ** warp``: 1 spaces them evenly, above 1
+                packs them towards the first steps, below 1 towards the last ones.
+        """
+        count = int(np.clip(round(budget * self.steps), 1, self.steps))
+        positions = np.floor(self.steps * (np.arange(count) / count) ** warp).astype(int)
+        computed = np.zeros(self.steps, dtype=bool)
+        for position in positions:  # keep `count` distinct steps: slide collisions to the next free one
+            free = np.flatnonzero(~computed[position:])
+            computed[position + free[0] if free.size else np.flatnonzero(~computed)[-1]] = True
+        table = np.full((self.steps, self.groups), int(Action.FORECAST), dtype=np.int64)
+        table[computed] = int(Action.COMPUTE)
+        return table
+
+    def evaluate(self, tables: Sequence[np.ndarray]) -> np.ndarray:
+        """Mean PSNR of each schedule over the search samples."""
+        scores: list[float] = []
+        for start in range(0, len(tables), self.tables_per_batch):
+            chunk = tables[start : start + self.tables_per_batch]
+            scores.extend(self._evaluate_batch(chunk))
+        self.evaluations += len(tables)
+        return np.asarray(scores)
+
+    def _evaluate_batch(self, tables: Sequence[np.ndarray]) -> list[float]:
+        n = len(self.seeds)
+        per_sample = torch.as_tensor(np.repeat(np.stack(tables), n, axis=0), dtype=torch.int64)
+        policy = _TablePolicy(per_sample, int(self.engine_options["forecast_order"]))
+        runtime.enable_cache(self.pipe.transformer, policy, **self.engine_options)
+        try:
+            with torch.inference_mode():
+                images = generate(
+                    self.pipe, self.conditions * len(tables), self.seeds * len(tables), self.steps, self.guidance
+                )
+        finally:
+            runtime.disable_cache(self.pipe.transformer)
+        psnr = capped_psnr(images, self.reference.repeat(len(tables), 1, 1, 1), self.psnr_cap)
+        return [float(v) for v in psnr.view(len(tables), n).mean(dim=1)]
+
+    def search(
+        self,
+        budget: float,
+        sweeps: int = 3,
+        moves: Sequence[int] = (-2, -1, 1, 2),
+        cell_moves: Sequence[int] = (-1, 1),
+        per_group: bool = True,
+        warps: Sequence[float] = (0.9, 1.0, 1.1, 1.2, 1.3),
+        log: Callable[[str], None] | None = None,
+    ) -> SearchResult:
+        """Improves the evenly spaced schedule of ``budget`` by moving computed steps, then computed cells.
+
+        Args:
+            budget: Fraction of the blocks' FLOPs to spend.
+            sweeps: Passes over the computed steps (and again over the computed cells); a pass without an
+                improvement ends the phase early.
+            moves: Shifts (in steps) tried for each computed step.
+            cell_moves: Shifts tried for each computed cell (there are ``groups`` times more cells than steps).
+            per_group: Also move single groups' computed cells once whole steps no longer improve.
+            warps: Spacings of the starting schedules tried (see :meth:`evenly_spaced`); the search starts from
+                the best. ``start_psnr`` of the result is the evenly spaced one's (warp 1).
+            log: Called with a line after each pass.
+        """
+        first = self.evaluations
+        starts = [self.evenly_spaced(budget, warp) for warp in warps]
+        scores = self.evaluate(starts)
+        start_psnr = float(scores[list(warps).index(1.0)]) if 1.0 in warps else float(scores[0])
+        best_table, best = starts[int(np.argmax(scores))], float(np.max(scores))
+        phases = [False, True] if per_group and self.groups > 1 else [False]
+        for cells in phases:
+            for sweep in range(sweeps):
+                improved = False
+                for unit in self._units(best_table, cells):
+                    candidates = self._moves(best_table, unit, cell_moves if cells else moves, cells)
+                    if not candidates:
+                        continue
+                    scores = self.evaluate(candidates)
+                    top = int(np.argmax(scores))
+                    if scores[top] > best + 1e-4:
+                        best_table, best, improved = candidates[top], float(scores[top]), True
+                if log is not None:
+                    kind = "cells" if cells else "steps"
+                    log(f"budget {budget:g}: {kind} pass {sweep + 1}: {best:.2f} dB (start {start_psnr:.2f} dB)")
+                if not improved:
+                    break
+        return SearchResult(budget, best_table, best, start_psnr, self.evaluations - first)
+
+    def _units(self, table: np.ndarray, cells: bool) -> list[tuple[int, int | None]]:
+        computed = table == int(Action.COMPUTE)
+        if not cells:
+            return [(int(s), None) for s in np.flatnonzero(computed.all(axis=1)) if s > 0]
+        return [(int(s), int(g)) for s, g in zip(*np.nonzero(computed), strict=True) if s > 0]
+
+    def _moves(
+        self, table: np.ndarray, unit: tuple[int, int | None], moves: Sequence[int], cells: bool
+    ) -> list[np.ndarray]:
+        step, group = unit
+        columns = slice(None) if group is None else slice(group, group + 1)
+        out = []
+        for shift in moves:
+            target = step + shift
+            if not 0 < target < self.steps:
+                continue
+            if (table[target, columns] == int(Action.COMPUTE)).any():
+                continue
+            if group is None and not cells and (table[step] != int(Action.COMPUTE)).any():
+                continue
+            candidate = table.copy()
+            candidate[target, columns] = table[step, columns]
+            candidate[step, columns] = int(Action.FORECAST)
+            out.append(candidate)
+        return out
+
+
+_WORKER: dict[str, ScheduleSearch] = {}
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)  # the training process is gone (e.g. killed): stop searching for it
+
+
+def _start_worker(parent: int, model: str, scheduler: str, arguments: dict[str, Any]) -> None:
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    torch.set_num_threads(1)  # one process per core beats two threads on these small batches
+    diffusers.utils.logging.set_verbosity_error()
+    _WORKER["search"] = ScheduleSearch(prepare_pipeline(model, scheduler), **arguments)
+
+
+def _search_in_worker(budget: float, options: dict[str, Any]) -> SearchResult:
+    return _WORKER["search"].search(budget, **options, log=lambda line: print(line, flush=True))
+
+
+def search_schedules(
+    model: str,
+    budgets: Sequence[float],
+    *,
+    scheduler: str = "default",
+    conditions: Sequence[int],
+    seeds: Sequence[int],
+    steps: int,
+    guidance: float,
+    engine_options: dict[str, Any],
+    sweeps: int = 2,
+    per_group: bool = True,
+    workers: int = 1,
+    pipe: Any = None,
+    log: Callable[[str], None] | None = None,
+) -> list[SearchResult]:
+    """Searches one schedule per budget, in ``workers`` processes (one torch thread each) when above 1.
+
+    Args:
+        model: Zoo model name or pipeline folder (loaded by each worker process).
+        budgets: Compute budgets.
+        scheduler: Scheduler name for :func:`envs.pipelines.prepare_pipeline`.
+        conditions / seeds: The search samples.
+        steps / guidance: Sampling settings.
+        engine_options: ``groups``, ``probe_blocks``, ``forecast_order``.
+        sweeps / per_group: As in :meth:`ScheduleSearch.search`.
+        workers: Processes; 1 searches here, in ``pipe`` (or a pipeline loaded from ``model``).
+        pipe: An unhooked pipeline to search in when ``workers == 1``.
+        log: Progress lines (worker processes print theirs).
+
+    Returns:
+        One result per budget, in the order given.
+    """
+    arguments = {
+        "conditions": list(conditions),
+        "seeds": list(seeds),
+        "steps": steps,
+        "guidance": guidance,
+        "engine_options": dict(engine_options),
+    }
+    options = {"sweeps": sweeps, "per_group": per_group}
+    if workers <= 1:
+        search = ScheduleSearch(pipe if pipe is not None else prepare_pipeline(model, scheduler), **arguments)
+        return [search.search(budget, **options, log=log) for budget in budgets]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(), model, scheduler, arguments)
+    ) as pool:
+        # Larger budgets have more computed cells to move: start them first.
+        order = sorted(range(len(budgets)), key=lambda i: -budgets[i])
+        futures = {i: pool.submit(_search_in_worker, budgets[i], options) for i in order}
+        return [futures[i].result() for i in range(len(budgets))]

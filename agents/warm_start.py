@@ -1,0 +1,146 @@
+"""Warm start: behaviour-clone searched schedules into the actor (and their returns into the critic) before PPO.
+
+PPO alone explores a 3^groups action space for 50 steps from scratch and settles on schedules a good static one beats.
+So training first searches one static schedule per budget on training samples (:mod:`agents.schedule_search`),
+plays each in the training environment (same observations, normalisation and rewards as PPO sees), and fits the
+policy network to those actions and returns. PPO then refines that policy per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+import runtime
+from envs.episodes import EpisodeBatch
+
+
+@dataclass
+class Demonstrations:
+    """Teacher episodes as flat rows (one per sample and step).
+
+    Attributes:
+        observations: ``(rows, F)`` raw (unnormalised) observations.
+        actions: ``(rows, groups)`` the actions the engine executed (impossible ones already mapped).
+        masks: ``(rows, groups * 3)`` action masks.
+        returns: ``(rows,)`` reward-to-go (undiscounted, as the agent's ``gamma=1``).
+        psnr: Mean final PSNR per budget.
+        compute_fraction: Mean compute fraction per budget.
+    """
+
+    observations: np.ndarray
+    actions: np.ndarray
+    masks: np.ndarray
+    returns: np.ndarray
+    psnr: dict[float, float]
+    compute_fraction: dict[float, float]
+
+
+def record_demonstrations(
+    episodes: EpisodeBatch,
+    schedules: Mapping[float, np.ndarray],
+    conditions: Sequence[int],
+    seeds: Sequence[int],
+) -> Demonstrations:
+    """Plays each budget's schedule in the environment on ``(conditions, seeds)`` and records what it saw.
+
+    Args:
+        episodes: The training environment's episode batch.
+        schedules: ``budget -> (steps, groups)`` actions.
+        conditions: One class per episode.
+        seeds: One seed per episode.
+    """
+    rows: dict[str, list[np.ndarray]] = {"observations": [], "actions": [], "masks": [], "returns": []}
+    psnr: dict[float, float] = {}
+    fraction: dict[float, float] = {}
+    groups = episodes.engine.num_groups
+    for budget, schedule in schedules.items():
+        observation = episodes.begin(conditions, seeds, [budget] * len(seeds))
+        observations, actions, masks, rewards = [], [], [], []
+        for step in range(len(schedule)):
+            mask = episodes.action_masks()
+            wanted = torch.as_tensor(schedule[step], dtype=torch.int64).expand(len(seeds), groups)
+            executed = runtime.safe_actions(wanted, torch.as_tensor(mask).reshape(len(seeds), groups, -1))
+            observations.append(observation)
+            actions.append(executed.numpy())
+            masks.append(mask)
+            result = episodes.step(executed.numpy())
+            rewards.append(result.rewards)
+            observation = result.observations
+            if result.done:
+                psnr[budget] = float(np.mean([info["psnr"] for info in result.infos]))
+                fraction[budget] = float(np.mean([info["compute_fraction"] for info in result.infos]))
+                break
+        returns = np.flip(np.cumsum(np.flip(np.stack(rewards), axis=0), axis=0), axis=0)
+        # (steps, samples, ...) -> rows ordered sample by sample.
+        rows["observations"].append(np.stack(observations).swapaxes(0, 1).reshape(-1, observation.shape[-1]))
+        rows["actions"].append(np.stack(actions).swapaxes(0, 1).reshape(-1, groups))
+        rows["masks"].append(np.stack(masks).swapaxes(0, 1).reshape(-1, masks[0].shape[-1]))
+        rows["returns"].append(returns.swapaxes(0, 1).reshape(-1))
+    episodes.abort()
+    return Demonstrations(
+        **{key: np.concatenate(value).astype(np.float32) for key, value in rows.items()},
+        psnr=psnr,
+        compute_fraction=fraction,
+    )
+
+
+def behaviour_clone(
+    model: Any,
+    demonstrations: Demonstrations,
+    *,
+    epochs: int = 100,
+    batch_size: int = 256,
+    learning_rate: float = 1e-3,
+    value_weight: float = 0.5,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Fits an SB3 (Maskable)PPO policy to the demonstrations: cross-entropy on actions, MSE on returns.
+
+    Observations go through the model's ``VecNormalize`` (its statistics are first updated with them), exactly as
+    PPO will feed them.
+
+    Returns:
+        ``accuracy`` (share of group decisions matching the teacher), ``loss_actor`` and ``loss_value`` of the
+        last epoch.
+    """
+    normalizer = model.get_vec_normalize_env()
+    raw = demonstrations.observations
+    if normalizer is not None:
+        normalizer.obs_rms.update(raw)
+        raw = normalizer.normalize_obs(raw)
+    policy = model.policy
+    observations = torch.as_tensor(raw, dtype=torch.float32)
+    actions = torch.as_tensor(demonstrations.actions, dtype=torch.int64)
+    masks = torch.as_tensor(demonstrations.masks, dtype=torch.bool)
+    returns = torch.as_tensor(demonstrations.returns, dtype=torch.float32)
+    maskable = "action_masks" in policy.evaluate_actions.__code__.co_varnames
+    optimizer = torch.optim.Adam(policy.parameters(), lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    policy.set_training_mode(True)
+    actor_loss = value_loss = torch.tensor(0.0)
+    for _ in range(epochs):
+        order = torch.randperm(len(actions), generator=generator)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            extra = {"action_masks": masks[index]} if maskable else {}
+            values, log_prob, _ = policy.evaluate_actions(observations[index], actions[index], **extra)
+            actor_loss = -log_prob.mean()
+            value_loss = torch.nn.functional.mse_loss(values.flatten(), returns[index])
+            optimizer.zero_grad()
+            (actor_loss + value_weight * value_loss).backward()
+            optimizer.step()
+    policy.set_training_mode(False)
+    with torch.no_grad():
+        if maskable:
+            distribution = policy.get_distribution(observations, action_masks=masks)
+            categoricals = distribution.distributions
+        else:
+            categoricals = policy.get_distribution(observations).distribution
+        predicted = torch.stack([c.probs.argmax(dim=-1) for c in categoricals], dim=-1)
+    accuracy = float((predicted == actions).float().mean())
+    return {"accuracy": accuracy, "loss_actor": float(actor_loss.detach()), "loss_value": float(value_loss.detach())}
