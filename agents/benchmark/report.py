@@ -191,6 +191,10 @@ def markdown(results: dict[str, Any]) -> str:
             _cell(row["fd"], 1),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    failures = results.get("failures") or []
+    if failures:
+        lines += ["", "## Failed", "", "These raised on this model and have no row:", ""]
+        lines += [f"- {f['method']} ({f['knob']}): `{f['error']}`" for f in failures]
     return "\n".join(lines) + "\n"
 
 

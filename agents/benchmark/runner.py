@@ -202,17 +202,24 @@ def run_benchmark(
         echo: Where per-row lines go (default: ``tqdm.write``).
 
     Returns:
-        ``{"model", "scheduler", "steps", "guidance", "n_samples", "seeds", "classes", "rows", "summary", ...}``.
+        ``{"model", "scheduler", "steps", "guidance", "n_samples", "seeds", "classes", "rows", "summary", ...}``;
+        ``failures`` lists the methods that raised (method, family, knob, error), which have no row.
     """
     echo = echo or tqdm.write
     started = time.perf_counter()
     settings = make_settings(pipe, config)
     reference = uncached_reference(pipe, settings)
-    rows = []
+    rows, failures = [], []
     bar = tqdm(methods, desc="benchmark", unit="knob", disable=not progress, dynamic_ncols=True)
     for method in bar:
         bar.set_postfix_str(f"{method.name} {method.knob}")
-        row = measure(pipe, method, settings, reference, config.repeats, config.psnr_cap)
+        try:
+            row = measure(pipe, method, settings, reference, config.repeats, config.psnr_cap)
+        except Exception as error:  # one method failing on a model (e.g. a cache's bug) must not lose the others
+            failure = {"method": method.name, "family": method.family, "knob": method.knob}
+            failures.append({**failure, "error": f"{type(error).__name__}: {error}"})
+            echo(f"{method.name:<26} {method.knob:<18} FAILED: {failures[-1]['error']}")
+            continue
         rows.append(row)
         echo(
             f"{row['method']:<26} {row['knob']:<18} FLOPs {row['flops_speedup']:5.2f}×  "
@@ -243,6 +250,7 @@ def run_benchmark(
         "threads": torch.get_num_threads(),
         "psnr_cap": config.psnr_cap,
         "rows": rows,
+        "failures": failures,
         "summary": summarize(rows, config.targets),
         "flops_check": check,
         "notes": list(notes),

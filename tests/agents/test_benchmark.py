@@ -294,3 +294,37 @@ def test_same_seeds_and_config_give_identical_quality(
     for key, row in first.items():
         for field in ("psnr", "ssim", "class_acc", "fd", "flops_speedup"):
             assert second[key][field] == row[field], (key, field)
+
+
+class _Broken(EngineMethod):
+    """A method that raises inside the model, as a cache with a bug for this architecture would."""
+
+    def attach(self, pipe: Any, settings: Settings) -> None:
+        raise TypeError("unsupported operand type(s) for -: 'NoneType' and 'Tensor'")
+
+
+def test_a_failing_method_is_recorded_and_the_others_still_run(tmp_path: Path) -> None:
+    from agents.benchmark.report import write_results
+    from agents.benchmark.runner import run_benchmark
+
+    config = load_config(
+        overrides={"seeds": "1000000-1000001", "steps": STEPS, "repeats": 1, "warmup_steps": 1, "flops_check": False}
+    )
+    methods = [
+        _Broken("Broken cache", "diffusers", "threshold=0.1", lambda: FORA(2)),
+        EngineMethod("FORA", "baseline", "N=2", lambda: FORA(2), {"groups": 2, "probe_blocks": 0}),
+    ]
+    lines: list[str] = []
+    results = run_benchmark(tiny_pipeline(), config, methods, model_name="tiny", progress=False, echo=lines.append)
+    assert [row["method"] for row in results["rows"]] == ["FORA"]
+    assert results["failures"] == [
+        {
+            "method": "Broken cache",
+            "family": "diffusers",
+            "knob": "threshold=0.1",
+            "error": "TypeError: unsupported operand type(s) for -: 'NoneType' and 'Tensor'",
+        }
+    ]
+    assert any("Broken cache" in line and "FAILED" in line for line in lines)
+    paths = write_results(results, tmp_path)
+    assert "## Failed" in Path(paths["md"]).read_text()
