@@ -35,6 +35,7 @@ CONFIG_FILE = "config.yaml"
 POLICY_FILE = "policy.safetensors"
 SCHEDULE_FILE = "schedule.safetensors"
 TEACHER_FILE = "teacher-schedules.json"
+HISTORY_FILE = "eval-history.json"
 CHECKPOINTS = "checkpoints"
 ALGORITHMS = {"ppo": PPO, "maskable_ppo": MaskablePPO}
 ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
@@ -292,8 +293,17 @@ class Trainer:
             self.best_points = points
             self._export(policy)
         metrics["eval/best_score"] = self.state["best_score"]
+        self._record_evaluation(step, score, points)
         metrics.update(self._figures(policy, points))
         self.wandb.log(metrics)
+
+    def _record_evaluation(self, step: int, score: float, points: list[EvaluationPoint]) -> None:
+        """Appends this evaluation to ``eval-history.json`` (kept across ``--resume``)."""
+        path = self.run_dir / HISTORY_FILE
+        history = json.loads(path.read_text()) if path.is_file() else []
+        history = [entry for entry in history if entry["timesteps"] < step]  # a resumed run re-evaluates from there
+        history.append({"timesteps": step, "score": score, "points": [p.to_dict() for p in points]})
+        atomic_write(path, lambda p: Path(p).write_text(json.dumps(history, indent=1)))
 
     def _score(self, points: list[EvaluationPoint]) -> float:
         psnr = float(np.mean([p.psnr for p in points]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +50,16 @@ def test_training_exports_a_policy_and_logs_to_wandb(trained_run: Path) -> None:
     assert policy.engine_options["groups"] == 2
     assert policy.engine_options["forecast_order"] == config.env.forecast_order
     assert (trained_run / "schedule.safetensors").is_file()
+    teacher = json.loads((trained_run / "teacher-schedules.json").read_text())
+    assert set(teacher["budgets"]) == {"0.4", "0.6"} and 0.0 <= teacher["clone"]["accuracy"] <= 1.0
+    history = json.loads((trained_run / "eval-history.json").read_text())
+    assert [entry["timesteps"] for entry in history] == [0, 200]  # after the warm start, then at the end
+    best = max(history, key=lambda entry: entry["score"])
+    assert json.loads((trained_run / "policy-eval.json").read_text())["timesteps"] == best["timesteps"]
 
     logged = read_offline_run(trained_run / "wandb")
     assert {"env", "agent", "eval", "checkpoint", "wandb"} <= logged.config_keys
-    for key in ("eval/score", "eval/budget_0.25/psnr", "eval/budget_0.5/flops_speedup", "train/value_loss"):
+    for key in ("eval/score", "eval/budget_0.25/psnr", "warm_start/accuracy", "train/value_loss"):
         assert key in logged.history_keys, key
     assert "rollout/ep_rew_mean" in logged.history_keys
     assert any(k.startswith("eval/samples") for k in logged.history_keys)
