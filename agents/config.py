@@ -178,6 +178,14 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
+    def __post_init__(self) -> None:
+        warm = self.warm_start
+        if warm.enabled and not self.env.budget_conditioned and len(warm.budgets) != 1:
+            raise ConfigError(
+                f"warm_start.budgets={warm.budgets}: a policy without a budget (env.budget_conditioned: false) can "
+                "follow one schedule only; give one budget, or set warm_start.enabled: false."
+            )
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as plain data."""
         return asdict(self)

@@ -89,7 +89,10 @@ class Trainer:
         if self.resume:
             saved = read_state(checkpoints)
             if saved is None:
-                raise FileNotFoundError(f"{checkpoints} holds no complete checkpoint to resume from.")
+                raise FileNotFoundError(
+                    f"{checkpoints} holds no complete checkpoint to resume from (the first one is written after the "
+                    "warm start): start the run again without --resume."
+                )
             self.state.update(saved)
         else:
             text = yaml.safe_dump(config.to_dict(), sort_keys=False)
@@ -192,7 +195,9 @@ class Trainer:
                 "schedule": found.schedule.tolist(),
             }
         demo_split = split(warm.search_samples, warm.demo_samples)
-        demonstrations = record_demonstrations(self.vec_env.episodes, schedules, *demo_split)
+        demonstrations = record_demonstrations(
+            self.vec_env.episodes, schedules, *demo_split, budget_conditioned=env_config.budget_conditioned
+        )
         metrics = behaviour_clone(
             self.model, demonstrations, epochs=warm.epochs, learning_rate=warm.learning_rate, seed=config.agent.seed
         )

@@ -45,6 +45,7 @@ def record_demonstrations(
     schedules: Mapping[float, np.ndarray],
     conditions: Sequence[int],
     seeds: Sequence[int],
+    budget_conditioned: bool = True,
 ) -> Demonstrations:
     """Plays each budget's schedule in the environment on ``(conditions, seeds)`` and records what it saw.
 
@@ -53,13 +54,14 @@ def record_demonstrations(
         schedules: ``budget -> (steps, groups)`` actions.
         conditions: One class per episode.
         seeds: One seed per episode.
+        budget_conditioned: Whether the episodes are given the budget (as the environment's own episodes are).
     """
     rows: dict[str, list[np.ndarray]] = {"observations": [], "actions": [], "masks": [], "returns": []}
     psnr: dict[float, float] = {}
     fraction: dict[float, float] = {}
     groups = episodes.engine.num_groups
     for budget, schedule in schedules.items():
-        observation = episodes.begin(conditions, seeds, [budget] * len(seeds))
+        observation = episodes.begin(conditions, seeds, [budget] * len(seeds) if budget_conditioned else None)
         observations, actions, masks, rewards = [], [], [], []
         for step in range(len(schedule)):
             mask = episodes.action_masks()

@@ -33,8 +33,18 @@ def test_flow_config_validates_and_differs_only_where_it_should() -> None:
         ("agent.algorithm=sac", "algorithm"),
         ("env.train_seeds=[0, 3000000]", "train_seeds"),
         ("wandb.colour=red", "wandb.colour"),
+        ("warm_start.sweeps=0", "sweeps"),
+        ("warm_start.budgets=[0.0]", "budgets"),
+        ("warm_start.workers=two", "warm_start.workers"),
     ],
 )
 def test_bad_values_name_the_field(override: str, field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(CONFIGS / "default.yaml", [override])
+
+
+def test_warm_start_without_budget_conditioning_takes_one_budget() -> None:
+    with pytest.raises(ConfigError, match=r"warm_start\.budgets"):
+        load_config(CONFIGS / "default.yaml", ["env.budget_conditioned=false"])
+    config = load_config(CONFIGS / "default.yaml", ["env.budget_conditioned=false", "warm_start.budgets=[0.3]"])
+    assert config.warm_start.budgets == [0.3]

@@ -70,3 +70,14 @@ def test_cloned_policy_plays_the_teacher(setup) -> None:
     masks = demonstrations.masks.astype(bool)
     predicted, _ = model.predict(observations, deterministic=True, action_masks=masks)
     assert (predicted == demonstrations.actions).mean() >= 0.99
+
+
+def test_without_budget_conditioning_the_budget_is_not_shown(setup) -> None:
+    venv, _, _ = setup
+    schedule = {0.35: schedules()[0.35]}
+    shown = record_demonstrations(venv.episodes, schedule, [0, 1, 2, 3], [10, 11, 12, 13])
+    hidden = record_demonstrations(venv.episodes, schedule, [0, 1, 2, 3], [10, 11, 12, 13], budget_conditioned=False)
+    column = list(venv.episodes.feature_names).index("budget")
+    assert np.allclose(shown.observations[:, column], 0.35)
+    assert np.allclose(hidden.observations[:, column], 1.0)
+    np.testing.assert_array_equal(shown.actions, hidden.actions)
