@@ -94,8 +94,8 @@ def measure(
     """
     method.prepare(pipe, settings)
     counted_speedup = None
-    method.attach(pipe, settings)
-    try:
+    try:  # detach also after a failed attach: whatever it hooked must not stay on the transformer
+        method.attach(pipe, settings)
         with method.generation():
             settings.run(pipe, steps=settings.warmup_steps)
         if not method.counts_own_flops:
@@ -109,8 +109,8 @@ def measure(
     ratios, seconds, uncached_seconds = [], [], []
     for repeat in range(repeats):
         _, plain = _timed(pipe, settings)
-        method.attach(pipe, settings)
         try:
+            method.attach(pipe, settings)
             with method.generation():
                 output, cached = _timed(pipe, settings)
             if repeat == 0:

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+import runtime
 from agents.benchmark import cli
 from agents.benchmark.config import load_config
 from agents.benchmark.diffusers_caches import (
@@ -297,9 +298,10 @@ def test_same_seeds_and_config_give_identical_quality(
 
 
 class _Broken(EngineMethod):
-    """A method that raises inside the model, as a cache with a bug for this architecture would."""
+    """A method that hooks the model and then raises, as a cache with a bug for this architecture would."""
 
     def attach(self, pipe: Any, settings: Settings) -> None:
+        super().attach(pipe, settings)
         raise TypeError("unsupported operand type(s) for -: 'NoneType' and 'Tensor'")
 
 
@@ -315,7 +317,9 @@ def test_a_failing_method_is_recorded_and_the_others_still_run(tmp_path: Path) -
         EngineMethod("FORA", "baseline", "N=2", lambda: FORA(2), {"groups": 2, "probe_blocks": 0}),
     ]
     lines: list[str] = []
-    results = run_benchmark(tiny_pipeline(), config, methods, model_name="tiny", progress=False, echo=lines.append)
+    pipe = tiny_pipeline()
+    results = run_benchmark(pipe, config, methods, model_name="tiny", progress=False, echo=lines.append)
+    assert runtime.get_engine(pipe.transformer) is None  # the failed method's hooks went with it
     assert [row["method"] for row in results["rows"]] == ["FORA"]
     assert results["failures"] == [
         {
