@@ -174,7 +174,7 @@ class ScheduleSearch:
             for sweep in range(sweeps):
                 improved = False
                 for unit in self._units(best_table, cells):
-                    candidates = self._moves(best_table, unit, cell_moves if cells else moves, cells)
+                    candidates = self._moves(best_table, unit, cell_moves if cells else moves)
                     if not candidates:
                         continue
                     scores = self.evaluate(candidates)
@@ -194,9 +194,8 @@ class ScheduleSearch:
             return [(int(s), None) for s in np.flatnonzero(computed.all(axis=1)) if s > 0]
         return [(int(s), int(g)) for s, g in zip(*np.nonzero(computed), strict=True) if s > 0]
 
-    def _moves(
-        self, table: np.ndarray, unit: tuple[int, int | None], moves: Sequence[int], cells: bool
-    ) -> list[np.ndarray]:
+    def _moves(self, table: np.ndarray, unit: tuple[int, int | None], moves: Sequence[int]) -> list[np.ndarray]:
+        """The tables with ``unit`` (a whole computed step, or one group's computed cell) shifted by each move."""
         step, group = unit
         columns = slice(None) if group is None else slice(group, group + 1)
         out = []
@@ -205,8 +204,6 @@ class ScheduleSearch:
             if not 0 < target < self.steps:
                 continue
             if (table[target, columns] == int(Action.COMPUTE)).any():
-                continue
-            if group is None and not cells and (table[step] != int(Action.COMPUTE)).any():
                 continue
             candidate = table.copy()
             candidate[target, columns] = table[step, columns]

@@ -136,23 +136,26 @@ class Trainer:
             config.env.guidance_scale,
         )
 
-        callbacks = [
-            ProgressBarCallback(agent.total_timesteps),
-            CheckpointCallback(checkpoints, config.checkpoint.every_timesteps, lambda: dict(self.state)),
-            EvaluationCallback(config.eval.every_timesteps, self.evaluate),
-        ]
+        checkpoint = CheckpointCallback(checkpoints, config.checkpoint.every_timesteps, lambda: dict(self.state))
+
+        def evaluate_and_save() -> None:  # outside model.learn, where the callbacks do both
+            self.evaluate(self.model)
+            checkpoint.model = self.model
+            checkpoint.save()
+
         if config.warm_start.enabled and not self.resume:
             self.warm_start()
-            self.evaluate(self.model)
-            callbacks[1].model = self.model
-            callbacks[1].save()
+            evaluate_and_save()
         remaining = agent.total_timesteps - self.model.num_timesteps
         if remaining > 0:
+            callbacks = [
+                ProgressBarCallback(agent.total_timesteps),
+                checkpoint,
+                EvaluationCallback(config.eval.every_timesteps, self.evaluate),
+            ]
             self.model.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=not self.resume)
         if not self.history or self.history[-1][0] != self.model.num_timesteps:
-            self.evaluate(self.model)
-            callbacks[1].model = self.model
-            callbacks[1].save()
+            evaluate_and_save()
         result = self._finish()
         self.vec_env.close()
         return result
@@ -184,20 +187,20 @@ class Trainer:
             pipe=self.eval_pipe,
             log=tqdm.write,
         )
-        teacher: dict[str, Any] = {}
-        schedules: dict[float, np.ndarray] = {}
-        for budget, found in zip(warm.budgets, results, strict=True):
-            schedules[float(budget)] = found.schedule
-            teacher[f"{budget:g}"] = {
-                "psnr": found.psnr,
-                "start_psnr": found.start_psnr,
-                "compute_fraction": float((found.schedule == int(runtime.Action.COMPUTE)).mean()),
-                "schedule": found.schedule.tolist(),
-            }
+        schedules = {float(budget): found.schedule for budget, found in zip(warm.budgets, results, strict=True)}
         demo_split = split(warm.search_samples, warm.demo_samples)
         demonstrations = record_demonstrations(
             self.vec_env.episodes, schedules, *demo_split, budget_conditioned=env_config.budget_conditioned
         )
+        teacher = {
+            f"{budget:g}": {
+                "psnr": found.psnr,
+                "start_psnr": found.start_psnr,
+                "compute_fraction": demonstrations.compute_fraction[float(budget)],  # FLOPs, as the engine counts
+                "schedule": found.schedule.tolist(),
+            }
+            for budget, found in zip(warm.budgets, results, strict=True)
+        }
         metrics = behaviour_clone(
             self.model, demonstrations, epochs=warm.epochs, learning_rate=warm.learning_rate, seed=config.agent.seed
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 
 import runtime
 from envs.episodes import EpisodeBatch
@@ -120,7 +121,7 @@ def behaviour_clone(
     actions = torch.as_tensor(demonstrations.actions, dtype=torch.int64)
     masks = torch.as_tensor(demonstrations.masks, dtype=torch.bool)
     returns = torch.as_tensor(demonstrations.returns, dtype=torch.float32)
-    maskable = "action_masks" in policy.evaluate_actions.__code__.co_varnames
+    maskable = isinstance(policy, MaskableActorCriticPolicy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     policy.set_training_mode(True)
