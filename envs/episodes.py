@@ -154,7 +154,7 @@ class EpisodeBatch:
     def _last_step_cost(self) -> np.ndarray:
         state = self.engine.current_state()
         per_row = state.last_step_fraction
-        per_sample = torch.zeros(state.samples, dtype=torch.float64).index_add(0, state.sample_of_row, per_row)
+        per_sample = torch.zeros(state.samples, dtype=torch.float64).index_add(0, state.row_samples, per_row)
         return (per_sample / (state.rows // state.samples)).numpy()
 
     def _finish(self, message: Finished) -> tuple[np.ndarray, list[dict[str, Any]]]:

@@ -17,6 +17,7 @@ from .actions import NUM_ACTIONS, Action
 from .blocks import find_blocks, split_groups
 from .config import CacheConfig
 from .costs import CostMeter, CostModel
+from .forecast import finite_row_mask
 from .hooks import BLOCK_HOOK, ROOT_HOOK, BlockHook, RootHook
 from .layout import batch_layout, resolve_cfg_layout
 from .observations import Observation, build_observation, feature_names, relative_l1
@@ -80,6 +81,7 @@ class CacheEngine:
         self.stats = self._new_stats()
         self.group_flops = torch.zeros(len(self.groups), dtype=torch.float64)
         self._all_rows = torch.arange(0)
+        self._no_rows = torch.zeros(0, dtype=torch.int64)
         self._track_accumulation = "accumulated_input_change" in getattr(policy, "required_signals", ())
         self._sample_budgets: torch.Tensor | None = None
         self._uncached = False
@@ -177,17 +179,13 @@ class CacheEngine:
             self.meter = None
         costs, stats = self.costs, self.stats
         probe_flops = float(costs.block_flops[: self.config.probe_blocks].sum())
-        decision = state.decision
-        computed = torch.tensor(decision.row_actions, dtype=torch.float64) == Action.COMPUTE
-        for g, rows in enumerate(decision.compute_rows):
-            if rows.numel() != int(computed[:, g].sum()):  # fallbacks added rows to COMPUTE
-                computed[rows, g] = True
+        computed = state.decision.computes  # fallbacks included
         spent = costs.always_flops + probe_flops + computed.double() @ self.group_flops
         state.spent_flops += spent
         state.full_flops += costs.full_flops
         state.last_step_fraction = spent / costs.full_flops
-        for g, rows in enumerate(decision.compute_rows):
-            stats.group_computed[g] += rows.numel()
+        for g, count in enumerate(computed.sum(dim=0).tolist()):
+            stats.group_computed[g] += count
         stats.probe_computed += state.rows
         stats.row_steps += state.rows
         stats.spent_flops += float(spent.sum())
@@ -202,7 +200,7 @@ class CacheEngine:
         if state.accumulated_input_change is not None and state.previous_first_input is not None:
             state.accumulated_input_change += relative_l1(state.first_input, state.previous_first_input)
         if self._uncached:
-            sample_actions = [[int(Action.COMPUTE)] * self.num_groups] * state.samples
+            sample_actions = torch.full((state.samples, self.num_groups), int(Action.COMPUTE), dtype=torch.int64)
         else:
             observation = build_observation(state, self.budget)
             started = wallclock.perf_counter()
@@ -210,45 +208,44 @@ class CacheEngine:
             self.stats.decision_seconds += wallclock.perf_counter() - started
             self.stats.decisions += 1
             observation.seal()
-            sample_actions = self._checked_actions(actions, observation).tolist()
+            sample_actions = self._checked_actions(actions, observation)
             if self.config.shared_decisions:
                 sample_actions = shared_actions(sample_actions, observation.action_mask)
-        row_actions = [sample_actions[sample] for sample in state.samples_per_row]
-        for actions in sample_actions:
-            for action in actions:
-                self.stats.action_counts[action] += 1
-        self._update_references(state, row_actions)
-        index = [
-            self._index(state.rows, [r for r, a in enumerate(row_actions) if a[g] == kind])
-            for kind in Action
-            for g in range(self.num_groups)
-        ]
-        groups = self.num_groups
+        for action, count in enumerate(torch.bincount(sample_actions.flatten(), minlength=NUM_ACTIONS).tolist()):
+            self.stats.action_counts[action] += count
+        row_actions = sample_actions[state.row_samples]
+        first = row_actions[0]
+        if bool((row_actions == first).all()):  # one action per group for the whole batch: no per-row index
+            shared = first.tolist()
+            index = [[self._every_row(state.rows, action == kind) for action in shared] for kind in Action]
+        else:
+            index = [[torch.nonzero(column == kind).flatten() for column in row_actions.T] for kind in Action]
+        computes = row_actions == Action.COMPUTE
+        self._update_references(state, computes.any(dim=1))
         state.decision = StepDecision(
             row_actions=row_actions,
-            compute_rows=index[0:groups],
-            reuse_rows=index[groups : 2 * groups],
-            forecast_rows=index[2 * groups : 3 * groups],
+            computes=computes,
+            compute_rows=index[Action.COMPUTE],
+            reuse_rows=index[Action.REUSE],
+            forecast_rows=index[Action.FORECAST],
         )
 
-    def _index(self, rows: int, selected: list[int]) -> torch.Tensor:
-        if len(selected) == rows:
-            if self._all_rows.numel() != rows:
-                self._all_rows = torch.arange(rows)
-            return self._all_rows
-        return torch.tensor(selected, dtype=torch.int64)
+    def _every_row(self, rows: int, selected: bool) -> torch.Tensor:
+        """The index of all ``rows`` rows, or the empty index."""
+        if self._all_rows.numel() != rows:
+            self._all_rows = torch.arange(rows)
+        return self._all_rows if selected else self._no_rows
 
-    def _update_references(self, state: GenerationState, row_actions: list[list[int]]) -> None:
+    def _update_references(self, state: GenerationState, computing: torch.Tensor) -> None:
         """Rows that compute any group now become the reference for the change features."""
-        computing = [r for r, actions in enumerate(row_actions) if Action.COMPUTE in actions]
-        if not computing or state.first_input is None:
+        if state.first_input is None or not bool(computing.any()):
             return
         if state.accumulated_input_change is not None:
             state.accumulated_input_change[computing] = 0.0
-        if len(computing) == state.rows:
+        if bool(computing.all()):
             state.reference_input, state.reference_probe = state.first_input, state.probe_residual
             return
-        rows = torch.tensor(computing)
+        rows = torch.nonzero(computing).flatten()
         base = state.reference_input if state.reference_input is not None else torch.zeros_like(state.first_input)
         state.reference_input = base.index_copy(0, rows, state.first_input[rows])
         if state.probe_residual is not None:
@@ -287,9 +284,10 @@ class CacheEngine:
                 continue
             if kind == Action.REUSE:
                 residual = history.latest(rows, copy=False)
+                finite = history.latest_finite(rows)  # checked once, when the residual was stored
             else:
                 residual = history.forecast(rows, state.time, self.order)
-            finite = _finite_rows(residual)
+                finite = finite_row_mask(residual)  # also catches an overflowing extrapolation
             good = rows
             if finite is not None:
                 fallback.append(rows[~finite])
@@ -308,6 +306,7 @@ class CacheEngine:
             moved = torch.cat(fallback)
             self.stats.fallbacks += moved.numel()
             decision.compute_rows[group_index] = torch.sort(torch.cat([decision.compute_rows[group_index], moved]))[0]
+            decision.computes[moved, group_index] = True
         return hidden, encoder
 
     def store_residual(
@@ -399,30 +398,24 @@ def _add_rows(tensor: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) ->
     return tensor.index_add(0, rows, values)
 
 
-def _finite_rows(residual: tuple[torch.Tensor | None, ...]) -> torch.Tensor | None:
-    """``None`` when every value is finite (one sum per stream), else a per-row finiteness mask."""
-    streams = [r for r in residual if r is not None]
-    # A sum is finite only if every term is (an overflowing sum of finite values merely takes the slow path).
-    if all(bool(torch.isfinite(r.sum())) for r in streams):
-        return None
-    finite = torch.ones(streams[0].shape[0], dtype=torch.bool)
-    for stream in streams:
-        finite &= torch.isfinite(stream).flatten(1).all(dim=1)
-    return finite
-
-
-def shared_actions(sample_actions: list[list[int]], action_mask: torch.Tensor) -> list[list[int]]:
+def shared_actions(sample_actions: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
     """One action per group for the whole batch: the one most samples chose (ties: COMPUTE, FORECAST, REUSE).
 
-    The choice is replaced by COMPUTE where it is not possible for every sample.
+    Args:
+        sample_actions: ``(samples, groups)`` actions.
+        action_mask: ``(samples, groups, 3)`` possible actions.
+
+    Returns:
+        ``(samples, groups)`` actions, the same in every row; COMPUTE where the choice is not possible for every
+        sample.
     """
-    preference = (Action.COMPUTE, Action.FORECAST, Action.REUSE)
-    possible_for_all = action_mask.all(dim=0)
-    shared = []
-    for group, column in enumerate(zip(*sample_actions, strict=True)):
-        action = max(preference, key=lambda a: (column.count(a), -preference.index(a)))
-        shared.append(int(action) if bool(possible_for_all[group, action]) else int(Action.COMPUTE))
-    return [list(shared) for _ in sample_actions]
+    votes = torch.nn.functional.one_hot(sample_actions, NUM_ACTIONS).sum(dim=0)  # (groups, actions)
+    tie_break = torch.zeros(NUM_ACTIONS, dtype=votes.dtype)
+    tie_break[Action.COMPUTE], tie_break[Action.FORECAST] = 2, 1
+    choice = (votes * NUM_ACTIONS + tie_break).argmax(dim=1)
+    possible_for_all = action_mask.all(dim=0).gather(1, choice[:, None]).squeeze(1)
+    choice = torch.where(possible_for_all, choice, torch.full_like(choice, int(Action.COMPUTE)))
+    return choice.expand(sample_actions.shape[0], -1).clone()
 
 
 def safe_actions(actions: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:

@@ -42,12 +42,37 @@ def lagrange_weights(times: torch.Tensor, counts: torch.Tensor, time: float, ord
     return weights
 
 
+def scalar_lagrange_weights(times: list[float], time: float, order: int) -> list[float]:
+    """:func:`lagrange_weights` of one row, in plain floats: the fast path when every row shares its points.
+
+    Args:
+        times: Times of the stored points, newest first.
+        time: The time to extrapolate to.
+        order: The wanted polynomial degree; ``min(order, len(times) - 1)`` is used.
+
+    Returns:
+        One weight per point used (the newest ``degree + 1``).
+    """
+    points = times[: max(1, min(order + 1, len(times)))]
+    weights = []
+    for i, t_i in enumerate(points):
+        weight = 1.0
+        for j, t_j in enumerate(points):
+            if j != i:
+                weight *= (time - t_j) / (t_i - t_j)
+        weights.append(weight)
+    return weights
+
+
 class ResidualHistory:
     """The newest computed residuals of one block group, per batch row, with the times they were computed at.
 
     A residual is a tuple of stream tensors (hidden states, and encoder hidden states for dual-stream blocks),
     each ``(batch, ...)``. History is a list of slots, newest first; when the whole batch computes, a push just
     puts the new residual in front (no copy). Stored tensors are never modified: a partial push builds new slots.
+
+    While every push covers the whole batch, all rows share their slot times, and reuse and forecast take a fast
+    path with plain-float weights; a partial push switches to per-row weights for the rest of the generation.
 
     Args:
         depth: How many computed steps to keep (forecast order + 1).
@@ -57,7 +82,6 @@ class ResidualHistory:
         slots: Newest-first residuals, each a tuple of ``(batch, ...)`` stream tensors.
         slot_times: ``(batch,)`` float64 time of each slot's residual, per row.
         counts: ``(batch,)`` how many slots hold a residual of each row.
-        last_change: ``(batch,)`` relative L1 change between the two newest residuals of the hidden stream.
     """
 
     def __init__(self, depth: int, batch: int) -> None:
@@ -66,57 +90,106 @@ class ResidualHistory:
         self.slots: list[Residual] = []
         self.slot_times: list[torch.Tensor] = []
         self.counts = torch.zeros(batch, dtype=torch.int64)
-        self.last_change = torch.zeros(batch, dtype=torch.float64)
+        self._shared_times: list[float] | None = []  # slot times when all rows share them, else None
+        self._finite: list[torch.Tensor | None] = []  # per slot: None if all finite, else a per-row mask
+        self._last_change: torch.Tensor | None = None
 
     @property
     def times(self) -> torch.Tensor:
         """``(slots, batch)`` times, newest first."""
         return torch.stack(self.slot_times)
 
+    @property
+    def last_change(self) -> torch.Tensor:
+        """``(batch,)`` relative L1 change between the two newest residuals of the hidden stream (0 with fewer).
+
+        Computed on first read after a push (only policies that read the forecast gap need it).
+        """
+        if self._last_change is None:
+            change = torch.zeros(self.batch, dtype=torch.float64)
+            if len(self.slots) >= 2 and self.slots[0][0] is not None:
+                current, previous = self.slots[0][0].flatten(1), self.slots[1][0].flatten(1)
+                moved = (current - previous).abs().mean(1) / current.abs().mean(1).clamp_min(1e-12)
+                change = torch.where(self.counts >= 2, moved.double(), change)
+            self._last_change = change
+        return self._last_change
+
     def push(self, rows: torch.Tensor, residual: Residual, time: float) -> None:
         """Stores a newly computed residual for ``rows`` (a sorted index tensor into the batch)."""
-        everyone = rows.numel() == self.batch
         if self.slots:
             self._check_shapes(residual)
-            if self.depth > 1 and residual[0] is not None:
-                previous = _take(self.slots[0][0], rows, everyone).flatten(1)
-                current = residual[0].flatten(1)
-                change = (current - previous).abs().mean(1) / current.abs().mean(1).clamp_min(1e-12)
-                valid = _take(self.counts, rows, everyone) >= 1
-                change = torch.where(valid, change.double(), torch.zeros_like(change, dtype=torch.float64))
-                self.last_change[rows] = change
-        if everyone:
+        if rows.numel() == self.batch:
             self.slots.insert(0, residual)
             self.slot_times.insert(0, torch.full((self.batch,), float(time), dtype=torch.float64))
+            self._finite.insert(0, finite_row_mask(residual))
+            if self._shared_times is not None:
+                self._shared_times.insert(0, float(time))
+                del self._shared_times[self.depth :]
         else:
             self._push_rows(rows, residual, time)
+            self._finite = [finite_row_mask(slot) for slot in self.slots]
+            self._shared_times = None
         del self.slots[self.depth :]
         del self.slot_times[self.depth :]
-        self.counts[rows] = torch.clamp(self.counts[rows] + 1, max=self.depth)
+        del self._finite[self.depth :]
+        if rows.numel() == self.batch:
+            self.counts.add_(1).clamp_(max=self.depth)
+        else:
+            self.counts[rows] = torch.clamp(self.counts[rows] + 1, max=self.depth)
+        self._last_change = None
 
     def latest(self, rows: torch.Tensor, copy: bool = True) -> Residual:
         """The most recent residual of ``rows``; ``copy=False`` may return the stored tensors themselves."""
         everyone = rows.numel() == self.batch and not copy
         return tuple(None if s is None else _take(s, rows, everyone) for s in self._newest())
 
-    def forecast(self, rows: torch.Tensor, time: float, order: int) -> Residual:
-        """The polynomial extrapolation of ``rows``' residual to ``time`` (new tensors)."""
-        everyone = rows.numel() == self.batch
+    def forecast_weights(self, rows: torch.Tensor, time: float, order: int) -> list[float] | torch.Tensor:
+        """Weights of the newest slots in the forecast of ``rows`` to ``time``.
+
+        Returns:
+            One float per slot used when the rows share their slot times, else ``(slots, rows)`` float64 weights.
+        """
         self._newest()
+        if self._shared_times is not None:
+            return scalar_lagrange_weights(self._shared_times, time, order)
+        everyone = rows.numel() == self.batch
         times = torch.stack([_take(t, rows, everyone) for t in self.slot_times])
-        weights = lagrange_weights(times, _take(self.counts, rows, everyone), time, order)
+        return lagrange_weights(times, _take(self.counts, rows, everyone), time, order)
+
+    def combine(self, rows: torch.Tensor, weights: list[float] | torch.Tensor) -> Residual:
+        """``sum_k weights[k] * slot_k`` of ``rows``, per stream (new tensors)."""
+        everyone = rows.numel() == self.batch
         result = []
-        for stream in range(len(self.slots[0])):
+        for stream in range(len(self._newest())):
             if self.slots[0][stream] is None:
                 result.append(None)
                 continue
             total = None
-            for k, slot in enumerate(self.slots):
-                values = _take(slot[stream], rows, everyone)
-                w = weights[k].to(values.dtype).reshape(-1, *([1] * (values.ndim - 1)))
-                total = w * values if total is None else total + w * values
+            for k, weight in enumerate(weights):
+                values = _take(self.slots[k][stream], rows, everyone)
+                if isinstance(weights, torch.Tensor):
+                    weight = weight.to(values.dtype).reshape(-1, *([1] * (values.ndim - 1)))
+                    total = weight * values if total is None else total.addcmul_(weight, values)
+                else:
+                    total = values * weight if total is None else total.add_(values, alpha=weight)
             result.append(total)
         return tuple(result)
+
+    def forecast(self, rows: torch.Tensor, time: float, order: int) -> Residual:
+        """The polynomial extrapolation of ``rows``' residual to ``time`` (new tensors)."""
+        return self.combine(rows, self.forecast_weights(rows, time, order))
+
+    def latest_finite(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """``None`` if the newest residual of ``rows`` is finite, else a ``(rows,)`` finiteness mask.
+
+        Finiteness is checked once per push, not at every reuse.
+        """
+        self._newest()
+        mask = self._finite[0]
+        if mask is None:
+            return None
+        finite = mask[rows]
+        return None if bool(finite.all()) else finite
 
     def _newest(self) -> Residual:
         if not self.slots:
@@ -152,6 +225,18 @@ class ResidualHistory:
                     f"{tuple(value.shape[1:])} within one generation: the group spans blocks whose hidden-state "
                     "layouts differ (e.g. dual- and single-stream blocks); use more groups so none spans both."
                 )
+
+
+def finite_row_mask(residual: Residual) -> torch.Tensor | None:
+    """``None`` when every value is finite (one sum per stream), else a per-row finiteness mask."""
+    streams = [r for r in residual if r is not None]
+    # A sum is finite only if every term is (an overflowing sum of finite values merely takes the slow path).
+    if all(bool(torch.isfinite(r.sum())) for r in streams):
+        return None
+    finite = torch.ones(streams[0].shape[0], dtype=torch.bool)
+    for stream in streams:
+        finite &= torch.isfinite(stream).flatten(1).all(dim=1)
+    return finite
 
 
 def _take(tensor: torch.Tensor, rows: torch.Tensor, everyone: bool) -> torch.Tensor:

@@ -77,8 +77,11 @@ def sample_of_row(layout: CfgLayout, rows: int) -> torch.Tensor:
     return torch.arange(rows) % samples_in(layout, rows)
 
 
-def signal_rows(layout: CfgLayout, rows: int) -> torch.Tensor:
-    """``(samples,)`` index of the row whose statistics represent each sample (its conditional half)."""
+def signal_rows(layout: CfgLayout, rows: int) -> slice:
+    """The rows whose statistics represent the samples (their conditional halves), in sample order.
+
+    A slice, so that indexing a batch tensor with it gives a view rather than a copy.
+    """
     samples = samples_in(layout, rows)
     offset = samples if layout is CfgLayout.UNCOND_COND else 0
-    return torch.arange(samples) + offset
+    return slice(offset, offset + samples)

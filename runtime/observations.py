@@ -173,7 +173,7 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
         The observation, one row per logical sample.
     """
     rows = state.signal_rows
-    samples = rows.numel()
+    samples = state.samples
     num_groups = len(state.groups)
     first_step = state.step_index <= 1 or state.reference_input is None
     counts = torch.stack([g.history.counts[rows] for g in state.groups], dim=1)
@@ -207,7 +207,7 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
     def features() -> torch.Tensor:
         full = state.full_flops[rows]
         spent = torch.where(full > 0, state.spent_flops[rows] / full.clamp_min(1e-12), torch.ones_like(full))
-        gaps = torch.stack([_forecast_gap(state, g, rows) for g in range(num_groups)], dim=1)
+        gaps = torch.stack([_forecast_gap(state, g, rows, samples) for g in range(num_groups)], dim=1)
         global_features = torch.stack(
             [
                 torch.full((samples,), time, dtype=torch.float64),
@@ -232,14 +232,14 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
     return observation
 
 
-def _forecast_gap(state: GenerationState, group_index: int, rows: torch.Tensor) -> torch.Tensor:
+def _forecast_gap(state: GenerationState, group_index: int, rows: slice, samples: int) -> torch.Tensor:
     """Probe change since the group's last compute minus the change its first-order forecast extrapolates.
 
     The forecast's change is ``|t - t0| / |t0 - t1| * relL1(R0, R1)`` (exact for order 1): a ratio of scalars kept
     when the residuals were stored, so no tensor is forecast just to build the observation.
     """
     group = state.groups[group_index]
-    gap = torch.zeros(rows.numel(), dtype=torch.float64)
+    gap = torch.zeros(samples, dtype=torch.float64)
     if state.probe_residual is None or group.probe_at_compute is None:
         return gap
     history = group.history

@@ -18,13 +18,15 @@ class StepDecision:
     """What each group does for each row at the current step.
 
     Attributes:
-        row_actions: ``rows`` lists of per-group actions (ints), after impossible actions were mapped.
+        row_actions: ``(rows, groups)`` actions, after impossible actions were mapped.
+        computes: ``(rows, groups)`` whether the row computes the group (fallbacks included).
         compute_rows: Per group, sorted index of the rows that compute it (fallbacks included).
         reuse_rows: Per group, index of the rows that reuse its residual.
         forecast_rows: Per group, index of the rows that forecast its residual.
     """
 
-    row_actions: list[list[int]]
+    row_actions: torch.Tensor
+    computes: torch.Tensor
     compute_rows: list[torch.Tensor]
     reuse_rows: list[torch.Tensor]
     forecast_rows: list[torch.Tensor]
@@ -56,6 +58,7 @@ class GenerationState(BaseState):
         time: Diffusion time the transformer received at the current step.
         time_scale: What the time is divided by to lie in [0, 1] (1000 for timesteps, 1 for sigmas).
         rows: Batch rows; ``shape``: hidden-state shape without the batch; ``layout``: how rows pair into samples.
+        row_samples: ``(rows,)`` sample index of each row.
         first_input: First block's input at the current step.
         previous_first_input: First block's input at the previous step.
         probe_residual: Output of the probe blocks minus their input at the current step.
@@ -78,6 +81,7 @@ class GenerationState(BaseState):
     rows: int = 0
     shape: tuple[int, ...] = ()
     layout: CfgLayout = CfgLayout.NONE
+    row_samples: torch.Tensor | None = None
     first_input: torch.Tensor | None = None
     previous_first_input: torch.Tensor | None = None
     probe_residual: torch.Tensor | None = None
@@ -96,6 +100,7 @@ class GenerationState(BaseState):
         self.time_scale = 1000.0 if time > 1.0 + 1e-6 else 1.0
         self.rows = rows
         self.layout = layout
+        self.row_samples = sample_of_row(layout, rows)
         self.spent_flops = torch.zeros(rows, dtype=torch.float64)
         self.full_flops = torch.zeros(rows, dtype=torch.float64)
         self.groups = [
@@ -113,18 +118,8 @@ class GenerationState(BaseState):
         return samples_in(self.layout, self.rows)
 
     @property
-    def sample_of_row(self) -> torch.Tensor:
-        """``(rows,)`` sample index of each row."""
-        return sample_of_row(self.layout, self.rows)
-
-    @property
-    def samples_per_row(self) -> list[int]:
-        """Sample index of each row, as a list."""
-        return [row % self.samples for row in range(self.rows)]
-
-    @property
-    def signal_rows(self) -> torch.Tensor:
-        """``(samples,)`` row whose statistics represent each sample."""
+    def signal_rows(self) -> slice:
+        """The rows whose statistics represent the samples, in sample order."""
         return signal_rows(self.layout, self.rows)
 
 

@@ -114,15 +114,22 @@ def test_non_finite_cached_residual_falls_back_to_compute() -> None:
     reference = denoise_dit(model, [2], steps=4)
 
     class Poison:
-        """Reuses everything after step 0, and poisons group 1's cache of the first sample at step 2."""
+        """Computes steps 0 and 1, then reuses; group 1's residual of the first row at step 1 is not finite."""
 
         forecast_order = 1
 
         def act(self, observation: runtime.Observation) -> torch.Tensor:
-            if observation.step_index == 2:
+            if observation.step_index == 1:
                 history = engine.state_manager.get_state().groups[1].history
-                history.slots[0][0][0, 0, 0] = float("nan")
-            return torch.full((observation.num_samples, observation.num_groups), int(Action.REUSE))
+                push = history.push
+
+                def overflowing_push(rows: torch.Tensor, residual: tuple, time: float) -> None:
+                    residual[0][0, 0, 0] = float("inf")  # e.g. output minus input overflowing in float16
+                    push(rows, residual, time)
+
+                history.push = overflowing_push
+            action = Action.COMPUTE if observation.step_index <= 1 else Action.REUSE
+            return torch.full((observation.num_samples, observation.num_groups), int(action))
 
     engine = runtime.enable_cache(model, Poison())
     out = denoise_dit(model, [2], steps=4)
@@ -201,6 +208,13 @@ def test_shared_decisions_apply_the_majority_to_the_whole_batch() -> None:
     engine = runtime.enable_cache(model, ScriptedPolicy(script), groups=2, shared_decisions=True)
     denoise_dit(model, [1, 2, 3], steps=3)
     decision = engine.current_state().decision
-    assert all(actions == [int(Action.REUSE)] * 2 for actions in decision.row_actions)
+    assert all(actions == [int(Action.REUSE)] * 2 for actions in decision.row_actions.tolist())
     assert engine.summary()["actions"]["compute"] == 3 * 2  # only the first step computes
-    assert runtime.engine.shared_actions([[1, 0], [1, 2]], torch.ones(2, 2, 3, dtype=torch.bool)) == [[1, 0]] * 2
+    everything = torch.ones(2, 2, 3, dtype=torch.bool)
+    shared = runtime.engine.shared_actions(torch.tensor([[1, 0], [1, 2]]), everything)
+    assert shared.tolist() == [[1, 0]] * 2  # a tie with COMPUTE goes to COMPUTE
+    assert runtime.engine.shared_actions(torch.tensor([[1, 2], [2, 1]]), everything).tolist() == [[2, 2]] * 2
+    no_forecast_for_one = everything.clone()
+    no_forecast_for_one[1, :, Action.FORECAST] = False
+    shared = runtime.engine.shared_actions(torch.tensor([[2, 1], [2, 1]]), no_forecast_for_one)
+    assert shared.tolist() == [[0, 1]] * 2  # FORECAST is not possible for every sample: COMPUTE

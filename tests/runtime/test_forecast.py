@@ -83,3 +83,23 @@ def test_engine_forecast_is_exact_through_a_model() -> None:
         assert engine.summary()["forecasts"] == 2 * (len(times) - order - 1)
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
         runtime.disable_cache(model)
+
+
+def test_shared_time_fast_path_matches_per_row_weights() -> None:
+    """Whole-batch pushes take plain-float weights; row-by-row pushes of the same data take per-row weights."""
+    torch.manual_seed(0)
+    steps = [(900.0, torch.randn(2, 5)), (760.0, torch.randn(2, 5)), (700.0, torch.randn(2, 5))]
+    whole, by_row = ResidualHistory(depth=3, batch=2), ResidualHistory(depth=3, batch=2)
+    for time, value in steps:
+        whole.push(torch.tensor([0, 1]), (value,), time)
+        for row in (0, 1):
+            by_row.push(torch.tensor([row]), (value[row : row + 1],), time)
+    rows = torch.tensor([0, 1])
+    assert isinstance(whole.forecast_weights(rows, 500.0, 2), list)
+    assert isinstance(by_row.forecast_weights(rows, 500.0, 2), torch.Tensor)
+    for order in (1, 2):
+        assert torch.allclose(whole.forecast(rows, 500.0, order)[0], by_row.forecast(rows, 500.0, order)[0])
+    newest, previous = steps[2][1], steps[1][1]
+    expected = (newest - previous).abs().mean(1) / newest.abs().mean(1)
+    assert torch.allclose(whole.last_change, expected.double())
+    assert torch.allclose(by_row.last_change, expected.double())
