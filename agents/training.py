@@ -204,6 +204,11 @@ class Trainer:
         metrics = behaviour_clone(
             self.model, demonstrations, epochs=warm.epochs, learning_rate=warm.learning_rate, seed=config.agent.seed
         )
+        normalizer = self.model.get_vec_normalize_env()
+        if normalizer is not None:
+            # The cloned network reads features scaled by these statistics: letting PPO's exploration move them
+            # would change the cloned policy's decisions without any gradient step. (Saved with the checkpoint.)
+            normalizer.training = False
         summary = {"clone": metrics, "budgets": teacher}
         atomic_write(self.run_dir / TEACHER_FILE, lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
         logged = {f"warm_start/{key}": value for key, value in metrics.items()}

@@ -74,7 +74,9 @@ def test_exported_policy_acts_like_the_sb3_model(trained_run: Path, tiny_digits_
     config = train_agent.load_config(trained_run / "config.yaml")
     venv = CacheScheduleVecEnv(4, config.env, pipe=MiniDiTPipeline.from_pretrained(tiny_digits_dir), seed=1)
     normalize = VecNormalize.load(str(checkpoint / NORMALIZATION_FILE), venv)
-    normalize.training = False
+    # Frozen after the warm start: the cloned network keeps the feature scaling it was fitted with.
+    assert normalize.training is False
+    assert round(normalize.obs_rms.count) == 2 * 4 * 5  # budgets x demo samples x steps; PPO's 200 steps added none
     model = MaskablePPO.load(str(checkpoint / "model.zip"), device="cpu")
     policy = load_policy(trained_run / "policy.safetensors")
 
