@@ -286,7 +286,15 @@ class CacheEngine:
                 residual = history.latest(rows, copy=False)
                 finite = history.latest_finite(rows)  # checked once, when the residual was stored
             else:
-                residual = history.forecast(rows, state.time, self.order)
+                weights = history.forecast_weights(rows, state.time, self.order)
+                if rows.numel() == state.rows:  # the group's output in one new tensor per stream
+                    output = history.combine(rows, weights, base=(hidden, encoder))
+                    if finite_row_mask(output) is None:
+                        hidden = output[0]
+                        encoder = output[1] if encoder is not None and output[1] is not None else encoder
+                        self.stats.forecasts += rows.numel()
+                        continue
+                residual = history.combine(rows, weights)
                 finite = finite_row_mask(residual)  # also catches an overflowing extrapolation
             good = rows
             if finite is not None:
@@ -320,10 +328,11 @@ class CacheEngine:
         """Keeps the group's freshly computed residual of ``rows`` (group output minus group input)."""
         group = state.groups[group_index]
         input_hidden, input_encoder = group.group_input
-        residual_hidden = _rows(hidden, rows) - _rows(input_hidden, rows)
+        spare = group.history.spare_slot() if rows.numel() == state.rows else None
+        residual_hidden = _difference(hidden, input_hidden, rows, spare[0] if spare else None)
         residual_encoder = None
         if encoder is not None and input_encoder is not None and encoder.shape == input_encoder.shape:
-            residual_encoder = _rows(encoder, rows) - _rows(input_encoder, rows)
+            residual_encoder = _difference(encoder, input_encoder, rows, spare[1] if spare else None)
         group.history.push(rows, (residual_hidden, residual_encoder), state.time)
         group.since_compute[rows] = 0
         if state.probe_residual is not None:
@@ -388,6 +397,26 @@ class CacheEngine:
 def _rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """``tensor[rows]``, without a gather when ``rows`` is the whole batch in order."""
     return tensor if rows.numel() == tensor.shape[0] else tensor[rows]
+
+
+def _difference(
+    output: torch.Tensor, input: torch.Tensor, rows: torch.Tensor, spare: torch.Tensor | None
+) -> torch.Tensor:
+    """``output[rows] - input[rows]``, written into ``spare`` (a residual about to be dropped) when it fits.
+
+    Reusing that memory saves an allocation per computed group: on CPU, a fresh activation-sized tensor often
+    costs page faults.
+    """
+    if (
+        spare is not None
+        and rows.numel() == output.shape[0]
+        and spare.shape == output.shape
+        and spare.dtype == output.dtype == input.dtype
+        and spare.is_inference() == torch.is_inference_mode_enabled()
+        and not (torch.is_grad_enabled() and (output.requires_grad or input.requires_grad))
+    ):
+        return torch.sub(output, input, out=spare)
+    return _rows(output, rows) - _rows(input, rows)
 
 
 def _add_rows(tensor: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,8 @@ class ResidualHistory:
 
     A residual is a tuple of stream tensors (hidden states, and encoder hidden states for dual-stream blocks),
     each ``(batch, ...)``. History is a list of slots, newest first; when the whole batch computes, a push just
-    puts the new residual in front (no copy). Stored tensors are never modified: a partial push builds new slots.
+    puts the new residual in front (no copy). Stored tensors are never modified while stored: a partial push builds
+    new slots, and only the slot a push is about to drop may receive the new residual (:meth:`spare_slot`).
 
     While every push covers the whole batch, all rows share their slot times, and reuse and forecast take a fast
     path with plain-float weights; a partial push switches to per-row weights for the rest of the generation.
@@ -156,24 +157,47 @@ class ResidualHistory:
         times = torch.stack([_take(t, rows, everyone) for t in self.slot_times])
         return lagrange_weights(times, _take(self.counts, rows, everyone), time, order)
 
-    def combine(self, rows: torch.Tensor, weights: list[float] | torch.Tensor) -> Residual:
-        """``sum_k weights[k] * slot_k`` of ``rows``, per stream (new tensors)."""
+    def combine(
+        self, rows: torch.Tensor, weights: list[float] | torch.Tensor, base: Residual | None = None
+    ) -> Residual:
+        """``base + sum_k weights[k] * slot_k`` of ``rows``, per stream (new tensors, one per stream).
+
+        Args:
+            rows: Sorted index of the rows.
+            weights: From :meth:`forecast_weights`.
+            base: Tensors of ``rows`` to add the combination to (a stream that is ``None`` there gives ``None``),
+                so that a forecast group output costs one new tensor instead of two.
+        """
         everyone = rows.numel() == self.batch
         result = []
         for stream in range(len(self._newest())):
-            if self.slots[0][stream] is None:
+            if self.slots[0][stream] is None or (base is not None and base[stream] is None):
                 result.append(None)
                 continue
-            total = None
+            total = None if base is None else base[stream]
             for k, weight in enumerate(weights):
                 values = _take(self.slots[k][stream], rows, everyone)
                 if isinstance(weights, torch.Tensor):
                     weight = weight.to(values.dtype).reshape(-1, *([1] * (values.ndim - 1)))
-                    total = weight * values if total is None else total.addcmul_(weight, values)
+                    if total is None:
+                        total = weight * values
+                    else:
+                        total = torch.addcmul(total, weight, values) if k == 0 else total.addcmul_(weight, values)
+                elif total is None:
+                    total = values * weight
                 else:
-                    total = values * weight if total is None else total.add_(values, alpha=weight)
+                    total = torch.add(total, values, alpha=weight) if k == 0 else total.add_(values, alpha=weight)
             result.append(total)
         return tuple(result)
+
+    def spare_slot(self) -> Residual | None:
+        """The slot the next whole-batch push will drop, whose memory may hold the new residual; else ``None``.
+
+        Only while all rows share their slots (a partial push builds new slots that may share nothing).
+        """
+        if self._shared_times is None or len(self.slots) < self.depth:
+            return None
+        return self.slots[-1]
 
     def forecast(self, rows: torch.Tensor, time: float, order: int) -> Residual:
         """The polynomial extrapolation of ``rows``' residual to ``time`` (new tensors)."""

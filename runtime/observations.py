@@ -157,7 +157,7 @@ class Observation:
 
 def relative_l1(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Per-row ``mean|current - reference| / mean|reference|`` as float64."""
-    difference = (current - reference).abs().flatten(1).mean(1)
+    difference = (current - reference).abs_().flatten(1).mean(1)
     scale = reference.abs().flatten(1).mean(1).clamp_min(1e-12)
     return (difference / scale).to(torch.float64)
 

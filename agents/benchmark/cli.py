@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from envs.config import ConfigError, EnvConfig
+from runtime.allocator import keep_freed_memory
 
 from .config import (
     REPO_ROOT,
@@ -111,11 +112,17 @@ def resolve_policy(config: BenchmarkConfig) -> tuple[Path | None, str | None]:
     path = default_policy_path(config.model)
     if path.is_file():
         return path, None
-    shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+    shown = _shown_path(path)
     return None, (
         f"No learned policy: {shown} does not exist, so the learned rows are skipped "
         "(export one there, or pass --policy PATH)."
     )
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the project when it lies inside it (results then read the same on every machine)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)
 
 
 def data_notices(config: BenchmarkConfig) -> list[str]:
@@ -193,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    kept = config.keep_freed_memory and keep_freed_memory()
+    if config.keep_freed_memory and not kept:
+        print("notice: keep_freed_memory is on but this C library has no mallopt; timings use its defaults")
     try:
         pipe = load_model(config.model, config.scheduler)
     except (FileNotFoundError, ValueError) as error:  # unknown model, or a shipped one not trained yet
@@ -201,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = run_benchmark(
         pipe, config, methods, model_name=str(config.model), progress=not args.no_progress, notes=notes
     )
-    results["policy"] = str(policy_path) if policy_path is not None else None
+    results["policy"] = _shown_path(policy_path) if policy_path is not None else None
+    results["freed_memory_kept"] = kept
     paths = write_results(results, out_dir)
     for entry in results["summary"]:
         print(entry["line"])

@@ -277,6 +277,9 @@ class BenchmarkConfig:
         flops_check: Count one engine method's FLOPs with ``FlopCounterMode`` too and report the agreement.
         threads: torch CPU threads (``None``: torch's default). On a busy machine 1 avoids threads waiting on each
             other, which otherwise dominates the time of these small models.
+        keep_freed_memory: Keep freed memory in the process (``runtime.allocator.keep_freed_memory``), as jemalloc
+            and tcmalloc do: with glibc's defaults, cached generations fault their activation memory back in at
+            computed steps, which spreads their wall-clock ratio by ±5–10% from one process to the next.
         wandb_project: W&B project the results are logged to.
         methods: Methods and knob grids.
     """
@@ -295,6 +298,7 @@ class BenchmarkConfig:
     targets: list[float] = field(default_factory=lambda: [2.0, 3.0, 4.0, 5.0])
     flops_check: bool = True
     threads: int | None = 1
+    keep_freed_memory: bool = True
     wandb_project: str = "cachepilot"
     methods: MethodsConfig = field(default_factory=MethodsConfig)
 

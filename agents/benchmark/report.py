@@ -130,11 +130,12 @@ def _cell(value: Any, digits: int = 2) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """``results.md``: the settings, the summary lines and the table sorted by family then speedup."""
     cap = results["psnr_cap"]
+    memory = "kept in the process" if results.get("freed_memory_kept") else "returned to the system (glibc defaults)"
     lines = [
         f"# Benchmark: {results['model']}",
         "",
         f"- scheduler {results['scheduler']}, {results['steps']} steps, guidance {results['guidance']:g}; "
-        f"{results['threads']} torch thread(s)",
+        f"{results['threads']} torch thread(s); freed memory {memory}",
         f"- {results['n_samples']} samples: seeds {results['seeds'][0]}–{results['seeds'][-1]}, "
         f"classes {', '.join(str(c) for c in results['classes'])}",
         f"- PSNR and SSIM against the uncached output of the same seeds; identical images are capped at {cap:g} dB.",

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import platform
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,6 +94,7 @@ def run_cli(folder: Path) -> tuple[dict[str, Any], Path]:
     ]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cli, "load_model", lambda model, scheduler: tiny_pipeline())
+        patch.setattr(cli, "keep_freed_memory", lambda: True)  # the real call is tested in a subprocess below
         results = cli.main(argv)
     return results, out
 
@@ -113,6 +117,7 @@ def test_writes_the_three_files_with_the_schema(benchmark_run: tuple[dict[str, A
     assert written["steps"] == STEPS and written["n_samples"] == 4
     assert written["seeds"] == [1000000, 1000001, 1000002, 1000003] and written["classes"] == [7, 8, 9]
     assert written["scheduler"] == "DDIMScheduler"
+    assert written["freed_memory_kept"] is True
     families = set()
     for row in written["rows"]:
         assert ROW_KEYS <= set(row), row
@@ -332,3 +337,11 @@ def test_a_failing_method_is_recorded_and_the_others_still_run(tmp_path: Path) -
     assert any("Broken cache" in line and "FAILED" in line for line in lines)
     paths = write_results(results, tmp_path)
     assert "## Failed" in Path(paths["md"]).read_text()
+
+
+def test_keep_freed_memory_sets_glibc_thresholds() -> None:
+    """Run in a child process: the allocator setting is process-wide and must not leak into the test run."""
+    code = "from runtime.allocator import keep_freed_memory; print(keep_freed_memory())"
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert printed.strip() == str(on_glibc)

@@ -218,3 +218,28 @@ def test_shared_decisions_apply_the_majority_to_the_whole_batch() -> None:
     no_forecast_for_one[1, :, Action.FORECAST] = False
     shared = runtime.engine.shared_actions(torch.tensor([[2, 1], [2, 1]]), no_forecast_for_one)
     assert shared.tolist() == [[0, 1]] * 2  # FORECAST is not possible for every sample: COMPUTE
+
+
+@pytest.mark.parametrize("inference_mode", [False, True])
+def test_recycled_residual_memory_changes_no_output(monkeypatch: pytest.MonkeyPatch, inference_mode: bool) -> None:
+    """A new residual written into the memory of the one being dropped gives exactly the fresh-tensor result."""
+    model = tiny_dit(depth=4)
+
+    def generate() -> tuple[torch.Tensor, int]:
+        engine = runtime.enable_cache(model, TaylorSeer(2, order=1, warmup=1), groups=2, probe_blocks=0)
+        with torch.inference_mode(inference_mode):
+            out = denoise_dit(model, [1, 2], steps=9)
+        forecasts = engine.summary()["forecasts"]
+        runtime.disable_cache(model)
+        return out, forecasts
+
+    spares = []
+    spare_slot = runtime.forecast.ResidualHistory.spare_slot
+    monkeypatch.setattr(
+        runtime.forecast.ResidualHistory, "spare_slot", lambda self: spares.append(spare_slot(self)) or spares[-1]
+    )
+    recycled, forecasts = generate()
+    assert forecasts > 0 and any(spare is not None for spare in spares)
+    monkeypatch.setattr(runtime.forecast.ResidualHistory, "spare_slot", lambda self: None)
+    fresh, _ = generate()
+    assert torch.equal(recycled, fresh)
