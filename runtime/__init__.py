@@ -1,6 +1,7 @@
 """CachePilot's cache engine: COMPUTE / REUSE / FORECAST per denoising step, block group and sample."""
 
 from .actions import NUM_ACTIONS, Action
+from .allocator import keep_freed_memory
 from .blocks import find_blocks, split_groups, supported_block_classes
 from .config import CacheConfig
 from .engine import CacheEngine, PolicyLike, disable_cache, enable_cache, get_engine, safe_actions
@@ -21,6 +22,7 @@ __all__ = [
     "feature_names",
     "find_blocks",
     "get_engine",
+    "keep_freed_memory",
     "safe_actions",
     "split_groups",
     "supported_block_classes",
