@@ -17,10 +17,10 @@ from .actions import NUM_ACTIONS, Action
 from .blocks import find_blocks, split_groups
 from .config import CacheConfig
 from .costs import CostMeter, CostModel
-from .forecast import finite_row_mask
+from .forecast import finite_row_mask, relative_l1
 from .hooks import BLOCK_HOOK, ROOT_HOOK, BlockHook, RootHook
 from .layout import batch_layout, resolve_cfg_layout
-from .observations import Observation, build_observation, feature_names, relative_l1
+from .observations import Observation, build_observation, feature_names
 from .state import DEFAULT_CONTEXT, ContextStateManager, GenerationState, StepDecision
 
 DEFAULT_GROUPS = 4
@@ -328,7 +328,7 @@ class CacheEngine:
         """Keeps the group's freshly computed residual of ``rows`` (group output minus group input)."""
         group = state.groups[group_index]
         input_hidden, input_encoder = group.group_input
-        spare = group.history.spare_slot() if rows.numel() == state.rows else None
+        spare = group.history.spare_slot()  # used only when the whole batch computes (see _difference)
         residual_hidden = _difference(hidden, input_hidden, rows, spare[0] if spare else None)
         residual_encoder = None
         if encoder is not None and input_encoder is not None and encoder.shape == input_encoder.shape:

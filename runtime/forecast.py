@@ -42,6 +42,13 @@ def lagrange_weights(times: torch.Tensor, counts: torch.Tensor, time: float, ord
     return weights
 
 
+def relative_l1(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per-row ``mean|current - reference| / mean|reference|`` as float64."""
+    difference = (current - reference).abs_().flatten(1).mean(1)
+    scale = reference.abs().flatten(1).mean(1).clamp_min(1e-12)
+    return (difference / scale).to(torch.float64)
+
+
 def scalar_lagrange_weights(times: list[float], time: float, order: int) -> list[float]:
     """:func:`lagrange_weights` of one row, in plain floats: the fast path when every row shares its points.
 
@@ -109,9 +116,8 @@ class ResidualHistory:
         if self._last_change is None:
             change = torch.zeros(self.batch, dtype=torch.float64)
             if len(self.slots) >= 2 and self.slots[0][0] is not None:
-                current, previous = self.slots[0][0].flatten(1), self.slots[1][0].flatten(1)
-                moved = (current - previous).abs().mean(1) / current.abs().mean(1).clamp_min(1e-12)
-                change = torch.where(self.counts >= 2, moved.double(), change)
+                moved = relative_l1(self.slots[1][0], self.slots[0][0])  # relative to the newest
+                change = torch.where(self.counts >= 2, moved, change)
             self._last_change = change
         return self._last_change
 

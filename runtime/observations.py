@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from .actions import NUM_ACTIONS, Action
+from .forecast import relative_l1
 from .state import GenerationState
 
 GLOBAL_FEATURES = ("time", "input_change", "probe_change", "compute_spent", "budget")
@@ -153,13 +154,6 @@ class Observation:
     def seal(self) -> None:
         """Called by the engine after ``act``: values not read by then can no longer be computed."""
         self._lazy.seal()
-
-
-def relative_l1(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Per-row ``mean|current - reference| / mean|reference|`` as float64."""
-    difference = (current - reference).abs_().flatten(1).mean(1)
-    scale = reference.abs().flatten(1).mean(1).clamp_min(1e-12)
-    return (difference / scale).to(torch.float64)
 
 
 def build_observation(state: GenerationState, budget: float | torch.Tensor | None) -> Observation:
