@@ -76,11 +76,12 @@ class ObservationNormalization:
         if not _is_number(self.epsilon) or not math.isfinite(self.epsilon) or self.epsilon < 0:
             raise ValueError(f"Normalisation epsilon={self.epsilon!r}: give a finite number >= 0.")
         self.clip, self.epsilon = float(self.clip), float(self.epsilon)
+        self._std = torch.sqrt(self.var + self.epsilon)
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         """Normalises ``(samples, F)`` features; returns float32."""
-        scaled = (features.to(torch.float64) - self.mean) / torch.sqrt(self.var + self.epsilon)
-        return scaled.clamp(-self.clip, self.clip).to(torch.float32)
+        scaled = (features.to(torch.float64) - self.mean) / self._std
+        return scaled.clamp_(-self.clip, self.clip).to(torch.float32)
 
 
 class LearnedPolicy(Policy):
@@ -169,8 +170,10 @@ class LearnedPolicy(Policy):
             raise ValueError(
                 f"Features of shape {tuple(features.shape)}: the policy reads (samples, {len(self.feature_names)})."
             )
-        inputs = self.normalization(features) if self.normalization is not None else features.to(torch.float32)
-        return self.network(inputs).view(features.shape[0], self.num_groups, NUM_ACTIONS)
+        values = self.normalization(features) if self.normalization is not None else features.to(torch.float32)
+        for module in self.network:  # the frozen layers in order, without nn.Module call overhead per layer
+            values = module.forward(values)
+        return values.view(features.shape[0], self.num_groups, NUM_ACTIONS)
 
     def act(self, observation: Observation) -> torch.Tensor:
         """Deterministic actions: per sample and group, the possible action of highest logit."""
@@ -206,8 +209,8 @@ class LearnedPolicy(Policy):
         if mask is not None:
             if tuple(mask.shape) != tuple(logits.shape):
                 raise ValueError(f"Action mask of shape {tuple(mask.shape)}; expected {tuple(logits.shape)}.")
-            logits = logits.masked_fill(~mask.to(torch.bool), -math.inf)
-        return logits.argmax(dim=-1).to(torch.int64)
+            logits = torch.where(mask.to(torch.bool), logits, -math.inf)
+        return logits.argmax(dim=-1)
 
     def __repr__(self) -> str:
         sizes = [layer.out_features for layer in self.hidden]

@@ -17,11 +17,11 @@ from .actions import NUM_ACTIONS, Action
 from .blocks import find_blocks, split_groups
 from .config import CacheConfig
 from .costs import CostMeter, CostModel
-from .forecast import finite_row_mask, relative_l1
+from .forecast import Residual, finite_row_mask, relative_l1, scalar_lagrange_weights
 from .hooks import BLOCK_HOOK, ROOT_HOOK, BlockHook, RootHook
 from .layout import batch_layout, resolve_cfg_layout
 from .observations import Observation, build_observation, feature_names
-from .state import DEFAULT_CONTEXT, ContextStateManager, GenerationState, StepDecision
+from .state import DEFAULT_CONTEXT, ContextStateManager, GenerationState, SpanSum, StepDecision
 
 DEFAULT_GROUPS = 4
 
@@ -47,6 +47,7 @@ class EngineStats:
     reuses: int = 0
     forecasts: int = 0
     fallbacks: int = 0
+    merged_groups: int = 0
     decisions: int = 0
     decision_seconds: float = 0.0
     action_counts: list[int] = field(default_factory=lambda: [0] * NUM_ACTIONS)
@@ -80,6 +81,7 @@ class CacheEngine:
         self.meter: CostMeter | None = None
         self.stats = self._new_stats()
         self.group_flops = torch.zeros(len(self.groups), dtype=torch.float64)
+        self._fixed_flops = 0.0  # per row and step: everything outside the groups (always computed)
         self._all_rows = torch.arange(0)
         self._no_rows = torch.zeros(0, dtype=torch.int64)
         self._track_accumulation = "accumulated_input_change" in getattr(policy, "required_signals", ())
@@ -156,8 +158,7 @@ class CacheEngine:
                 state.accumulated_input_change = torch.zeros(rows, dtype=torch.float64)
             self.stats.generations += 1
         else:
-            for group in state.groups:
-                group.since_compute += 1
+            state.since_compute += 1
         state.previous_first_input = state.first_input
         state.first_input = None
         state.probe_residual = None
@@ -176,19 +177,28 @@ class CacheEngine:
         if meter is not None:
             self.costs = meter.finish(tuple(hidden.shape[1:]), len(self.blocks))
             self.group_flops = torch.stack([self.costs.block_flops[g].sum() for g in self.groups])
+            probe_flops = float(self.costs.block_flops[: self.config.probe_blocks].sum())
+            self._fixed_flops = self.costs.always_flops + probe_flops
             self.meter = None
-        costs, stats = self.costs, self.stats
-        probe_flops = float(costs.block_flops[: self.config.probe_blocks].sum())
-        computed = state.decision.computes  # fallbacks included
-        spent = costs.always_flops + probe_flops + computed.double() @ self.group_flops
+        costs, stats, decision = self.costs, self.stats, state.decision
+        if decision.shared is not None:  # every row did the same: one number for all
+            computed_groups = [g for g, action in enumerate(decision.shared) if action == Action.COMPUTE]
+            step_flops = self._fixed_flops + float(self.group_flops[computed_groups].sum())
+            spent = torch.full((state.rows,), step_flops, dtype=torch.float64)
+            for g in computed_groups:
+                stats.group_computed[g] += state.rows
+            stats.spent_flops += step_flops * state.rows
+        else:
+            computed = decision.computes  # fallbacks included
+            spent = self._fixed_flops + computed.double() @ self.group_flops
+            for g, count in enumerate(computed.sum(dim=0).tolist()):
+                stats.group_computed[g] += count
+            stats.spent_flops += float(spent.sum())
         state.spent_flops += spent
         state.full_flops += costs.full_flops
         state.last_step_fraction = spent / costs.full_flops
-        for g, count in enumerate(computed.sum(dim=0).tolist()):
-            stats.group_computed[g] += count
         stats.probe_computed += state.rows
         stats.row_steps += state.rows
-        stats.spent_flops += float(spent.sum())
         stats.full_flops += costs.full_flops * state.rows
         stats.steps += 1
 
@@ -211,23 +221,31 @@ class CacheEngine:
             sample_actions = self._checked_actions(actions, observation)
             if self.config.shared_decisions:
                 sample_actions = shared_actions(sample_actions, observation.action_mask)
-        for action, count in enumerate(torch.bincount(sample_actions.flatten(), minlength=NUM_ACTIONS).tolist()):
-            self.stats.action_counts[action] += count
-        row_actions = sample_actions[state.row_samples]
-        first = row_actions[0]
-        if bool((row_actions == first).all()):  # one action per group for the whole batch: no per-row index
+        first = sample_actions[0]
+        shared: list[int] | None = None
+        if bool((sample_actions == first).all()):  # one action per group for the whole batch: no per-row index
             shared = first.tolist()
+            for action in shared:
+                self.stats.action_counts[action] += state.samples
+            row_actions = first.expand(state.rows, -1)
             index = [[self._every_row(state.rows, action == kind) for action in shared] for kind in Action]
+            computing: torch.Tensor | bool = Action.COMPUTE in shared
         else:
+            for action, count in enumerate(torch.bincount(sample_actions.flatten(), minlength=NUM_ACTIONS).tolist()):
+                self.stats.action_counts[action] += count
+            row_actions = sample_actions[state.row_samples]
             index = [[torch.nonzero(column == kind).flatten() for column in row_actions.T] for kind in Action]
+            computing = (row_actions == Action.COMPUTE).any(dim=1)
         computes = row_actions == Action.COMPUTE
-        self._update_references(state, computes.any(dim=1))
+        self._update_references(state, computing)
         state.decision = StepDecision(
             row_actions=row_actions,
             computes=computes,
             compute_rows=index[Action.COMPUTE],
             reuse_rows=index[Action.REUSE],
             forecast_rows=index[Action.FORECAST],
+            shared=shared,
+            passes_through=[False] * self.num_groups,
         )
 
     def _every_row(self, rows: int, selected: bool) -> torch.Tensor:
@@ -236,21 +254,34 @@ class CacheEngine:
             self._all_rows = torch.arange(rows)
         return self._all_rows if selected else self._no_rows
 
-    def _update_references(self, state: GenerationState, computing: torch.Tensor) -> None:
-        """Rows that compute any group now become the reference for the change features."""
-        if state.first_input is None or not bool(computing.any()):
+    def _update_references(self, state: GenerationState, computing: torch.Tensor | bool) -> None:
+        """Rows that compute any group now become the reference for the change features.
+
+        Args:
+            state: The context's state.
+            computing: ``(rows,)`` whether each row computes a group, or one bool for every row.
+        """
+        if isinstance(computing, bool):
+            anyone = every = computing
+        else:
+            anyone = bool(computing.any())
+            every = anyone and bool(computing.all())
+        if state.first_input is None or not anyone:
+            return
+        if every:
+            if state.accumulated_input_change is not None:
+                state.accumulated_input_change.zero_()
+            state.set_references(state.first_input, state.probe_residual)
             return
         if state.accumulated_input_change is not None:
             state.accumulated_input_change[computing] = 0.0
-        if bool(computing.all()):
-            state.reference_input, state.reference_probe = state.first_input, state.probe_residual
-            return
         rows = torch.nonzero(computing).flatten()
         base = state.reference_input if state.reference_input is not None else torch.zeros_like(state.first_input)
-        state.reference_input = base.index_copy(0, rows, state.first_input[rows])
+        reference_probe = state.reference_probe
         if state.probe_residual is not None:
             probe = state.reference_probe if state.reference_probe is not None else state.probe_residual
-            state.reference_probe = probe.index_copy(0, rows, state.probe_residual[rows])
+            reference_probe = probe.index_copy(0, rows, state.probe_residual[rows])
+        state.set_references(base.index_copy(0, rows, state.first_input[rows]), reference_probe)
 
     def _checked_actions(self, actions: Any, observation: Observation) -> torch.Tensor:
         actions = torch.as_tensor(actions).to(torch.int64)
@@ -260,9 +291,12 @@ class CacheEngine:
                 f"{type(self.policy).__name__}.act returned actions of shape {tuple(actions.shape)}; the engine needs "
                 f"{expected} (samples, groups)."
             )
-        if bool(((actions < 0) | (actions >= NUM_ACTIONS)).any()):
-            raise ValueError(f"{type(self.policy).__name__}.act returned actions outside 0..{NUM_ACTIONS - 1}.")
-        return safe_actions(actions, observation.action_mask)
+        try:  # looking the actions up in the mask fails for any outside 0..NUM_ACTIONS - 1
+            return safe_actions(actions, observation.action_mask)
+        except RuntimeError:
+            raise ValueError(
+                f"{type(self.policy).__name__}.act returned actions outside 0..{NUM_ACTIONS - 1}."
+            ) from None
 
     # -- cache actions (called by BlockHook) ----------------------------------------------------------------
 
@@ -272,8 +306,17 @@ class CacheEngine:
         """Gives REUSE and FORECAST rows their group output (input plus cached residual); the rest pass through.
 
         Rows whose cached or forecast residual is not finite are moved to COMPUTE and counted as fallbacks.
+        When every row takes the same action and the following groups skip the same way from the same computed
+        steps, this group applies the whole run at once (:meth:`_apply_span`) and the others pass their input
+        through.
         """
         decision = state.decision
+        if decision.passes_through[group_index]:
+            return hidden, encoder
+        if decision.shared is not None:
+            output = self._apply_span(state, group_index, hidden, encoder)
+            if output is not None:
+                return output
         history = state.groups[group_index].history
         fallback: list[torch.Tensor] = []
         for kind, rows in (
@@ -315,7 +358,59 @@ class CacheEngine:
             self.stats.fallbacks += moved.numel()
             decision.compute_rows[group_index] = torch.sort(torch.cat([decision.compute_rows[group_index], moved]))[0]
             decision.computes[moved, group_index] = True
+            decision.shared = None  # the rows no longer all do the same
         return hidden, encoder
+
+    def _apply_span(
+        self, state: GenerationState, first: int, hidden: torch.Tensor, encoder: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Skips ``first`` and the groups after it that take the same action from the same computed steps at once.
+
+        Their summed residuals (kept in ``state.span_sums`` until one of them computes again) are read instead of
+        each group's: a skipped step then reads two cached tensors, not two per group.
+
+        Returns:
+            The output of the run's last group, or ``None`` when the run is a single group, some of its cached
+            residuals are not finite, or the forecast overflows (the groups then apply their own, with fallbacks).
+        """
+        decision = state.decision
+        action = decision.shared[first]
+        if action == Action.COMPUTE:
+            return None
+        order = self.order if action == Action.FORECAST else 0
+        points = state.groups[first].history.shared_points(order)
+        last = first
+        while (
+            points is not None
+            and last + 1 < self.num_groups
+            and decision.shared[last + 1] == action
+            and state.groups[last + 1].history.shared_points(order) == points
+        ):
+            last += 1
+        if last == first:
+            return None
+        members = [state.groups[g].history for g in range(first, last + 1)]
+        if any(history.latest_finite(self._every_row(state.rows, True)) is not None for history in members):
+            return None
+        span = state.span_sums.get((first, last))
+        if span is None or span.points != points:
+            sums = [_sum_streams([history.slots[k] for history in members]) for k in range(len(points))]
+            if any(total is None for total in sums):
+                return None
+            span = state.span_sums[(first, last)] = SpanSum(points, sums)
+        weights = scalar_lagrange_weights(points, state.time, order)
+        output = tuple(
+            _add_weighted(base, [total[stream] for total in span.sums], weights)
+            for stream, base in enumerate((hidden, encoder))
+        )
+        if action == Action.FORECAST and finite_row_mask(output) is not None:
+            return None
+        counter = "reuses" if action == Action.REUSE else "forecasts"
+        setattr(self.stats, counter, getattr(self.stats, counter) + state.rows * len(members))
+        self.stats.merged_groups += len(members) - 1
+        for g in range(first + 1, last + 1):
+            decision.passes_through[g] = True
+        return output[0], output[1]
 
     def store_residual(
         self,
@@ -352,7 +447,8 @@ class CacheEngine:
             A dict with ``computed_fraction`` (computed block evaluations over all, probe blocks included),
             ``flops_speedup`` (uncached FLOPs of the whole transformer over executed FLOPs), ``per_block``
             (computed fraction of each block), ``reuses``, ``forecasts``, ``fallbacks`` (non-finite cached or
-            forecast residuals recomputed), ``steps``, ``generations``, ``decisions``,
+            forecast residuals recomputed), ``merged_groups`` (group skips applied as part of an earlier group's
+            span, see :meth:`apply_cached`), ``steps``, ``generations``, ``decisions``,
             ``decision_seconds`` and the ``actions`` histogram.
         """
         stats = self.stats
@@ -370,6 +466,7 @@ class CacheEngine:
             "reuses": stats.reuses,
             "forecasts": stats.forecasts,
             "fallbacks": stats.fallbacks,
+            "merged_groups": stats.merged_groups,
             "steps": stats.steps,
             "generations": stats.generations,
             "decisions": stats.decisions,
@@ -419,6 +516,39 @@ def _difference(
     return _rows(output, rows) - _rows(input, rows)
 
 
+def _sum_streams(residuals: list[Residual]) -> Residual | None:
+    """Stream-wise sum of several groups' residuals (a ``None`` stream adds nothing); ``None`` if shapes differ."""
+    first: list[torch.Tensor | None] = [None] * len(residuals[0])
+    total: list[torch.Tensor | None] = [None] * len(residuals[0])
+    for residual in residuals:
+        for stream, value in enumerate(residual):
+            if value is None:
+                continue
+            if first[stream] is None:
+                first[stream] = value
+            elif first[stream].shape != value.shape:
+                return None
+            elif total[stream] is None:
+                total[stream] = first[stream] + value
+            else:
+                total[stream].add_(value)
+    # a stream only one group has is that group's residual itself (stored tensors are never modified)
+    return tuple(first[s] if total[s] is None else total[s] for s in range(len(total)))
+
+
+def _add_weighted(
+    base: torch.Tensor | None, values: list[torch.Tensor | None], weights: list[float]
+) -> torch.Tensor | None:
+    """``base + sum_k weights[k] * values[k]`` as one new tensor (``None`` values add nothing)."""
+    if base is None:
+        return None
+    result = base
+    for value, weight in zip(values, weights, strict=True):
+        if value is not None:
+            result = torch.add(result, value, alpha=weight) if result is base else result.add_(value, alpha=weight)
+    return result
+
+
 def _add_rows(tensor: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """A new tensor: ``tensor`` with ``values`` added to ``rows`` (a plain sum when ``rows`` is the whole batch)."""
     values = values.to(tensor.dtype)
@@ -448,7 +578,12 @@ def shared_actions(sample_actions: torch.Tensor, action_mask: torch.Tensor) -> t
 
 
 def safe_actions(actions: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
-    """Maps impossible actions to the nearest possible one: FORECAST -> REUSE -> COMPUTE."""
+    """Maps impossible actions to the nearest possible one: FORECAST -> REUSE -> COMPUTE.
+
+    Returns ``actions`` itself when every action is possible, else a new tensor.
+    """
+    if bool(action_mask.gather(-1, actions.unsqueeze(-1)).all()):
+        return actions
     actions = actions.clone()
     can_forecast = action_mask[..., Action.FORECAST]
     can_reuse = action_mask[..., Action.REUSE]

@@ -42,11 +42,21 @@ def lagrange_weights(times: torch.Tensor, counts: torch.Tensor, time: float, ord
     return weights
 
 
-def relative_l1(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Per-row ``mean|current - reference| / mean|reference|`` as float64."""
+def relative_l1(current: torch.Tensor, reference: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row ``mean|current - reference| / mean|reference|`` as float64.
+
+    Args:
+        current: ``(rows, ...)`` values.
+        reference: ``(rows, ...)`` values to compare with.
+        scale: :func:`l1_scale` of ``reference``, when already known.
+    """
     difference = (current - reference).abs_().flatten(1).mean(1)
-    scale = reference.abs().flatten(1).mean(1).clamp_min(1e-12)
-    return (difference / scale).to(torch.float64)
+    return (difference / (l1_scale(reference) if scale is None else scale)).to(torch.float64)
+
+
+def l1_scale(reference: torch.Tensor) -> torch.Tensor:
+    """Per-row ``mean|reference|`` (at least 1e-12): the denominator of :func:`relative_l1`."""
+    return reference.abs().flatten(1).mean(1).clamp_min(1e-12)
 
 
 def scalar_lagrange_weights(times: list[float], time: float, order: int) -> list[float]:
@@ -85,6 +95,8 @@ class ResidualHistory:
     Args:
         depth: How many computed steps to keep (forecast order + 1).
         batch: Rows in the batch.
+        counts: ``(batch,)`` int64 tensor to keep the counts in (e.g. a column of a table of all groups' counts),
+            updated in place; a new one by default.
 
     Attributes:
         slots: Newest-first residuals, each a tuple of ``(batch, ...)`` stream tensors.
@@ -92,12 +104,12 @@ class ResidualHistory:
         counts: ``(batch,)`` how many slots hold a residual of each row.
     """
 
-    def __init__(self, depth: int, batch: int) -> None:
+    def __init__(self, depth: int, batch: int, counts: torch.Tensor | None = None) -> None:
         self.depth = depth
         self.batch = batch
         self.slots: list[Residual] = []
         self.slot_times: list[torch.Tensor] = []
-        self.counts = torch.zeros(batch, dtype=torch.int64)
+        self.counts = torch.zeros(batch, dtype=torch.int64) if counts is None else counts.zero_()
         self._shared_times: list[float] | None = []  # slot times when all rows share them, else None
         self._finite: list[torch.Tensor | None] = []  # per slot: None if all finite, else a per-row mask
         self._last_change: torch.Tensor | None = None
@@ -149,6 +161,16 @@ class ResidualHistory:
         """The most recent residual of ``rows``; ``copy=False`` may return the stored tensors themselves."""
         everyone = rows.numel() == self.batch and not copy
         return tuple(None if s is None else _take(s, rows, everyone) for s in self._newest())
+
+    def shared_points(self, order: int) -> list[float] | None:
+        """Times of the slots a forecast of ``order`` uses (order 0: a reuse), when every row shares them.
+
+        Returns:
+            The newest ``min(order + 1, slots)`` times, or ``None`` when rows differ (after a partial push).
+        """
+        if self._shared_times is None or not self._shared_times:
+            return None
+        return self._shared_times[: min(order + 1, len(self._shared_times))]
 
     def forecast_weights(self, rows: torch.Tensor, time: float, order: int) -> list[float] | torch.Tensor:
         """Weights of the newest slots in the forecast of ``rows`` to ``time``.

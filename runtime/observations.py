@@ -32,14 +32,15 @@ from typing import Any
 
 import torch
 
-from .actions import NUM_ACTIONS, Action
-from .forecast import relative_l1
+from .actions import Action
+from .forecast import l1_scale, relative_l1
 from .state import GenerationState
 
 GLOBAL_FEATURES = ("time", "input_change", "probe_change", "compute_spent", "budget")
 GROUP_FEATURES = ("since_compute", "forecast_gap")
 CHANGE_CAP = 4.0
 SINCE_COMPUTE_SCALE = 16.0
+_RESIDUALS_NEEDED = torch.tensor([{Action.COMPUTE: 0, Action.REUSE: 1, Action.FORECAST: 2}[a] for a in Action])
 
 
 def feature_names(num_groups: int) -> tuple[str, ...]:
@@ -170,24 +171,23 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
     samples = state.samples
     num_groups = len(state.groups)
     first_step = state.step_index <= 1 or state.reference_input is None
-    counts = torch.stack([g.history.counts[rows] for g in state.groups], dim=1)
-    mask = torch.zeros(samples, num_groups, NUM_ACTIONS, dtype=torch.bool)
-    mask[..., Action.COMPUTE] = True
-    mask[..., Action.REUSE] = counts >= 1
-    mask[..., Action.FORECAST] = counts >= 2
-    since = torch.stack([g.since_compute[rows] for g in state.groups], dim=1)
+    mask = state.residual_counts[rows].unsqueeze(-1) >= _RESIDUALS_NEEDED
+    since = state.since_compute[rows].clone()  # the table changes at the next step
     time = min(max(state.time / state.time_scale, 0.0), 1.0)
     zeros = torch.zeros(samples, dtype=torch.float64)
 
-    def input_change() -> torch.Tensor:
-        if first_step:
+    def change(name: str, current: torch.Tensor | None, reference: torch.Tensor | None) -> torch.Tensor:
+        if first_step or current is None or reference is None:
             return zeros
-        return relative_l1(state.first_input[rows], state.reference_input[rows])
+        if name not in state.reference_scales:  # the reference changes only at steps that compute
+            state.reference_scales[name] = l1_scale(reference[rows])
+        return relative_l1(current[rows], reference[rows], scale=state.reference_scales[name])
+
+    def input_change() -> torch.Tensor:
+        return change("input", state.first_input, state.reference_input)
 
     def probe_change() -> torch.Tensor:
-        if first_step or state.probe_residual is None:
-            return zeros
-        return relative_l1(state.probe_residual[rows], state.reference_probe[rows])
+        return change("probe", state.probe_residual, state.reference_probe)
 
     thunks: dict[str, Callable[[], Any]] = {
         "since_compute": lambda: since,
@@ -199,20 +199,24 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
         thunks["accumulated_input_change"] = lambda: accumulated
 
     def features() -> torch.Tensor:
-        full = state.full_flops[rows]
-        spent = torch.where(full > 0, state.spent_flops[rows] / full.clamp_min(1e-12), torch.ones_like(full))
-        gaps = torch.stack([_forecast_gap(state, g, rows, samples) for g in range(num_groups)], dim=1)
-        global_features = torch.stack(
-            [
-                torch.full((samples,), time, dtype=torch.float64),
-                observation.signals["input_change"].clamp(0, CHANGE_CAP),
-                observation.signals["probe_change"].clamp(0, CHANGE_CAP),
-                spent.clamp(0, 1),
-                _budget_column(budget, samples),
-            ],
-            dim=1,
-        )
-        vector = torch.cat([global_features, (since / SINCE_COMPUTE_SCALE).clamp(max=1.0), gaps], dim=1)
+        # Written column by column into one tensor: a handful of small ops per step, not one per feature and group.
+        vector = torch.empty(samples, len(GLOBAL_FEATURES) + len(GROUP_FEATURES) * num_groups, dtype=torch.float64)
+        vector[:, 0] = time
+        torch.clamp(observation.signals["input_change"], 0, CHANGE_CAP, out=vector[:, 1])
+        torch.clamp(observation.signals["probe_change"], 0, CHANGE_CAP, out=vector[:, 2])
+        if state.step_index <= 1:  # no finished step yet
+            vector[:, 3] = 1.0
+        else:
+            torch.div(state.spent_flops[rows], state.full_flops[rows].clamp_min(1e-12), out=vector[:, 3]).clamp_(0, 1)
+        _write_budget(vector[:, 4], budget)
+        since_columns = vector[:, len(GLOBAL_FEATURES) : len(GLOBAL_FEATURES) + num_groups]
+        torch.div(since, SINCE_COMPUTE_SCALE, out=since_columns).clamp_(max=1.0)
+        gap_columns = vector[:, len(GLOBAL_FEATURES) + num_groups :]
+        if state.probe_residual is None:
+            gap_columns.zero_()
+        else:
+            for g in range(num_groups):
+                gap_columns[:, g] = _forecast_gap(state, g, rows, samples)
         return vector.to(torch.float32)
 
     thunks["features"] = features
@@ -252,9 +256,11 @@ def _forecast_gap(state: GenerationState, group_index: int, rows: slice, samples
     return gap.clamp(-CHANGE_CAP, CHANGE_CAP)
 
 
-def _budget_column(budget: float | torch.Tensor | None, samples: int) -> torch.Tensor:
+def _write_budget(column: torch.Tensor, budget: float | torch.Tensor | None) -> None:
+    """Fills the ``budget`` feature column: one fraction for all samples, per-sample fractions, or 1 for none."""
     if isinstance(budget, torch.Tensor):
-        if budget.numel() != samples:
-            raise ValueError(f"{budget.numel()} per-sample budgets were set for a batch of {samples} samples.")
-        return budget.to(torch.float64)
-    return torch.full((samples,), 1.0 if budget is None else float(budget), dtype=torch.float64)
+        if budget.numel() != column.numel():
+            raise ValueError(f"{budget.numel()} per-sample budgets were set for a batch of {column.numel()} samples.")
+        column.copy_(budget.reshape(-1))
+        return
+    column.fill_(1.0 if budget is None else float(budget))

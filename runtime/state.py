@@ -23,6 +23,9 @@ class StepDecision:
         compute_rows: Per group, sorted index of the rows that compute it (fallbacks included).
         reuse_rows: Per group, index of the rows that reuse its residual.
         forecast_rows: Per group, index of the rows that forecast its residual.
+        shared: The action of each group when every row takes the same, else ``None``.
+        passes_through: Per group, whether an earlier group already applied its cached residual (as part of a
+            span, see ``CacheEngine.apply_cached``), so that its input passes through unchanged.
     """
 
     row_actions: torch.Tensor
@@ -30,6 +33,24 @@ class StepDecision:
     compute_rows: list[torch.Tensor]
     reuse_rows: list[torch.Tensor]
     forecast_rows: list[torch.Tensor]
+    shared: list[int] | None = None
+    passes_through: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class SpanSum:
+    """The residuals of a run of consecutive groups that computed at the same steps, summed slot by slot.
+
+    When such groups skip together, the sum of their reuses or forecasts is the reuse or forecast of these sums: one
+    combination instead of one per group (the same up to float rounding).
+
+    Attributes:
+        points: Times of the summed slots, newest first (the groups' shared times when the sums were made).
+        sums: Per slot, the summed residual streams (a stream no group has is ``None``).
+    """
+
+    points: list[float]
+    sums: list[tuple[torch.Tensor | None, ...]]
 
 
 @dataclass
@@ -38,7 +59,8 @@ class GroupState:
 
     Attributes:
         history: The newest computed residuals, per row.
-        since_compute: ``(rows,)`` steps since the group last computed (0 right after a compute).
+        since_compute: ``(rows,)`` steps since the group last computed (0 right after a compute); a column of
+            the generation's ``since_compute`` table.
         probe_at_compute: Probe residual at the group's last compute, per row (``None`` before any).
         group_input: The group's input at the current step, kept by its first block for its last block.
     """
@@ -70,7 +92,12 @@ class GenerationState(BaseState):
         spent_flops / full_flops: ``(rows,)`` FLOPs executed and FLOPs an uncached run would have executed, over
             the finished steps of this generation.
         last_step_fraction: ``(rows,)`` FLOPs of the last finished step as a fraction of an uncached step.
+        since_compute / residual_counts: ``(rows, groups)`` steps since each group last computed, and residuals
+            each group holds, per row (the groups' ``since_compute`` and ``history.counts`` are their columns).
+        reference_scales: ``mean|reference|`` per signal row of ``reference_input`` / ``reference_probe``, kept
+            once computed until the references change (see :meth:`set_references`).
         groups: Per-group state.
+        span_sums: Summed residuals of runs of consecutive groups that skip together, by ``(first, last)`` group.
         decision: This step's decision, once made.
 
     """
@@ -91,7 +118,11 @@ class GenerationState(BaseState):
     spent_flops: torch.Tensor | None = None
     full_flops: torch.Tensor | None = None
     last_step_fraction: torch.Tensor | None = None
+    since_compute: torch.Tensor | None = None
+    residual_counts: torch.Tensor | None = None
+    reference_scales: dict[str, torch.Tensor] = field(default_factory=dict)
     groups: list[GroupState] = field(default_factory=list)
+    span_sums: dict[tuple[int, int], SpanSum] = field(default_factory=dict)
     decision: StepDecision | None = None
 
     def start(self, time: float, rows: int, layout: CfgLayout, num_groups: int, history_depth: int) -> None:
@@ -103,10 +134,19 @@ class GenerationState(BaseState):
         self.row_samples = sample_of_row(layout, rows)
         self.spent_flops = torch.zeros(rows, dtype=torch.float64)
         self.full_flops = torch.zeros(rows, dtype=torch.float64)
+        self.since_compute = torch.zeros(rows, num_groups, dtype=torch.int64)
+        self.residual_counts = torch.zeros(rows, num_groups, dtype=torch.int64)
         self.groups = [
-            GroupState(ResidualHistory(history_depth, rows), torch.zeros(rows, dtype=torch.int64))
-            for _ in range(num_groups)
+            GroupState(
+                ResidualHistory(history_depth, rows, counts=self.residual_counts[:, g]), self.since_compute[:, g]
+            )
+            for g in range(num_groups)
         ]
+
+    def set_references(self, reference_input: torch.Tensor | None, reference_probe: torch.Tensor | None) -> None:
+        """Makes these the reference for the change features (forgets the kept scales of the old ones)."""
+        self.reference_input, self.reference_probe = reference_input, reference_probe
+        self.reference_scales.clear()
 
     def reset(self) -> None:
         """Forgets the generation (cached residuals included)."""

@@ -53,11 +53,11 @@ class _DigitsPipelineMixin:
         """Number of denoising steps of the current (or last) call."""
         return self._num_timesteps
 
-    def _labels_tensor(self, class_labels: ClassLabels) -> torch.Tensor:
+    def _labels_tensor(self, class_labels: ClassLabels, device: torch.device) -> torch.Tensor:
         labels = torch.as_tensor([class_labels] if isinstance(class_labels, int) else class_labels).reshape(-1).long()
         if labels.numel() == 0 or labels.min() < 0 or labels.max() >= self.num_classes:
             raise ValueError(f"class_labels must be digits in [0, {self.num_classes - 1}], got {labels.tolist()}.")
-        return labels.to(self._execution_device)
+        return labels.to(device)
 
     def _check_callback_inputs(self, names: Sequence[str]) -> None:
         unknown = [k for k in names if k not in self._callback_tensor_inputs]
@@ -66,12 +66,20 @@ class _DigitsPipelineMixin:
                 f"callback_on_step_end_tensor_inputs must be in {self._callback_tensor_inputs}; got {unknown}."
             )
 
+    def _device_and_dtype(self) -> tuple[torch.device, torch.dtype]:
+        """Looked up once per call: both properties walk every module of the transformer."""
+        return self._execution_device, self.transformer.dtype
+
     def _prepare_latents(
-        self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None
+        self,
+        batch_size: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        device: torch.device,
+        dtype: torch.dtype,
     ) -> torch.Tensor:
         size = self.transformer.config.sample_size
         shape = (batch_size, self.transformer.config.in_channels, size, size)
-        return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.transformer.dtype)
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
     def _run_callback(
         self, callback: StepCallback | None, names: Sequence[str], i: int, t: torch.Tensor, latents: torch.Tensor
@@ -140,16 +148,16 @@ class MiniDiTPipeline(_DigitsPipelineMixin, DiffusionPipeline):
         """
         self._check_callback_inputs(callback_on_step_end_tensor_inputs)
         self._guidance_scale = guidance_scale
-        labels = self._labels_tensor(class_labels)
+        device, dtype = self._device_and_dtype()
+        labels = self._labels_tensor(class_labels, device)
         batch_size = labels.shape[0]
-        latents = self._prepare_latents(batch_size, generator)
+        latents = self._prepare_latents(batch_size, generator, device, dtype)
         if self.do_classifier_free_guidance:
             null = torch.full_like(labels, self.transformer.config.num_embeds_ada_norm)
             labels_input = torch.cat([labels, null])
         else:
             labels_input = labels
 
-        device = self._execution_device  # looked up once: the property walks every module
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
@@ -189,9 +197,11 @@ class MiniFlowPipeline(_DigitsPipelineMixin, DiffusionPipeline):
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler)
 
-    def encode_labels(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_labels(
+        self, labels: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One-hot prompt embeddings ``(B, 1, joint_attention_dim)`` and pooled ``(B, pooled_projection_dim)``."""
-        return one_hot_condition(labels, self.transformer.config, dtype=self.transformer.dtype)
+        return one_hot_condition(labels, self.transformer.config, dtype=dtype or self.transformer.dtype)
 
     @torch.no_grad()
     def __call__(
@@ -208,14 +218,14 @@ class MiniFlowPipeline(_DigitsPipelineMixin, DiffusionPipeline):
         """Generates one 16×16 digit per entry of ``class_labels``; arguments as in :class:`MiniDiTPipeline`."""
         self._check_callback_inputs(callback_on_step_end_tensor_inputs)
         self._guidance_scale = guidance_scale
-        labels = self._labels_tensor(class_labels)
-        latents = self._prepare_latents(labels.shape[0], generator)
-        prompt_embeds, pooled = self.encode_labels(labels)
+        device, dtype = self._device_and_dtype()
+        labels = self._labels_tensor(class_labels, device)
+        latents = self._prepare_latents(labels.shape[0], generator, device, dtype)
+        prompt_embeds, pooled = self.encode_labels(labels, dtype)
         if self.do_classifier_free_guidance:
             prompt_embeds = torch.cat([torch.zeros_like(prompt_embeds), prompt_embeds])
             pooled = torch.cat([torch.zeros_like(pooled), pooled])
 
-        device = self._execution_device  # looked up once: the property walks every module
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
