@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -243,3 +244,81 @@ def test_recycled_residual_memory_changes_no_output(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(runtime.forecast.ResidualHistory, "spare_slot", lambda self: None)
     fresh, _ = generate()
     assert torch.equal(recycled, fresh)
+
+
+def _staggered(step: int, sample: int, group: int) -> Action:
+    """Groups 0-1 and 2-3 compute at different steps and skip in between, all samples alike."""
+    if step < 2 or (step == 3 and group < 2) or (step == 6 and group >= 2):
+        return Action.COMPUTE
+    return Action.REUSE if step == 5 else Action.FORECAST
+
+
+_APPLY_SPAN = runtime.engine.CacheEngine._apply_span
+
+
+def _generate_recording_runs(
+    model: torch.nn.Module, script: Callable[[int, int, int], Action], monkeypatch: pytest.MonkeyPatch, merge: bool
+) -> tuple[torch.Tensor, dict, list[tuple[int, int, int]]]:
+    """Denoises 8 steps with ``script``; returns the output, the summary and each merged run (step, first, last)."""
+    runs: list[tuple[int, int, int]] = []
+
+    def recorded(self, state, first, hidden, encoder):
+        output = _APPLY_SPAN(self, state, first, hidden, encoder) if merge else None
+        if output is not None:
+            last = max(g for g, through in enumerate(state.decision.passes_through) if through)
+            runs.append((state.step_index - 1, first, last))
+        return output
+
+    monkeypatch.setattr(runtime.engine.CacheEngine, "_apply_span", recorded)
+    engine = runtime.enable_cache(model, ScriptedPolicy(script), groups=4, probe_blocks=1, forecast_order=1)
+    out = denoise_dit(model, [1, 2], steps=8)
+    summary = engine.summary()
+    runtime.disable_cache(model)
+    return out, summary, runs
+
+
+def test_groups_skipping_from_the_same_computed_steps_apply_their_summed_residuals(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = tiny_dit(depth=5)
+    merged, summary, runs = _generate_recording_runs(model, _staggered, monkeypatch, merge=True)
+    # a run is the groups that skip alike from the same computed steps (order 1: the newest two; reuse: one)
+    assert runs == [(2, 0, 3), (3, 2, 3), (4, 0, 1), (4, 2, 3), (5, 0, 1), (5, 2, 3), (6, 0, 1), (7, 0, 1), (7, 2, 3)]
+    assert summary["merged_groups"] == sum(last - first for _, first, last in runs)
+
+    separate, separate_summary, _ = _generate_recording_runs(model, _staggered, monkeypatch, merge=False)
+    assert separate_summary["merged_groups"] == 0
+    assert (summary["forecasts"], summary["reuses"]) == (separate_summary["forecasts"], separate_summary["reuses"])
+    torch.testing.assert_close(merged, separate, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(merged, denoise_dit(model, [1, 2], steps=8), atol=1e-4)  # work was skipped
+
+    def per_sample(step: int, sample: int, group: int) -> Action:  # the samples differ at odd steps
+        return Action.COMPUTE if sample == 1 and step % 2 else _staggered(step, sample, group)
+
+    merged, _, runs = _generate_recording_runs(model, per_sample, monkeypatch, merge=True)
+    assert runs and all(step % 2 == 0 for step, _, _ in runs)  # only where every row does the same
+    separate, _, _ = _generate_recording_runs(model, per_sample, monkeypatch, merge=False)
+    torch.testing.assert_close(merged, separate, rtol=1e-5, atol=1e-6)
+
+
+def test_change_features_follow_the_reference_of_the_last_computing_step() -> None:
+    """``input_change`` is measured against the first-block input of the sample's last step that computed."""
+    model = tiny_dit(depth=5)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    class Checking(ScriptedPolicy):
+        def act(self, observation: runtime.Observation) -> torch.Tensor:
+            state = engine.current_state()
+            if state.reference_input is not None and observation.step_index > 0:
+                rows = state.signal_rows
+                expected = runtime.forecast.relative_l1(state.first_input[rows], state.reference_input[rows])
+                seen.append((observation.signals["input_change"].clone(), expected))
+            return super().act(observation)
+
+    computing_steps = {0, 2, 3, 5}
+    policy = Checking(lambda step, sample, group: Action.COMPUTE if step in computing_steps else Action.REUSE)
+    engine = runtime.enable_cache(model, policy, groups=2, probe_blocks=1)
+    denoise_dit(model, [1, 2], steps=7)
+    assert len(seen) == 6
+    assert all(torch.equal(value, expected) for value, expected in seen)
+    assert len({round(float(value[0]), 6) for value, _ in seen}) > 3  # the references did change

@@ -105,3 +105,26 @@ def test_unsupported_model_raises_naming_supported_blocks(model_fixture, request
     message = str(excinfo.value)
     assert any(name in message for name in SUPPORTED_BLOCK_NAMES), message
     assert _leftover_hooks(model) == {}
+
+
+def test_groups_skipping_together_apply_one_summed_residual(tiny_pipeline, monkeypatch):
+    """FORA skips every group at once: one combination of summed residuals gives the per-group result."""
+    import runtime
+    from policies import FORA
+
+    transformer = tiny_pipeline.transformer
+
+    def generate() -> tuple[torch.Tensor, dict]:
+        engine = runtime.enable_cache(transformer, FORA(interval=FORA_INTERVAL), probe_blocks=PROBE_BLOCKS)
+        try:
+            return tiny_pipeline.run(STEPS, SEED), engine.summary()
+        finally:
+            runtime.disable_cache(transformer)
+
+    merged, merged_summary = generate()
+    monkeypatch.setattr(runtime.engine.CacheEngine, "_apply_span", lambda *args: None)
+    separate, separate_summary = generate()
+
+    assert merged_summary["merged_groups"] > 0 and separate_summary["merged_groups"] == 0
+    assert merged_summary["reuses"] == separate_summary["reuses"] > 0
+    torch.testing.assert_close(merged, separate, rtol=1e-5, atol=1e-5)
