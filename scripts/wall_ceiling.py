@@ -1,10 +1,12 @@
 """How close wall-clock speedup can come to FLOP speedup on a pipeline: the share of time outside the blocks.
 
 A cache skips transformer blocks; everything else a denoising step does (the scheduler, guidance, the embeddings
-and final layer) runs at every step. If a share ``f`` of the uncached time lies outside the blocks, a cache with
-FLOP speedup ``s`` can reach at most ``1 / ((1 - f) + f * s)`` of it in wall-clock time with no overhead of its
-own (taking the blocks' share of FLOPs as 1). This script times the blocks the engine would hook, inside the
-unmodified pipeline, and prints ``f`` and that ceiling at a few speedups.
+and final layer) runs at every step. FLOP speedup ``s`` counts the whole transformer, whose parts outside the blocks
+hold a share ``a`` of its FLOPs, so a cache at speedup ``s`` runs ``b = (1/s - a) / (1 - a)`` of the block FLOPs.
+If a share ``f`` of the uncached time lies outside the blocks, the cached run takes at least ``f + (1 - f) * b`` of
+it, so wall ÷ FLOP speedup is at most ``1 / (s * (f + (1 - f) * b))`` for a cache with no overhead of its own.
+This script times the blocks the engine would hook, inside the unmodified pipeline, counts ``a`` with
+``FlopCounterMode`` (through the engine's cost model), and prints ``f`` and that ceiling at a few speedups.
 
     python scripts/wall_ceiling.py [--model mini-dit-digits] [--samples 36] [--steps 50] [--threads 1]
 """
@@ -18,7 +20,9 @@ from typing import Any
 
 import torch
 
+import runtime
 from envs.pipelines import generate, prepare_pipeline
+from policies import AlwaysCompute
 from runtime.blocks import find_blocks
 
 
@@ -64,10 +68,25 @@ def main() -> None:
         if repeat > 0:  # the first run warms up
             shares.append(1.0 - spent["blocks"] / total)
     share = statistics.median(shares)
+    always = always_flops_share(pipe)
     print(f"{args.model}: {args.samples} samples x {args.steps} steps, {args.threads} thread(s)")
     print(f"time outside the transformer blocks: {100 * share:.1f}% of an uncached generation ({len(shares)} runs)")
+    print(f"FLOPs outside the blocks: {100 * always:.2f}% of the transformer's")
     for speedup in (2, 3, 4, 5, 6):
-        print(f"  wall / FLOP speedup ceiling at {speedup}x FLOPs: {1.0 / ((1.0 - share) + share * speedup):.3f}")
+        blocks = (1.0 / speedup - always) / (1.0 - always)
+        ceiling = 1.0 / (speedup * (share + (1.0 - share) * blocks))
+        print(f"  wall / FLOP speedup ceiling at {speedup}x FLOPs: {ceiling:.3f}")
+
+
+def always_flops_share(pipe: Any) -> float:
+    """Share of the transformer's FLOPs outside the hooked blocks (embeddings, final layer), per the engine."""
+    engine = runtime.enable_cache(pipe.transformer, AlwaysCompute(), probe_blocks=0)
+    try:
+        with torch.inference_mode():
+            generate(pipe, [0], [0], 1, 2.0)
+        return engine.costs.always_flops / engine.costs.full_flops
+    finally:
+        runtime.disable_cache(pipe.transformer)
 
 
 if __name__ == "__main__":
