@@ -429,6 +429,9 @@ class CacheEngine:
         if encoder is not None and input_encoder is not None and encoder.shape == input_encoder.shape:
             residual_encoder = _difference(encoder, input_encoder, rows, spare[1] if spare else None)
         group.history.push(rows, (residual_hidden, residual_encoder), state.time)
+        for first, last in list(state.span_sums):  # sums over this group are stale now: free them
+            if first <= group_index <= last:
+                del state.span_sums[(first, last)]
         group.since_compute[rows] = 0
         if state.probe_residual is not None:
             if rows.numel() == state.rows:

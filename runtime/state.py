@@ -97,7 +97,8 @@ class GenerationState(BaseState):
         reference_scales: ``mean|reference|`` per signal row of ``reference_input`` / ``reference_probe``, kept
             once computed until the references change (see :meth:`set_references`).
         groups: Per-group state.
-        span_sums: Summed residuals of runs of consecutive groups that skip together, by ``(first, last)`` group.
+        span_sums: Summed residuals of runs of consecutive groups that skip together, by ``(first, last)`` group;
+            dropped when one of the run's groups computes again.
         decision: This step's decision, once made.
 
     """

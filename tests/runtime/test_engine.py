@@ -258,8 +258,12 @@ _APPLY_SPAN = runtime.engine.CacheEngine._apply_span
 
 def _generate_recording_runs(
     model: torch.nn.Module, script: Callable[[int, int, int], Action], monkeypatch: pytest.MonkeyPatch, merge: bool
-) -> tuple[torch.Tensor, dict, list[tuple[int, int, int]]]:
-    """Denoises 8 steps with ``script``; returns the output, the summary and each merged run (step, first, last)."""
+) -> tuple[torch.Tensor, dict, list[tuple[int, int, int]], list[tuple[int, int]]]:
+    """Denoises 8 steps with ``script``.
+
+    Returns:
+        The output, the summary, each merged run (step, first, last) and the runs whose sums are kept at the end.
+    """
     runs: list[tuple[int, int, int]] = []
 
     def recorded(self, state, first, hidden, encoder):
@@ -272,21 +276,23 @@ def _generate_recording_runs(
     monkeypatch.setattr(runtime.engine.CacheEngine, "_apply_span", recorded)
     engine = runtime.enable_cache(model, ScriptedPolicy(script), groups=4, probe_blocks=1, forecast_order=1)
     out = denoise_dit(model, [1, 2], steps=8)
-    summary = engine.summary()
+    summary, kept = engine.summary(), sorted(engine.current_state().span_sums)
     runtime.disable_cache(model)
-    return out, summary, runs
+    return out, summary, runs, kept
 
 
 def test_groups_skipping_from_the_same_computed_steps_apply_their_summed_residuals(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model = tiny_dit(depth=5)
-    merged, summary, runs = _generate_recording_runs(model, _staggered, monkeypatch, merge=True)
+    merged, summary, runs, kept = _generate_recording_runs(model, _staggered, monkeypatch, merge=True)
     # a run is the groups that skip alike from the same computed steps (order 1: the newest two; reuse: one)
     assert runs == [(2, 0, 3), (3, 2, 3), (4, 0, 1), (4, 2, 3), (5, 0, 1), (5, 2, 3), (6, 0, 1), (7, 0, 1), (7, 2, 3)]
     assert summary["merged_groups"] == sum(last - first for _, first, last in runs)
 
-    separate, separate_summary, _ = _generate_recording_runs(model, _staggered, monkeypatch, merge=False)
+    # sums are kept only until one of their groups computes again: at the end, those of step 7's two runs
+    assert kept == [(0, 1), (2, 3)]
+    separate, separate_summary, _, _ = _generate_recording_runs(model, _staggered, monkeypatch, merge=False)
     assert separate_summary["merged_groups"] == 0
     assert (summary["forecasts"], summary["reuses"]) == (separate_summary["forecasts"], separate_summary["reuses"])
     torch.testing.assert_close(merged, separate, rtol=1e-5, atol=1e-6)
@@ -295,9 +301,9 @@ def test_groups_skipping_from_the_same_computed_steps_apply_their_summed_residua
     def per_sample(step: int, sample: int, group: int) -> Action:  # the samples differ at odd steps
         return Action.COMPUTE if sample == 1 and step % 2 else _staggered(step, sample, group)
 
-    merged, _, runs = _generate_recording_runs(model, per_sample, monkeypatch, merge=True)
+    merged, _, runs, _ = _generate_recording_runs(model, per_sample, monkeypatch, merge=True)
     assert runs and all(step % 2 == 0 for step, _, _ in runs)  # only where every row does the same
-    separate, _, _ = _generate_recording_runs(model, per_sample, monkeypatch, merge=False)
+    separate, _, _, _ = _generate_recording_runs(model, per_sample, monkeypatch, merge=False)
     torch.testing.assert_close(merged, separate, rtol=1e-5, atol=1e-6)
 
 
