@@ -17,7 +17,7 @@ from .actions import NUM_ACTIONS, Action
 from .blocks import find_blocks, split_groups
 from .config import CacheConfig
 from .costs import CostMeter, CostModel
-from .forecast import Residual, finite_row_mask, relative_l1, scalar_lagrange_weights
+from .forecast import Residual, finite_row_mask, relative_l1, scalar_lagrange_weights, weighted_sum
 from .hooks import BLOCK_HOOK, ROOT_HOOK, BlockHook, RootHook
 from .layout import batch_layout, resolve_cfg_layout
 from .observations import Observation, build_observation, feature_names
@@ -400,7 +400,7 @@ class CacheEngine:
             span = state.span_sums[(first, last)] = SpanSum(points, sums)
         weights = scalar_lagrange_weights(points, state.time, order)
         output = tuple(
-            _add_weighted(base, [total[stream] for total in span.sums], weights)
+            None if base is None else weighted_sum([total[stream] for total in span.sums], weights, base=base)
             for stream, base in enumerate((hidden, encoder))
         )
         if action == Action.FORECAST and finite_row_mask(output) is not None:
@@ -537,19 +537,6 @@ def _sum_streams(residuals: list[Residual]) -> Residual | None:
                 total[stream].add_(value)
     # a stream only one group has is that group's residual itself (stored tensors are never modified)
     return tuple(first[s] if total[s] is None else total[s] for s in range(len(total)))
-
-
-def _add_weighted(
-    base: torch.Tensor | None, values: list[torch.Tensor | None], weights: list[float]
-) -> torch.Tensor | None:
-    """``base + sum_k weights[k] * values[k]`` as one new tensor (``None`` values add nothing)."""
-    if base is None:
-        return None
-    result = base
-    for value, weight in zip(values, weights, strict=True):
-        if value is not None:
-            result = torch.add(result, value, alpha=weight) if result is base else result.add_(value, alpha=weight)
-    return result
 
 
 def _add_rows(tensor: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

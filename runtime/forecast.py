@@ -81,6 +81,24 @@ def scalar_lagrange_weights(times: list[float], time: float, order: int) -> list
     return weights
 
 
+def weighted_sum(
+    values: list[torch.Tensor | None], weights: list[float], base: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """``base + sum_k weights[k] * values[k]`` as one new tensor (``None`` values add nothing).
+
+    Without ``base`` the first term starts the sum; with nothing to add, ``base`` itself is returned.
+    """
+    total = None
+    for value, weight in zip(values, weights, strict=True):
+        if value is None:
+            continue
+        if total is None:
+            total = value * weight if base is None else torch.add(base, value, alpha=weight)
+        else:
+            total.add_(value, alpha=weight)
+    return base if total is None else total
+
+
 class ResidualHistory:
     """The newest computed residuals of one block group, per batch row, with the times they were computed at.
 
@@ -202,19 +220,18 @@ class ResidualHistory:
             if self.slots[0][stream] is None or (base is not None and base[stream] is None):
                 result.append(None)
                 continue
-            total = None if base is None else base[stream]
-            for k, weight in enumerate(weights):
-                values = _take(self.slots[k][stream], rows, everyone)
-                if isinstance(weights, torch.Tensor):
-                    weight = weight.to(values.dtype).reshape(-1, *([1] * (values.ndim - 1)))
-                    if total is None:
-                        total = weight * values
-                    else:
-                        total = torch.addcmul(total, weight, values) if k == 0 else total.addcmul_(weight, values)
-                elif total is None:
-                    total = values * weight
+            start = None if base is None else base[stream]
+            values = [_take(self.slots[k][stream], rows, everyone) for k in range(len(weights))]
+            if not isinstance(weights, torch.Tensor):
+                result.append(weighted_sum(values, weights, base=start))
+                continue
+            total = start
+            for k, (weight, value) in enumerate(zip(weights, values, strict=True)):
+                weight = weight.to(value.dtype).reshape(-1, *([1] * (value.ndim - 1)))
+                if total is None:
+                    total = weight * value
                 else:
-                    total = torch.add(total, values, alpha=weight) if k == 0 else total.add_(values, alpha=weight)
+                    total = torch.addcmul(total, weight, value) if k == 0 else total.addcmul_(weight, value)
             result.append(total)
         return tuple(result)
 
