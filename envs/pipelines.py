@@ -9,6 +9,7 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
 from zoo import load_pipeline
+from zoo.sampling import scheduler_from_config
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -22,7 +23,7 @@ def prepare_pipeline(model: str | DiffusionPipeline, scheduler: str = "default")
     pipe = load_pipeline(model) if isinstance(model, str) else model
     if scheduler != "default":
         options = {"algorithm_type": "dpmsolver++"} if scheduler == "dpmsolver++" else {}
-        pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config, **options)
+        pipe.scheduler = scheduler_from_config(SCHEDULERS[scheduler], pipe.scheduler.config, **options)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

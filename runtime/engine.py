@@ -543,7 +543,7 @@ def _add_rows(tensor: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) ->
     """A new tensor: ``tensor`` with ``values`` added to ``rows`` (a plain sum when ``rows`` is the whole batch)."""
     values = values.to(tensor.dtype)
     if rows.numel() == tensor.shape[0]:
-        return tensor + values
+        return values + tensor  # laid out like the (dense) cached values, not like a possibly strided input
     return tensor.index_add(0, rows, values)
 
 

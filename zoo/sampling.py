@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import inspect
+from typing import Any, Literal
 
 import torch
 from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
@@ -10,10 +11,31 @@ from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 SchedulerName = Literal["default", "dpm"]
 
 
+def scheduler_from_config(scheduler_class: type, config: Any, **options: Any) -> Any:
+    """``scheduler_class.from_config(config, **options)``, keeping the config's clipping of the predicted image.
+
+    The DiT's shipped DDIM config clips the predicted image to the data range [-1, 1] with ``clip_sample``.
+    Schedulers without that option (DPM-Solver++) clip through dynamic thresholding capped at 1
+    (``thresholding=True, sample_max_value=1``: the percentile is clamped to [1, 1], so it is plain clipping),
+    which keeps the cosine schedule's first steps stable. ``options`` override both.
+    """
+    accepted = inspect.signature(scheduler_class.__init__).parameters
+    clipping: dict[str, Any] = {}
+    if (
+        config.get("clip_sample", False)
+        and not config.get("thresholding", False)
+        and config.get("clip_sample_range", 1.0) == 1.0
+        and "clip_sample" not in accepted
+        and "thresholding" in accepted
+    ):
+        clipping = {"thresholding": True, "sample_max_value": 1.0}
+    return scheduler_class.from_config(config, **{**clipping, **options})
+
+
 def use_scheduler(pipe: DiffusionPipeline, name: SchedulerName) -> DiffusionPipeline:
     """Swaps in DPM-Solver++ (``"dpm"``, built from the shipped scheduler config) or keeps the shipped one."""
     if name == "dpm":
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+        pipe.scheduler = scheduler_from_config(DPMSolverMultistepScheduler, pipe.scheduler.config)
     elif name != "default":
         raise ValueError(f"Unknown scheduler {name!r}; use 'default' or 'dpm'.")
     return pipe

@@ -128,3 +128,42 @@ def test_groups_skipping_together_apply_one_summed_residual(tiny_pipeline, monke
     assert merged_summary["merged_groups"] > 0 and separate_summary["merged_groups"] == 0
     assert merged_summary["reuses"] == separate_summary["reuses"] > 0
     torch.testing.assert_close(merged, separate, rtol=1e-5, atol=1e-5)
+
+
+def test_skipped_groups_hand_on_dense_tensors(tiny_pipeline):
+    """A skipped group's output is laid out like the cached residuals, even when its input is a transposed view.
+
+    Patch embeddings (DiT, PixArt, SD3) give the first block a ``transpose(1, 2)`` view; a cached output laid out
+    like it would make every later operation strided and slow. With no probe block and FORA, every other step skips
+    the whole stack from that input, and the last block receives the cached output.
+    """
+    import runtime
+    from policies import FORA
+
+    transformer = tiny_pipeline.transformer
+    blocks = [block.module for block in runtime.blocks.find_blocks(transformer)]
+    received: dict[str, list[bool]] = {"first": [], "last": []}
+
+    def recorder(name: str):
+        def record(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            received[name].append(hidden.is_contiguous())
+
+        return record
+
+    handles = [
+        blocks[0].register_forward_pre_hook(recorder("first"), with_kwargs=True),
+        blocks[-1].register_forward_pre_hook(recorder("last"), with_kwargs=True),
+    ]
+    runtime.enable_cache(transformer, FORA(interval=FORA_INTERVAL), probe_blocks=0, groups=2)
+    try:
+        tiny_pipeline.run(STEPS, SEED)
+        summary = runtime.get_engine(transformer).summary()
+    finally:
+        runtime.disable_cache(transformer)
+        for handle in handles:
+            handle.remove()
+
+    assert summary["reuses"] > 0 and summary["merged_groups"] > 0
+    assert len(received["last"]) == STEPS
+    assert all(received["last"]), received

@@ -28,11 +28,12 @@ SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
     "beta_schedule": "squaredcos_cap_v2",
     "prediction_type": "epsilon",
-    # Clip predicted x0 to the data range [-1, 1]. ``thresholding`` with ``sample_max_value=1`` does this in DDIM and
-    # carries over to DPMSolverMultistepScheduler.from_config, where it keeps the cosine schedule's first steps stable.
+    # Clip predicted x0 to the data range [-1, 1]. zoo.sampling.scheduler_from_config carries the clipping over to
+    # DPM-Solver++ (as thresholding capped at 1), where it keeps the cosine schedule's first steps stable. DDIM's own
+    # ``thresholding`` with that cap clips alike but computes a per-image quantile every step.
     "clip_sample": True,
     "clip_sample_range": 1.0,
-    "thresholding": True,
+    "thresholding": False,
     "sample_max_value": 1.0,
     "timestep_spacing": "trailing",
 }
