@@ -131,6 +131,20 @@ def get_block_input(metadata: TransformerBlockMetadata, name: str, args: tuple, 
     return metadata._get_parameter_from_args_kwargs(argument, args, kwargs)
 
 
+def with_block_input(
+    metadata: TransformerBlockMetadata, name: str, value: Any, args: tuple, kwargs: dict
+) -> tuple[tuple, dict]:
+    """Returns ``args, kwargs`` with the block input ``name`` (``"hidden"`` or ``"encoder"``) replaced by ``value``."""
+    argument = (
+        metadata.hidden_states_argument_name if name == "hidden" else metadata.encoder_hidden_states_argument_name
+    )
+    if argument in kwargs:
+        return args, {**kwargs, argument: value}
+    metadata._get_parameter_from_args_kwargs(argument, args, kwargs)  # fills the positional index cache
+    index = metadata._cached_parameter_indices[argument]
+    return (*args[:index], value, *args[index + 1 :]), kwargs
+
+
 def split_block_output(metadata: TransformerBlockMetadata, output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Returns ``(hidden_states, encoder_hidden_states or None)`` from a block's output."""
     if isinstance(output, torch.Tensor):

@@ -432,7 +432,10 @@ class CacheEngine:
         for first, last in list(state.span_sums):  # sums over this group are stale now: free them
             if first <= group_index <= last:
                 del state.span_sums[(first, last)]
-        group.since_compute[rows] = 0
+        if rows.numel() == state.rows:
+            group.since_compute.zero_()
+        else:
+            group.since_compute[rows] = 0
         if state.probe_residual is not None:
             if rows.numel() == state.rows:
                 group.probe_at_compute = state.probe_residual

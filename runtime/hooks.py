@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from diffusers.hooks.hooks import ModelHook
 
-from .blocks import HookedBlock, get_block_input, make_block_output, select_rows, split_block_output
+from .blocks import (
+    HookedBlock,
+    get_block_input,
+    make_block_output,
+    select_rows,
+    split_block_output,
+    with_block_input,
+)
 
 if TYPE_CHECKING:
     from .engine import CacheEngine
@@ -96,6 +103,11 @@ class BlockHook(ModelHook):
         if metadata.return_encoder_hidden_states_index is not None:
             encoder = get_block_input(metadata, "encoder", args, kwargs)
         if self.index == 0:
+            if not hidden.is_contiguous():
+                # A patch embedding's transpose(1, 2) view: one copy here instead of a strided pass in every
+                # operation that reads the input (change features, residuals, cached outputs, the block itself).
+                hidden = hidden.contiguous()
+                args, kwargs = with_block_input(metadata, "hidden", hidden, args, kwargs)
             state.first_input = hidden
         rows = hidden.shape[0]
 

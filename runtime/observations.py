@@ -27,6 +27,7 @@ that need only the step, the time and ``since_compute`` (FORA, TaylorSeer, Δ-Di
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -43,6 +44,7 @@ SINCE_COMPUTE_SCALE = 16.0
 _RESIDUALS_NEEDED = torch.tensor([{Action.COMPUTE: 0, Action.REUSE: 1, Action.FORECAST: 2}[a] for a in Action])
 
 
+@functools.cache
 def feature_names(num_groups: int) -> tuple[str, ...]:
     """Names of the observation features for a policy over ``num_groups`` groups, in vector order."""
     per_group = tuple(f"{name}_{g}" for name in GROUP_FEATURES for g in range(num_groups))

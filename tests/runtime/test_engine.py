@@ -328,3 +328,18 @@ def test_change_features_follow_the_reference_of_the_last_computing_step() -> No
     assert len(seen) == 6
     assert all(torch.equal(value, expected) for value, expected in seen)
     assert len({round(float(value[0]), 6) for value, _ in seen}) > 3  # the references did change
+
+
+def test_block_inputs_are_replaced_by_name_positionally_or_by_keyword() -> None:
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+    from diffusers.models.attention import JointTransformerBlock
+
+    from runtime.blocks import get_block_input, with_block_input
+
+    metadata = TransformerBlockRegistry.get(JointTransformerBlock)  # (hidden_states, encoder_hidden_states, temb)
+    hidden, encoder, temb, new = (torch.full((1,), float(i)) for i in range(4))
+    args, kwargs = with_block_input(metadata, "encoder", new, (hidden, encoder), {"temb": temb})
+    assert args == (hidden, new) and kwargs == {"temb": temb}
+    args, kwargs = with_block_input(metadata, "hidden", new, (), {"hidden_states": hidden, "temb": temb})
+    assert args == () and kwargs == {"hidden_states": new, "temb": temb}
+    assert get_block_input(metadata, "hidden", args, kwargs) is new
