@@ -82,6 +82,7 @@ class CacheEngine:
         self.stats = self._new_stats()
         self.group_flops = torch.zeros(len(self.groups), dtype=torch.float64)
         self._fixed_flops = 0.0  # per row and step: everything outside the groups (always computed)
+        self._step_flops: dict[tuple[int, ...], float] = {}  # per row, by the groups a shared step computes
         self._all_rows = torch.arange(0)
         self._no_rows = torch.zeros(0, dtype=torch.int64)
         self._track_accumulation = "accumulated_input_change" in getattr(policy, "required_signals", ())
@@ -177,29 +178,36 @@ class CacheEngine:
         if meter is not None:
             self.costs = meter.finish(tuple(hidden.shape[1:]), len(self.blocks))
             self.group_flops = torch.stack([self.costs.block_flops[g].sum() for g in self.groups])
+            self._step_flops = {}
             probe_flops = float(self.costs.block_flops[: self.config.probe_blocks].sum())
             self._fixed_flops = self.costs.always_flops + probe_flops
             self.meter = None
-        costs, stats, decision = self.costs, self.stats, state.decision
+        stats, decision = self.stats, state.decision
+        full_flops = self.costs.full_flops
         if decision.shared is not None:  # every row did the same: one number for all
-            computed_groups = [g for g, action in enumerate(decision.shared) if action == Action.COMPUTE]
-            step_flops = self._fixed_flops + float(self.group_flops[computed_groups].sum())
-            spent = torch.full((state.rows,), step_flops, dtype=torch.float64)
+            computed_groups = tuple(g for g, action in enumerate(decision.shared) if action == Action.COMPUTE)
+            step_flops = self._step_flops.get(computed_groups)
+            if step_flops is None:
+                step_flops = self._fixed_flops + float(self.group_flops[list(computed_groups)].sum())
+                self._step_flops[computed_groups] = step_flops
             for g in computed_groups:
                 stats.group_computed[g] += state.rows
             stats.spent_flops += step_flops * state.rows
+            state.spent_flops += step_flops
+            state.full_flops += full_flops
+            state.last_step_fraction = torch.full((state.rows,), step_flops / full_flops, dtype=torch.float64)
         else:
             computed = decision.computes  # fallbacks included
             spent = self._fixed_flops + computed.double() @ self.group_flops
             for g, count in enumerate(computed.sum(dim=0).tolist()):
                 stats.group_computed[g] += count
             stats.spent_flops += float(spent.sum())
-        state.spent_flops += spent
-        state.full_flops += costs.full_flops
-        state.last_step_fraction = spent / costs.full_flops
+            state.spent_flops += spent
+            state.full_flops += full_flops
+            state.last_step_fraction = spent / full_flops
         stats.probe_computed += state.rows
         stats.row_steps += state.rows
-        stats.full_flops += costs.full_flops * state.rows
+        stats.full_flops += full_flops * state.rows
         stats.steps += 1
 
     # -- decisions -------------------------------------------------------------------------------------------
