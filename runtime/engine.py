@@ -195,7 +195,7 @@ class CacheEngine:
             stats.spent_flops += step_flops * state.rows
             state.spent_flops += step_flops
             state.full_flops += full_flops
-            state.last_step_fraction = torch.full((state.rows,), step_flops / full_flops, dtype=torch.float64)
+            state.last_step_fraction = torch.full((state.rows,), step_flops, dtype=torch.float64) / full_flops
         else:
             computed = decision.computes  # fallbacks included
             spent = self._fixed_flops + computed.double() @ self.group_flops
