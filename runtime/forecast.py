@@ -8,6 +8,8 @@ row of the batch may have its own history and its own order.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 Residual = tuple[torch.Tensor | None, ...]
@@ -322,7 +324,7 @@ def finite_row_mask(residual: Residual) -> torch.Tensor | None:
     """``None`` when every value is finite (one sum per stream), else a per-row finiteness mask."""
     streams = [r for r in residual if r is not None]
     # A sum is finite only if every term is (an overflowing sum of finite values merely takes the slow path).
-    if all(bool(torch.isfinite(r.sum())) for r in streams):
+    if all(math.isfinite(r.sum().item()) for r in streams):
         return None
     finite = torch.ones(streams[0].shape[0], dtype=torch.bool)
     for stream in streams:

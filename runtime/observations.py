@@ -201,22 +201,22 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
         thunks["accumulated_input_change"] = lambda: accumulated
 
     def features() -> torch.Tensor:
-        # Written column by column into one tensor: a handful of small ops per step, not one per feature and group.
-        vector = torch.empty(samples, len(GLOBAL_FEATURES) + len(GROUP_FEATURES) * num_groups, dtype=torch.float64)
-        vector[:, 0] = time
+        # The values every sample shares in one row, repeated; then the per-sample columns written in place.
+        spent = 1.0 if state.step_index <= 1 else 0.0  # 1 before any finished step
+        shared_budget = 0.0 if isinstance(budget, torch.Tensor) else 1.0 if budget is None else float(budget)
+        shared = [time, 0.0, 0.0, spent, shared_budget] + [0.0] * (len(GROUP_FEATURES) * num_groups)
+        vector = torch.tensor(shared, dtype=torch.float64).repeat(samples, 1)
         torch.clamp(observation.signals["input_change"], 0, CHANGE_CAP, out=vector[:, 1])
-        torch.clamp(observation.signals["probe_change"], 0, CHANGE_CAP, out=vector[:, 2])
-        if state.step_index <= 1:  # no finished step yet
-            vector[:, 3] = 1.0
-        else:
-            torch.div(state.spent_flops[rows], state.full_flops[rows].clamp_min(1e-12), out=vector[:, 3]).clamp_(0, 1)
-        _write_budget(vector[:, 4], budget)
+        if state.probe_residual is not None:
+            torch.clamp(observation.signals["probe_change"], 0, CHANGE_CAP, out=vector[:, 2])
+        if state.step_index > 1:
+            torch.div(state.spent_flops[rows], max(state.full_flops, 1e-12), out=vector[:, 3]).clamp_(0, 1)
+        if isinstance(budget, torch.Tensor):
+            _write_budget(vector[:, 4], budget)
         since_columns = vector[:, len(GLOBAL_FEATURES) : len(GLOBAL_FEATURES) + num_groups]
         torch.div(since, SINCE_COMPUTE_SCALE, out=since_columns).clamp_(max=1.0)
-        gap_columns = vector[:, len(GLOBAL_FEATURES) + num_groups :]
-        if state.probe_residual is None:
-            gap_columns.zero_()
-        else:
+        if state.probe_residual is not None:
+            gap_columns = vector[:, len(GLOBAL_FEATURES) + num_groups :]
             for g in range(num_groups):
                 gap_columns[:, g] = _forecast_gap(state, g, rows, samples)
         return vector.to(torch.float32)

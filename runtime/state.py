@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from .forecast import ResidualHistory
+from .forecast import ResidualHistory, l1_scale
 from .layout import CfgLayout, sample_of_row, samples_in, signal_rows
 
 DEFAULT_CONTEXT = "default"
@@ -89,8 +89,8 @@ class GenerationState(BaseState):
         accumulated_input_change: ``(rows,)`` sum of step-to-step relative changes of the first block's input
             since that step (TeaCache's statistic, without its per-model polynomial), kept only for policies that
             list it in ``required_signals``.
-        spent_flops / full_flops: ``(rows,)`` FLOPs executed and FLOPs an uncached run would have executed, over
-            the finished steps of this generation.
+        spent_flops: ``(rows,)`` FLOPs executed over the finished steps of this generation.
+        full_flops: FLOPs per row an uncached run would have executed over those steps (the same for every row).
         last_step_fraction: ``(rows,)`` FLOPs of the last finished step as a fraction of an uncached step.
         since_compute / residual_counts: ``(rows, groups)`` steps since each group last computed, and residuals
             each group holds, per row (the groups' ``since_compute`` and ``history.counts`` are their columns).
@@ -117,7 +117,7 @@ class GenerationState(BaseState):
     reference_probe: torch.Tensor | None = None
     accumulated_input_change: torch.Tensor | None = None
     spent_flops: torch.Tensor | None = None
-    full_flops: torch.Tensor | None = None
+    full_flops: float = 0.0
     last_step_fraction: torch.Tensor | None = None
     since_compute: torch.Tensor | None = None
     residual_counts: torch.Tensor | None = None
@@ -134,7 +134,7 @@ class GenerationState(BaseState):
         self.layout = layout
         self.row_samples = sample_of_row(layout, rows)
         self.spent_flops = torch.zeros(rows, dtype=torch.float64)
-        self.full_flops = torch.zeros(rows, dtype=torch.float64)
+        self.full_flops = 0.0
         self.since_compute = torch.zeros(rows, num_groups, dtype=torch.int64)
         self.residual_counts = torch.zeros(rows, num_groups, dtype=torch.int64)
         self.groups = [
@@ -145,9 +145,18 @@ class GenerationState(BaseState):
         ]
 
     def set_references(self, reference_input: torch.Tensor | None, reference_probe: torch.Tensor | None) -> None:
-        """Makes these the reference for the change features (forgets the kept scales of the old ones)."""
+        """Makes these the reference for the change features.
+
+        The kept scales of the old references are replaced: those a policy has been reading are computed now, while
+        the new references are still in cache, rather than at the next step.
+        """
+        in_use = list(self.reference_scales)
         self.reference_input, self.reference_probe = reference_input, reference_probe
         self.reference_scales.clear()
+        references = {"input": reference_input, "probe": reference_probe}
+        for name in in_use:
+            if references.get(name) is not None:
+                self.reference_scales[name] = l1_scale(references[name][self.signal_rows])
 
     def reset(self) -> None:
         """Forgets the generation (cached residuals included)."""
