@@ -10,7 +10,6 @@ per second (one step = one denoising step of one sample) as a fraction of the ba
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import numpy as np
@@ -50,19 +49,19 @@ def main() -> None:
     env_episode_seconds(venv, conditions, seeds)  # computes the references and measures FLOPs once
     timed_generation(bare, conditions, seeds, 2, args.guidance)  # warm-up
 
-    ratios, env_rates, bare_rates = [], [], []
+    pairs = []  # (ratio, bare rate, env rate), one per interleaved pair
+    samples_steps = args.num_envs * args.steps
     for _ in range(args.repeats):
         _, bare_seconds = timed_generation(bare, conditions, seeds, args.steps, args.guidance)
         env_seconds = env_episode_seconds(venv, conditions, seeds)
-        samples_steps = args.num_envs * args.steps
-        bare_rates.append(samples_steps / bare_seconds)
-        env_rates.append(samples_steps / env_seconds)
-        ratios.append(bare_seconds / env_seconds)
+        pairs.append((bare_seconds / env_seconds, samples_steps / bare_seconds, samples_steps / env_seconds))
     venv.close()
+    ratio, bare_rate, env_rate = sorted(pairs)[len(pairs) // 2]
     print(f"{args.model}: {args.num_envs} samples x {args.steps} steps, guidance {args.guidance}")
-    print(f"bare denoising loop: {statistics.median(bare_rates):.0f} sample-steps/s")
-    print(f"environment (always COMPUTE): {statistics.median(env_rates):.0f} env steps/s")
-    print(f"environment throughput / bare loop (median of {args.repeats}): {statistics.median(ratios):.3f}")
+    print(f"median of {args.repeats} interleaved pairs:")
+    print(f"bare denoising loop: {bare_rate:.0f} sample-steps/s")
+    print(f"environment (always COMPUTE): {env_rate:.0f} env steps/s")
+    print(f"environment throughput / bare loop: {ratio:.3f}")
 
 
 if __name__ == "__main__":
