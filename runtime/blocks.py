@@ -123,21 +123,21 @@ def split_groups(num_blocks: int, probe_blocks: int, groups: int | Sequence[floa
     return result
 
 
+def _argument_name(metadata: TransformerBlockMetadata, name: str) -> str:
+    """The forward argument of block input ``name`` (``"hidden"`` or ``"encoder"``)."""
+    return metadata.hidden_states_argument_name if name == "hidden" else metadata.encoder_hidden_states_argument_name
+
+
 def get_block_input(metadata: TransformerBlockMetadata, name: str, args: tuple, kwargs: dict) -> Any:
     """Returns a block input by argument name, from positional or keyword arguments."""
-    argument = (
-        metadata.hidden_states_argument_name if name == "hidden" else metadata.encoder_hidden_states_argument_name
-    )
-    return metadata._get_parameter_from_args_kwargs(argument, args, kwargs)
+    return metadata._get_parameter_from_args_kwargs(_argument_name(metadata, name), args, kwargs)
 
 
 def with_block_input(
     metadata: TransformerBlockMetadata, name: str, value: Any, args: tuple, kwargs: dict
 ) -> tuple[tuple, dict]:
     """Returns ``args, kwargs`` with the block input ``name`` (``"hidden"`` or ``"encoder"``) replaced by ``value``."""
-    argument = (
-        metadata.hidden_states_argument_name if name == "hidden" else metadata.encoder_hidden_states_argument_name
-    )
+    argument = _argument_name(metadata, name)
     if argument in kwargs:
         return args, {**kwargs, argument: value}
     metadata._get_parameter_from_args_kwargs(argument, args, kwargs)  # fills the positional index cache

@@ -193,18 +193,16 @@ class CacheEngine:
             for g in computed_groups:
                 stats.group_computed[g] += state.rows
             stats.spent_flops += step_flops * state.rows
-            state.spent_flops += step_flops
-            state.full_flops += full_flops
-            state.last_step_fraction = torch.full((state.rows,), step_flops, dtype=torch.float64) / full_flops
+            spent = torch.full((state.rows,), step_flops, dtype=torch.float64)
         else:
             computed = decision.computes  # fallbacks included
             spent = self._fixed_flops + computed.double() @ self.group_flops
             for g, count in enumerate(computed.sum(dim=0).tolist()):
                 stats.group_computed[g] += count
             stats.spent_flops += float(spent.sum())
-            state.spent_flops += spent
-            state.full_flops += full_flops
-            state.last_step_fraction = spent / full_flops
+        state.spent_flops += spent
+        state.full_flops += full_flops
+        state.last_step_fraction = spent / full_flops
         stats.probe_computed += state.rows
         stats.row_steps += state.rows
         stats.full_flops += full_flops * state.rows
@@ -554,7 +552,7 @@ def _add_rows(tensor: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) ->
     """A new tensor: ``tensor`` with ``values`` added to ``rows`` (a plain sum when ``rows`` is the whole batch)."""
     values = values.to(tensor.dtype)
     if rows.numel() == tensor.shape[0]:
-        return values + tensor  # laid out like the (dense) cached values, not like a possibly strided input
+        return tensor + values
     return tensor.index_add(0, rows, values)
 
 

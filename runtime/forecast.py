@@ -95,29 +95,10 @@ def weighted_sum(
         if value is None:
             continue
         if total is None:
-            total = value * weight if base is None else torch.add(base, value, alpha=weight, **dense_out(base, value))
+            total = value * weight if base is None else torch.add(base, value, alpha=weight)
         else:
             total.add_(value, alpha=weight)
     return base if total is None else total
-
-
-def dense_out(base: torch.Tensor, value: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``out=`` keyword for an elementwise op on ``base`` and ``value``: a new tensor laid out like ``value``.
-
-    Elementwise ops lay their result out like their first operand. A block input is often a transposed view (a
-    patch embedding's ``flatten(2).transpose(1, 2)``); adding the dense cached residuals to it would give a strided
-    result, and every op on it (the next add, the following blocks, the final layer) would run several times
-    slower on CPU. Empty (the op allocates as usual) when ``base`` is dense already, the shapes or layouts do not
-    allow it, or autograd records the op (``out=`` does not support it).
-    """
-    if (
-        base.is_contiguous()
-        or not value.is_contiguous()
-        or base.shape != value.shape
-        or (torch.is_grad_enabled() and (base.requires_grad or value.requires_grad))
-    ):
-        return {}
-    return {"out": torch.empty_like(value, dtype=torch.result_type(base, value))}
 
 
 class ResidualHistory:
@@ -252,10 +233,7 @@ class ResidualHistory:
                 if total is None:
                     total = weight * value
                 else:
-                    if k == 0:
-                        total = torch.addcmul(total, weight, value, **dense_out(total, value))
-                    else:
-                        total.addcmul_(weight, value)
+                    total = torch.addcmul(total, weight, value) if k == 0 else total.addcmul_(weight, value)
             result.append(total)
         return tuple(result)
 

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from .actions import Action
-from .forecast import l1_scale, relative_l1
+from .forecast import relative_l1
 from .state import GenerationState
 
 GLOBAL_FEATURES = ("time", "input_change", "probe_change", "compute_spent", "budget")
@@ -181,9 +181,7 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
     def change(name: str, current: torch.Tensor | None, reference: torch.Tensor | None) -> torch.Tensor:
         if first_step or current is None or reference is None:
             return zeros
-        if name not in state.reference_scales:  # the reference changes only at steps that compute
-            state.reference_scales[name] = l1_scale(reference[rows])
-        return relative_l1(current[rows], reference[rows], scale=state.reference_scales[name])
+        return relative_l1(current[rows], reference[rows], scale=state.reference_scale(name))
 
     def input_change() -> torch.Tensor:
         return change("input", state.first_input, state.reference_input)
@@ -212,7 +210,7 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
         if state.step_index > 1:
             torch.div(state.spent_flops[rows], max(state.full_flops, 1e-12), out=vector[:, 3]).clamp_(0, 1)
         if isinstance(budget, torch.Tensor):
-            _write_budget(vector[:, 4], budget)
+            _write_budgets(vector[:, 4], budget)
         since_columns = vector[:, len(GLOBAL_FEATURES) : len(GLOBAL_FEATURES) + num_groups]
         torch.div(since, SINCE_COMPUTE_SCALE, out=since_columns).clamp_(max=1.0)
         if state.probe_residual is not None:
@@ -258,11 +256,8 @@ def _forecast_gap(state: GenerationState, group_index: int, rows: slice, samples
     return gap.clamp(-CHANGE_CAP, CHANGE_CAP)
 
 
-def _write_budget(column: torch.Tensor, budget: float | torch.Tensor | None) -> None:
-    """Fills the ``budget`` feature column: one fraction for all samples, per-sample fractions, or 1 for none."""
-    if isinstance(budget, torch.Tensor):
-        if budget.numel() != column.numel():
-            raise ValueError(f"{budget.numel()} per-sample budgets were set for a batch of {column.numel()} samples.")
-        column.copy_(budget.reshape(-1))
-        return
-    column.fill_(1.0 if budget is None else float(budget))
+def _write_budgets(column: torch.Tensor, budgets: torch.Tensor) -> None:
+    """Fills the ``budget`` feature column with per-sample fractions (one shared fraction is in the repeated row)."""
+    if budgets.numel() != column.numel():
+        raise ValueError(f"{budgets.numel()} per-sample budgets were set for a batch of {column.numel()} samples.")
+    column.copy_(budgets.reshape(-1))

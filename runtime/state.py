@@ -153,10 +153,21 @@ class GenerationState(BaseState):
         in_use = list(self.reference_scales)
         self.reference_input, self.reference_probe = reference_input, reference_probe
         self.reference_scales.clear()
-        references = {"input": reference_input, "probe": reference_probe}
         for name in in_use:
-            if references.get(name) is not None:
-                self.reference_scales[name] = l1_scale(references[name][self.signal_rows])
+            if self._reference(name) is not None:
+                self.reference_scale(name)
+
+    def reference_scale(self, name: str) -> torch.Tensor:
+        """:func:`~runtime.forecast.l1_scale` of the signal rows of reference ``name`` (``"input"`` or ``"probe"``).
+
+        Kept until the references change: they change only at steps that compute.
+        """
+        if name not in self.reference_scales:
+            self.reference_scales[name] = l1_scale(self._reference(name)[self.signal_rows])
+        return self.reference_scales[name]
+
+    def _reference(self, name: str) -> torch.Tensor | None:
+        return {"input": self.reference_input, "probe": self.reference_probe}[name]
 
     def reset(self) -> None:
         """Forgets the generation (cached residuals included)."""

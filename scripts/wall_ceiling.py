@@ -42,19 +42,24 @@ ENGINE_PARTS = {
 }
 
 
+def add_timer(owner: Any, name: str, spent: dict[str, float], key: str) -> None:
+    """Replaces ``owner.name`` by a wrapper that adds the time of each call to ``spent[key]``."""
+    function = getattr(owner, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        output = function(*args, **kwargs)
+        spent[key] += time.perf_counter() - started
+        return output
+
+    setattr(owner, name, timed)
+
+
 def time_blocks(pipe: Any) -> dict[str, float]:
     """Wraps each hookable block's forward to add its time to the returned counter."""
     spent = {"blocks": 0.0}
     for hooked in find_blocks(pipe.transformer):
-        forward = hooked.module.forward
-
-        def timed(*args: Any, _forward: Any = forward, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            output = _forward(*args, **kwargs)
-            spent["blocks"] += time.perf_counter() - started
-            return output
-
-        hooked.module.forward = timed
+        add_timer(hooked.module, "forward", spent, "blocks")
     return spent
 
 
@@ -62,15 +67,7 @@ def time_engine(engine: runtime.CacheEngine) -> dict[str, float]:
     """Wraps the engine's per-step and per-group methods to add their time to the returned counters."""
     spent = dict.fromkeys(ENGINE_PARTS.values(), 0.0)
     for name, part in ENGINE_PARTS.items():
-        method = getattr(engine, name)
-
-        def timed(*args: Any, _method: Any = method, _part: str = part, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            output = _method(*args, **kwargs)
-            spent[_part] += time.perf_counter() - started
-            return output
-
-        setattr(engine, name, timed)
+        add_timer(engine, name, spent, part)
     return spent
 
 

@@ -131,11 +131,12 @@ def test_groups_skipping_together_apply_one_summed_residual(tiny_pipeline, monke
 
 
 def test_skipped_groups_hand_on_dense_tensors(tiny_pipeline):
-    """A skipped group's output is laid out like the cached residuals, even when its input is a transposed view.
+    """A skipped group's output is dense, even when the transformer hands its first block a transposed view.
 
     Patch embeddings (DiT, PixArt, SD3) give the first block a ``transpose(1, 2)`` view; a cached output laid out
-    like it would make every later operation strided and slow. With no probe block and FORA, every other step skips
-    the whole stack from that input, and the last block receives the cached output.
+    like it would make every later operation strided and slow, so the engine makes that input dense once per step.
+    With no probe block and FORA, every other step skips the whole stack from that input, and the last block
+    receives the cached output.
     """
     import runtime
     from policies import FORA
