@@ -20,6 +20,8 @@ class Policy(ABC):
         engine_options: Engine options the policy was trained with (``groups``, ``probe_blocks``, ...), used as
             defaults by ``runtime.enable_cache``.
         required_signals: Signals the engine must keep that it otherwise skips (``"accumulated_input_change"``).
+        masks_actions: Whether ``act`` returns only actions in range that ``observation.action_mask`` allows, so
+            the engine need not check and map them.
     """
 
     forecast_order: int = 1
@@ -27,6 +29,7 @@ class Policy(ABC):
     feature_names: tuple[str, ...] | None = None
     engine_options: dict[str, Any] = {}
     required_signals: tuple[str, ...] = ()
+    masks_actions: bool = False
 
     @abstractmethod
     def act(self, observation: Observation) -> torch.Tensor:

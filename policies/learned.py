@@ -13,10 +13,11 @@ as a ``.safetensors`` file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +81,7 @@ class ObservationNormalization:
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         """Normalises ``(samples, F)`` features; returns float32."""
-        scaled = (features.to(torch.float64) - self.mean) / self._std
+        scaled = torch.sub(features.to(torch.float64), self.mean).div_(self._std)
         return scaled.clamp_(-self.clip, self.clip).to(torch.float32)
 
 
@@ -99,9 +100,13 @@ class LearnedPolicy(Policy):
         budget_conditioned: Whether the policy was trained to follow the ``budget`` feature.
         manifest: Provenance (``model_family``, ``scheduler``, ``training_config_sha256``, ``created_with``, ...).
 
+    Its actions are argmaxes over the possible actions (``masks_actions``).
+
     Raises:
         ValueError: If the layers do not chain, or do not fit the features, the groups or the engine options.
     """
+
+    masks_actions = True
 
     def __init__(
         self,
@@ -152,6 +157,7 @@ class LearnedPolicy(Policy):
         for layer, name in zip(hidden, activations, strict=True):
             modules += [_copy_linear(layer), ACTIVATIONS[name]()]
         self.network = nn.Sequential(*modules, _copy_linear(action_head)).eval().requires_grad_(False)
+        self._layers = [_layer_function(module) for module in self.network]
         self.manifest = dict(manifest or {})
 
     @property
@@ -171,8 +177,8 @@ class LearnedPolicy(Policy):
                 f"Features of shape {tuple(features.shape)}: the policy reads (samples, {len(self.feature_names)})."
             )
         values = self.normalization(features) if self.normalization is not None else features.to(torch.float32)
-        for module in self.network:  # the frozen layers in order, without nn.Module call overhead per layer
-            values = module.forward(values)
+        for layer in self._layers:
+            values = layer(values)
         return values.view(features.shape[0], self.num_groups, NUM_ACTIONS)
 
     def act(self, observation: Observation) -> torch.Tensor:
@@ -182,7 +188,8 @@ class LearnedPolicy(Policy):
                 f"The observation has features {list(observation.names)}; the policy was trained on "
                 f"{list(self.feature_names)}."
             )
-        return self._act(observation.features, observation.action_mask)
+        mask = None if observation.every_action_possible else observation.action_mask
+        return self._act(observation.features, mask)
 
     def act_numpy(self, features: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
         """Deterministic actions without an :class:`~runtime.Observation`, like SB3's ``predict(obs, True)``.
@@ -204,12 +211,14 @@ class LearnedPolicy(Policy):
         return actions[0] if array.ndim == 1 else actions
 
     def _act(self, features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        with torch.no_grad():
-            logits = self.logits(features)
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self._act(features, mask)
+        logits = self.logits(features)
         if mask is not None:
             if tuple(mask.shape) != tuple(logits.shape):
                 raise ValueError(f"Action mask of shape {tuple(mask.shape)}; expected {tuple(logits.shape)}.")
-            logits = torch.where(mask.to(torch.bool), logits, -math.inf)
+            logits = torch.where(mask if mask.dtype == torch.bool else mask.to(torch.bool), logits, -math.inf)
         return logits.argmax(dim=-1)
 
     def __repr__(self) -> str:
@@ -321,6 +330,15 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _layer_function(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What a frozen layer of the actor computes, without ``nn.Module`` call overhead (the decision is per step)."""
+    if isinstance(module, nn.Linear):
+        return functools.partial(nn.functional.linear, weight=module.weight, bias=module.bias)
+    if isinstance(module, nn.Tanh):
+        return torch.tanh
+    return module.forward
 
 
 def _copy_linear(layer: nn.Linear) -> nn.Linear:

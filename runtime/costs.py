@@ -16,16 +16,16 @@ class CostModel:
         shape: Hidden-state shape (without the batch dimension) the costs were measured at.
         block_flops: ``(blocks,)`` FLOPs of each hooked block per batch row.
         always_flops: FLOPs per row of everything outside the hooked blocks (embeddings, final layer).
+        full_flops: FLOPs per row of an uncached forward pass.
     """
 
     shape: tuple[int, ...]
     block_flops: torch.Tensor
     always_flops: float
+    full_flops: float = field(init=False)
 
-    @property
-    def full_flops(self) -> float:
-        """FLOPs per row of an uncached forward pass."""
-        return self.always_flops + float(self.block_flops.sum())
+    def __post_init__(self) -> None:
+        self.full_flops = self.always_flops + float(self.block_flops.sum())
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time as wallclock
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,8 @@ class CacheEngine:
         self._all_rows = torch.arange(0)
         self._no_rows = torch.zeros(0, dtype=torch.int64)
         self._track_accumulation = "accumulated_input_change" in getattr(policy, "required_signals", ())
+        self._policy_masks_actions = bool(getattr(policy, "masks_actions", False))
+        self._shared_index: dict[tuple[int, tuple[int, ...]], list[list[torch.Tensor]]] = {}
         self._sample_budgets: torch.Tensor | None = None
         self._uncached = False
         self._check_policy()
@@ -193,16 +196,18 @@ class CacheEngine:
             for g in computed_groups:
                 stats.group_computed[g] += state.rows
             stats.spent_flops += step_flops * state.rows
-            spent = torch.full((state.rows,), step_flops, dtype=torch.float64)
+            state.spent_flops += step_flops
+            fraction = step_flops / full_flops if full_flops > 0 else math.nan  # (a model of no FLOPs: 0 / 0)
+            state.last_step_fraction = torch.full((state.rows,), fraction, dtype=torch.float64)
         else:
             computed = decision.computes  # fallbacks included
             spent = self._fixed_flops + computed.double() @ self.group_flops
             for g, count in enumerate(computed.sum(dim=0).tolist()):
                 stats.group_computed[g] += count
             stats.spent_flops += float(spent.sum())
-        state.spent_flops += spent
+            state.spent_flops += spent
+            state.last_step_fraction = spent / full_flops
         state.full_flops += full_flops
-        state.last_step_fraction = spent / full_flops
         stats.probe_computed += state.rows
         stats.row_steps += state.rows
         stats.full_flops += full_flops * state.rows
@@ -227,22 +232,23 @@ class CacheEngine:
             sample_actions = self._checked_actions(actions, observation)
             if self.config.shared_decisions:
                 sample_actions = shared_actions(sample_actions, observation.action_mask)
-        first = sample_actions[0]
-        shared: list[int] | None = None
-        if bool((sample_actions == first).all()):  # one action per group for the whole batch: no per-row index
-            shared = first.tolist()
+        table = sample_actions.tolist()
+        shared: list[int] | None = table[0]
+        if all(row == shared for row in table):  # one action per group for the whole batch: no per-row index
             for action in shared:
                 self.stats.action_counts[action] += state.samples
-            row_actions = first.expand(state.rows, -1)
-            index = [[self._every_row(state.rows, action == kind) for action in shared] for kind in Action]
+            row_actions = sample_actions[0].expand(state.rows, -1)
+            index = [list(rows) for rows in self._shared_rows(state.rows, shared)]
             computing: torch.Tensor | bool = Action.COMPUTE in shared
+            computes = None  # made from row_actions if a fallback breaks the sharing
         else:
+            shared = None
             for action, count in enumerate(torch.bincount(sample_actions.flatten(), minlength=NUM_ACTIONS).tolist()):
                 self.stats.action_counts[action] += count
             row_actions = sample_actions[state.row_samples]
             index = [[torch.nonzero(column == kind).flatten() for column in row_actions.T] for kind in Action]
-            computing = (row_actions == Action.COMPUTE).any(dim=1)
-        computes = row_actions == Action.COMPUTE
+            computes = row_actions == Action.COMPUTE
+            computing = computes.any(dim=1)
         self._update_references(state, computing)
         state.decision = StepDecision(
             row_actions=row_actions,
@@ -253,6 +259,15 @@ class CacheEngine:
             shared=shared,
             passes_through=[False] * self.num_groups,
         )
+
+    def _shared_rows(self, rows: int, shared: list[int]) -> list[list[torch.Tensor]]:
+        """Per action, per group: the index of all ``rows`` rows where the group takes that action, else empty."""
+        key = (rows, tuple(shared))
+        index = self._shared_index.get(key)
+        if index is None:
+            index = [[self._every_row(rows, action == kind) for action in shared] for kind in Action]
+            self._shared_index[key] = index
+        return index
 
     def _every_row(self, rows: int, selected: bool) -> torch.Tensor:
         """The index of all ``rows`` rows, or the empty index."""
@@ -290,13 +305,16 @@ class CacheEngine:
         state.set_references(base.index_copy(0, rows, state.first_input[rows]), reference_probe)
 
     def _checked_actions(self, actions: Any, observation: Observation) -> torch.Tensor:
-        actions = torch.as_tensor(actions).to(torch.int64)
+        if not isinstance(actions, torch.Tensor) or actions.dtype != torch.int64:
+            actions = torch.as_tensor(actions).to(torch.int64)
         expected = (observation.num_samples, self.num_groups)
         if tuple(actions.shape) != expected:
             raise ValueError(
                 f"{type(self.policy).__name__}.act returned actions of shape {tuple(actions.shape)}; the engine needs "
                 f"{expected} (samples, groups)."
             )
+        if self._policy_masks_actions:
+            return actions
         try:  # looking the actions up in the mask fails for any outside 0..NUM_ACTIONS - 1
             return safe_actions(actions, observation.action_mask)
         except RuntimeError:
@@ -363,6 +381,8 @@ class CacheEngine:
             moved = torch.cat(fallback)
             self.stats.fallbacks += moved.numel()
             decision.compute_rows[group_index] = torch.sort(torch.cat([decision.compute_rows[group_index], moved]))[0]
+            if decision.computes is None:
+                decision.computes = decision.row_actions == Action.COMPUTE
             decision.computes[moved, group_index] = True
             decision.shared = None  # the rows no longer all do the same
         return hidden, encoder
@@ -395,11 +415,13 @@ class CacheEngine:
             last += 1
         if last == first:
             return None
-        members = [state.groups[g].history for g in range(first, last + 1)]
-        if any(history.latest_finite(self._every_row(state.rows, True)) is not None for history in members):
-            return None
         span = state.span_sums.get((first, last))
-        if span is None or span.points != points:
+        if span is None or span.points != points:  # (a push to any member drops the span's sums)
+            members = [state.groups[g].history for g in range(first, last + 1)]
+            everyone = self._every_row(state.rows, True)
+            # a forecast's output is checked below; a reuse relies on the residuals being finite
+            if action == Action.REUSE and any(history.latest_finite(everyone) is not None for history in members):
+                return None
             sums = [_sum_streams([history.slots[k] for history in members]) for k in range(len(points))]
             if any(total is None for total in sums):
                 return None
@@ -412,8 +434,8 @@ class CacheEngine:
         if action == Action.FORECAST and finite_row_mask(output) is not None:
             return None
         counter = "reuses" if action == Action.REUSE else "forecasts"
-        setattr(self.stats, counter, getattr(self.stats, counter) + state.rows * len(members))
-        self.stats.merged_groups += len(members) - 1
+        setattr(self.stats, counter, getattr(self.stats, counter) + state.rows * (last - first + 1))
+        self.stats.merged_groups += last - first
         for g in range(first + 1, last + 1):
             decision.passes_through[g] = True
         return output[0], output[1]

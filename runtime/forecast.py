@@ -13,6 +13,7 @@ import math
 import torch
 
 Residual = tuple[torch.Tensor | None, ...]
+_UNCHECKED = object()
 
 
 def lagrange_weights(times: torch.Tensor, counts: torch.Tensor, time: float, order: int) -> torch.Tensor:
@@ -131,8 +132,14 @@ class ResidualHistory:
         self.slot_times: list[torch.Tensor] = []
         self.counts = torch.zeros(batch, dtype=torch.int64) if counts is None else counts.zero_()
         self._shared_times: list[float] | None = []  # slot times when all rows share them, else None
-        self._finite: list[torch.Tensor | None] = []  # per slot: None if all finite, else a per-row mask
+        self._newest_finite: torch.Tensor | None | object = _UNCHECKED  # see latest_finite
         self._last_change: torch.Tensor | None = None
+        self._whole_pushes = 0  # after ``depth`` pushes of the whole batch, every count is ``depth``
+
+    @property
+    def full(self) -> bool:
+        """Whether every row is known to hold ``depth`` residuals (after ``depth`` pushes of the whole batch)."""
+        return self._whole_pushes >= self.depth
 
     @property
     def times(self) -> torch.Tensor:
@@ -160,19 +167,19 @@ class ResidualHistory:
         if rows.numel() == self.batch:
             self.slots.insert(0, residual)
             self.slot_times.insert(0, torch.full((self.batch,), float(time), dtype=torch.float64))
-            self._finite.insert(0, finite_row_mask(residual))
             if self._shared_times is not None:
                 self._shared_times.insert(0, float(time))
                 del self._shared_times[self.depth :]
         else:
             self._push_rows(rows, residual, time)
-            self._finite = [finite_row_mask(slot) for slot in self.slots]
             self._shared_times = None
         del self.slots[self.depth :]
         del self.slot_times[self.depth :]
-        del self._finite[self.depth :]
+        self._newest_finite = _UNCHECKED
         if rows.numel() == self.batch:
-            self.counts.add_(1).clamp_(max=self.depth)
+            if self._whole_pushes < self.depth:
+                self.counts.add_(1).clamp_(max=self.depth)
+                self._whole_pushes += 1
         else:
             self.counts[rows] = torch.clamp(self.counts[rows] + 1, max=self.depth)
         self._last_change = None
@@ -253,10 +260,11 @@ class ResidualHistory:
     def latest_finite(self, rows: torch.Tensor) -> torch.Tensor | None:
         """``None`` if the newest residual of ``rows`` is finite, else a ``(rows,)`` finiteness mask.
 
-        Finiteness is checked once per push, not at every reuse.
+        Finiteness is checked at the first call after a push, not at every reuse (forecasts check their output).
         """
-        self._newest()
-        mask = self._finite[0]
+        if self._newest_finite is _UNCHECKED:
+            self._newest_finite = finite_row_mask(self._newest())
+        mask = self._newest_finite
         if mask is None:
             return None
         finite = mask[rows]

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .actions import Action
+from .actions import NUM_ACTIONS, Action
 from .forecast import relative_l1
 from .state import GenerationState
 
@@ -42,6 +42,7 @@ GROUP_FEATURES = ("since_compute", "forecast_gap")
 CHANGE_CAP = 4.0
 SINCE_COMPUTE_SCALE = 16.0
 _RESIDUALS_NEEDED = torch.tensor([{Action.COMPUTE: 0, Action.REUSE: 1, Action.FORECAST: 2}[a] for a in Action])
+_MOST_RESIDUALS_NEEDED = int(_RESIDUALS_NEEDED.max())
 
 
 @functools.cache
@@ -99,6 +100,8 @@ class Observation:
     Attributes:
         action_mask: ``(samples, groups, 3)`` which actions are possible (``REUSE`` needs one computed step,
             ``FORECAST`` two; the first step allows only ``COMPUTE``).
+        every_action_possible: ``True`` when ``action_mask`` is known to be all ``True`` (a policy may skip
+            masking); ``False`` says nothing.
         step_index: 0-based denoising step within the generation.
         time: The ``time`` feature (normalised diffusion time).
         names: Feature names.
@@ -115,8 +118,10 @@ class Observation:
         time: float,
         names: tuple[str, ...],
         thunks: dict[str, Callable[[], Any]],
+        every_action_possible: bool = False,
     ) -> None:
         self.action_mask = action_mask
+        self.every_action_possible = every_action_possible
         self.step_index = step_index
         self.time = time
         self.names = names
@@ -173,14 +178,19 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
     samples = state.samples
     num_groups = len(state.groups)
     first_step = state.step_index <= 1 or state.reference_input is None
-    mask = state.residual_counts[rows].unsqueeze(-1) >= _RESIDUALS_NEEDED
-    since = state.since_compute[rows].clone()  # the table changes at the next step
+    every_action_possible = bool(state.groups) and all(
+        group.history.full and group.history.depth >= _MOST_RESIDUALS_NEEDED for group in state.groups
+    )
+    if every_action_possible:
+        mask = torch.ones(samples, num_groups, NUM_ACTIONS, dtype=torch.bool)
+    else:
+        mask = state.residual_counts[rows].unsqueeze(-1) >= _RESIDUALS_NEEDED
+    since = state.since_compute[rows]  # a view: values are read only inside act(), before the table changes
     time = min(max(state.time / state.time_scale, 0.0), 1.0)
-    zeros = torch.zeros(samples, dtype=torch.float64)
 
     def change(name: str, current: torch.Tensor | None, reference: torch.Tensor | None) -> torch.Tensor:
         if first_step or current is None or reference is None:
-            return zeros
+            return torch.zeros(samples, dtype=torch.float64)
         return relative_l1(current[rows], reference[rows], scale=state.reference_scale(name))
 
     def input_change() -> torch.Tensor:
@@ -190,20 +200,19 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
         return change("probe", state.probe_residual, state.reference_probe)
 
     thunks: dict[str, Callable[[], Any]] = {
-        "since_compute": lambda: since,
+        "since_compute": since.clone,  # a copy the policy may keep
         "input_change": input_change,
         "probe_change": probe_change,
     }
     if state.accumulated_input_change is not None:
-        accumulated = state.accumulated_input_change[rows].clone()
-        thunks["accumulated_input_change"] = lambda: accumulated
+        thunks["accumulated_input_change"] = state.accumulated_input_change[rows].clone
 
     def features() -> torch.Tensor:
         # The values every sample shares in one row, repeated; then the per-sample columns written in place.
         spent = 1.0 if state.step_index <= 1 else 0.0  # 1 before any finished step
         shared_budget = 0.0 if isinstance(budget, torch.Tensor) else 1.0 if budget is None else float(budget)
         shared = [time, 0.0, 0.0, spent, shared_budget] + [0.0] * (len(GROUP_FEATURES) * num_groups)
-        vector = torch.tensor(shared, dtype=torch.float64).repeat(samples, 1)
+        vector = torch.tensor(shared, dtype=torch.float64).expand(samples, -1).clone()
         torch.clamp(observation.signals["input_change"], 0, CHANGE_CAP, out=vector[:, 1])
         if state.probe_residual is not None:
             torch.clamp(observation.signals["probe_change"], 0, CHANGE_CAP, out=vector[:, 2])
@@ -226,6 +235,7 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
         time=time,
         names=feature_names(num_groups),
         thunks=thunks,
+        every_action_possible=every_action_possible,
     )
     return observation
 

@@ -19,7 +19,8 @@ class StepDecision:
 
     Attributes:
         row_actions: ``(rows, groups)`` actions, after impossible actions were mapped.
-        computes: ``(rows, groups)`` whether the row computes the group (fallbacks included).
+        computes: ``(rows, groups)`` whether the row computes the group (fallbacks included); ``None`` while every
+            row takes the ``shared`` actions.
         compute_rows: Per group, sorted index of the rows that compute it (fallbacks included).
         reuse_rows: Per group, index of the rows that reuse its residual.
         forecast_rows: Per group, index of the rows that forecast its residual.
@@ -29,7 +30,7 @@ class StepDecision:
     """
 
     row_actions: torch.Tensor
-    computes: torch.Tensor
+    computes: torch.Tensor | None
     compute_rows: list[torch.Tensor]
     reuse_rows: list[torch.Tensor]
     forecast_rows: list[torch.Tensor]

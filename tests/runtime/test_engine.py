@@ -110,12 +110,13 @@ def test_contexts_keep_separate_state_and_new_generations_are_detected() -> None
     assert engine.summary()["steps"] == 8
 
 
-def test_non_finite_cached_residual_falls_back_to_compute() -> None:
+@pytest.mark.parametrize("skip", [Action.REUSE, Action.FORECAST], ids=lambda action: action.name.lower())
+def test_non_finite_cached_residual_falls_back_to_compute(skip: Action) -> None:
     model = tiny_dit()
     reference = denoise_dit(model, [2], steps=4)
 
     class Poison:
-        """Computes steps 0 and 1, then reuses; group 1's residual of the first row at step 1 is not finite."""
+        """Computes steps 0 and 1, then skips; group 1's residual of the first row at step 1 is not finite."""
 
         forecast_order = 1
 
@@ -129,13 +130,13 @@ def test_non_finite_cached_residual_falls_back_to_compute() -> None:
                     push(rows, residual, time)
 
                 history.push = overflowing_push
-            action = Action.COMPUTE if observation.step_index <= 1 else Action.REUSE
+            action = Action.COMPUTE if observation.step_index <= 1 else skip
             return torch.full((observation.num_samples, observation.num_groups), int(action))
 
     engine = runtime.enable_cache(model, Poison())
     out = denoise_dit(model, [2], steps=4)
     summary = engine.summary()
-    assert summary["fallbacks"] >= 1
+    assert summary["fallbacks"] >= 1 and summary[f"{skip.name.lower()}s"] > 0
     assert bool(torch.isfinite(out).all())
     assert out.shape == reference.shape
 
@@ -180,6 +181,9 @@ def test_observation_vector_is_documented_and_bounded() -> None:
     first, later = policy.observations[0], policy.observations[-1]
     assert first.action_mask[..., Action.REUSE].sum() == 0 and first.features.shape == (2, len(names))
     assert bool(later.action_mask[..., Action.FORECAST].all())
+    # the flag that lets a policy skip masking is set once every group holds two steps, and never before
+    assert [o.every_action_possible for o in policy.observations] == [False] * 4 + [True] * 2
+    assert all(bool(o.action_mask.all()) for o in policy.observations if o.every_action_possible)
     values = torch.stack([o.features for o in policy.observations])
     assert bool(torch.isfinite(values).all())
     assert bool((values[..., names.index("budget")] == 0.4).all())
