@@ -81,7 +81,7 @@ class ObservationNormalization:
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         """Normalises ``(samples, F)`` features; returns float32."""
-        scaled = torch.sub(features.to(torch.float64), self.mean).div_(self._std)
+        scaled = torch.sub(features, self.mean).div_(self._std)  # in float64, as the mean is
         return scaled.clamp_(-self.clip, self.clip).to(torch.float32)
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time as wallclock
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -25,6 +26,24 @@ from .observations import Observation, build_observation, feature_names
 from .state import DEFAULT_CONTEXT, ContextStateManager, GenerationState, SpanSum, StepDecision
 
 DEFAULT_GROUPS = 4
+
+
+def outside_compiled_graphs(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Runs ``method`` eagerly, outside the graph, when ``torch.compile`` traces a call to it.
+
+    The engine's bookkeeping reads tensor values and mutates its state; traced, such code can be specialised to the
+    values seen while compiling. Outside compilation ``method`` is called directly, which costs less per call than
+    ``torch.compiler.disable``'s wrapper.
+    """
+    eager = torch.compiler.disable(method)
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return eager(*args, **kwargs)
+        return method(*args, **kwargs)
+
+    return call
 
 
 @runtime_checkable
@@ -147,6 +166,7 @@ class CacheEngine:
 
     # -- step boundaries (called by RootHook) ---------------------------------------------------------------
 
+    @outside_compiled_graphs
     def begin_step(self, state: GenerationState, time: float, hidden: torch.Tensor) -> CostMeter | None:
         """Starts a denoising step; returns a cost meter when this pass must be measured."""
         rows = hidden.shape[0]
@@ -176,6 +196,7 @@ class CacheEngine:
             return self.meter
         return None
 
+    @outside_compiled_graphs
     def end_step(self, state: GenerationState, hidden: torch.Tensor, meter: CostMeter | None) -> None:
         """Closes a step: turns what each row computed into FLOPs and statistics."""
         if meter is not None:
@@ -215,7 +236,7 @@ class CacheEngine:
 
     # -- decisions -------------------------------------------------------------------------------------------
 
-    @torch.compiler.disable
+    @outside_compiled_graphs
     def decide(self, state: GenerationState) -> None:
         """Asks the policy for this step's actions (after the probe blocks ran) and fixes them per row."""
         if state.accumulated_input_change is not None and state.previous_first_input is not None:
@@ -234,9 +255,9 @@ class CacheEngine:
                 sample_actions = shared_actions(sample_actions, observation.action_mask)
         table = sample_actions.tolist()
         shared: list[int] | None = table[0]
-        if all(row == shared for row in table):  # one action per group for the whole batch: no per-row index
+        if table.count(shared) == len(table):  # one action per group for the whole batch: no per-row index
             for action in shared:
-                self.stats.action_counts[action] += state.samples
+                self.stats.action_counts[action] += len(table)
             row_actions = sample_actions[0].expand(state.rows, -1)
             index = [list(rows) for rows in self._shared_rows(state.rows, shared)]
             computing: torch.Tensor | bool = Action.COMPUTE in shared
@@ -324,6 +345,7 @@ class CacheEngine:
 
     # -- cache actions (called by BlockHook) ----------------------------------------------------------------
 
+    @outside_compiled_graphs
     def apply_cached(
         self, state: GenerationState, group_index: int, hidden: torch.Tensor, encoder: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -440,6 +462,7 @@ class CacheEngine:
             decision.passes_through[g] = True
         return output[0], output[1]
 
+    @outside_compiled_graphs
     def store_residual(
         self,
         state: GenerationState,

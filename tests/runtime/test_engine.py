@@ -193,6 +193,19 @@ def test_observation_vector_is_documented_and_bounded() -> None:
     assert bool((values[2:, :, names.index("probe_change")] > 0).all())
 
 
+def test_engine_runs_under_torch_compile() -> None:
+    model = tiny_dit()
+    engine = runtime.enable_cache(model, TaylorSeer(interval=2))
+    expected = denoise_dit(model, [1, 2], steps=4)
+    expected_actions = engine.summary()["actions"]
+    engine.reset()
+    compiled_model = torch.compile(model, backend="eager")
+    for _ in range(2):  # compiling, then the compiled graphs: decisions must not be frozen into them
+        assert torch.equal(denoise_dit(compiled_model, [1, 2], steps=4), expected)
+    assert engine.summary()["actions"] == {k: 2 * v for k, v in expected_actions.items()}
+    assert expected_actions["forecast"] > 0
+
+
 def test_taylorseer_forecasts_and_reports_them() -> None:
     model = tiny_dit()
     engine = runtime.enable_cache(model, TaylorSeer(interval=2, order=2))
