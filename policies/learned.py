@@ -218,7 +218,7 @@ class LearnedPolicy(Policy):
         if mask is not None:
             if tuple(mask.shape) != tuple(logits.shape):
                 raise ValueError(f"Action mask of shape {tuple(mask.shape)}; expected {tuple(logits.shape)}.")
-            logits = torch.where(mask if mask.dtype == torch.bool else mask.to(torch.bool), logits, -math.inf)
+            logits = torch.where(mask.to(torch.bool), logits, -math.inf)
         return logits.argmax(dim=-1)
 
     def __repr__(self) -> str:
