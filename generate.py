@@ -51,12 +51,27 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 < args.budget <= 1.0:
         parser.error(f"--budget {args.budget}: a compute fraction must lie in (0, 1].")
     policy = args.policy or POLICIES / f"{args.model}.safetensors"
+    if args.policy is None and not policy.is_file():
+        names = (path.name.removesuffix(".safetensors") for path in POLICIES.glob("*.safetensors"))
+        shipped = sorted(name for name in names if not name.endswith(".schedule"))
+        parser.error(
+            f"no policy ships for --model {args.model} (shipped: {', '.join(shipped)}); train one with "
+            f"`python train_agent.py --set env.model={args.model}` and pass it as --policy."
+        )
     if not policy.is_file():
         parser.error(f"--policy {policy}: no such file; train one with `python train_agent.py` or pass --policy.")
     classes = parse_list(args.classes, "--classes")
+    if not classes:
+        parser.error("--classes: give at least one class label, e.g. 0,1,2.")
+    for flag, value in (("--seeds", args.seeds), ("--steps", args.steps)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} {value}: must be at least 1.")
     conditions = [c for c in classes for _ in range(args.seeds)]
     seeds = [args.first_seed + i for i in range(len(conditions))]
     pipe = prepare_pipeline(args.model)
+    num_classes = getattr(pipe, "num_classes", None)
+    if num_classes is not None and not all(0 <= c < num_classes for c in classes):
+        parser.error(f"--classes {args.classes}: {args.model} draws classes 0..{num_classes - 1}.")
     defaults = inspect.signature(pipe.__call__).parameters
     steps = args.steps or defaults["num_inference_steps"].default
     guidance = args.guidance if args.guidance is not None else defaults["guidance_scale"].default
