@@ -4,6 +4,7 @@ Examples:
     python generate.py --model mini-dit-digits --budget 0.3 --out grid.png
     python generate.py --model mini-dit-digits --policy runs/my-run/policy.safetensors --budget 0.25
     python generate.py --model mini-flow-digits --classes 0,1,2,3 --seeds 2
+    python generate.py --model facebook/DiT-XL-2-256 --policy taylorseer:4 --classes 207,360 --out dit.png
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from agents.evaluation import evaluate_policy, timed_generation
 from agents.plots import image_grid
 from envs.pipelines import prepare_pipeline
+from policies import FORA, DeltaDiT, FirstBlockThreshold, Policy, PolicyFormatError, TaylorSeer, load_policy
 
 POLICIES = Path(__file__).resolve().parent / "assets" / "policies"
+CLASSIC_EXAMPLES = ("fora:3", "taylorseer:4", "taylorseer:4:2", "first-block:0.1", "delta-dit:3")
 
 
 def parse_list(text: str, flag: str, kind: type = int) -> list:
@@ -30,6 +34,71 @@ def parse_list(text: str, flag: str, kind: type = int) -> list:
         raise SystemExit(f"{flag} {text!r}: give comma-separated values, e.g. 0,1,2") from None
 
 
+CLASSIC_POLICIES = {
+    "fora": (FORA, (int,)),
+    "taylorseer": (TaylorSeer, (int, int)),
+    "first-block": (FirstBlockThreshold, (float,)),
+    "delta-dit": (DeltaDiT, (int,)),
+}
+
+
+def classic_policy(spec: str) -> Policy:
+    """``fora:3``, ``taylorseer:4`` or ``taylorseer:4:2`` (interval, order), ``first-block:0.1``, ``delta-dit:3``.
+
+    Raises:
+        ValueError: If the name is unknown or the values do not fit the policy.
+    """
+    name, *values = spec.split(":")
+    if name not in CLASSIC_POLICIES:
+        raise ValueError(f"unknown classic policy {name!r}; use one of {', '.join(CLASSIC_POLICIES)}")
+    cls, kinds = CLASSIC_POLICIES[name]
+    if len(values) > len(kinds):
+        raise ValueError(f"{name} takes at most {len(kinds)} value(s), got {spec!r}")
+    parsed = []
+    for kind, value in zip(kinds, values, strict=False):
+        try:
+            parsed.append(kind(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not {'an integer' if kind is int else 'a number'}") from None
+    return cls(*parsed)
+
+
+def resolve_policy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Policy, str]:
+    """The policy to run and how to name it: a classic one by name, an exported file, or the model's shipped one."""
+    spec = args.policy or ""
+    if spec.split(":")[0] in CLASSIC_POLICIES:
+        try:
+            return classic_policy(spec), spec
+        except ValueError as error:
+            parser.error(f"--policy {spec}: {str(error).rstrip('.')}.")
+    path = Path(spec) if spec else POLICIES / f"{Path(args.model).name}.safetensors"
+    if not spec and not path.is_file():
+        names = (file.name.removesuffix(".safetensors") for file in POLICIES.glob("*.safetensors"))
+        shipped = sorted(name for name in names if not name.endswith(".schedule"))
+        parser.error(
+            f"no policy ships for --model {args.model} (shipped: {', '.join(shipped)}); pass an exported one "
+            f"(`python train_agent.py` writes it) or a classic one ({', '.join(CLASSIC_EXAMPLES)}) as --policy."
+        )
+    if not path.is_file():
+        parser.error(f"--policy {path}: no such file; train one with `python train_agent.py` or pass --policy.")
+    try:
+        return load_policy(path), path.name
+    except PolicyFormatError as error:
+        parser.error(f"--policy {path}: {error}")
+
+
+def check_output(path: Path, parser: argparse.ArgumentParser) -> None:
+    """Stops before any generation if the grid could not be written to ``path``."""
+    formats = Figure().canvas.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        parser.error(f"--out {path}: give an image file name ending in one of .{', .'.join(sorted(formats))}.")
+    if path.is_dir():
+        parser.error(f"--out {path} is a folder; give an image file name, e.g. {path / 'grid.png'}.")
+    blocking = next((parent for parent in path.parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        parser.error(f"--out {path}: {blocking} is a file, not a folder.")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the comparison and writes the grid."""
     parser = argparse.ArgumentParser(
@@ -38,37 +107,44 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", default="mini-dit-digits", help="shipped name, local folder or hub id")
-    parser.add_argument("--policy", type=Path, help="exported policy (default: assets/policies/<model>.safetensors)")
-    parser.add_argument("--budget", type=float, default=0.3, help="target compute fraction in (0, 1] (the speed knob)")
-    parser.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9", help="class labels to draw")
-    parser.add_argument("--seeds", type=int, default=1, help="samples per class")
+    parser.add_argument(
+        "--policy",
+        help="exported policy (default: assets/policies/<model>.safetensors), or a classic one: "
+        + ", ".join(CLASSIC_EXAMPLES),
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=0.3,
+        help="target compute fraction in (0, 1], the speed knob of a learned policy (default: %(default)s)",
+    )
+    parser.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9", help="class labels to draw (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=1, help="samples per class (default: %(default)s)")
     parser.add_argument("--first-seed", type=int, default=1_000_000, help="seed of the first sample")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's: 50 DiT, 28 flow)")
     parser.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")
-    parser.add_argument("--out", type=Path, default=Path("grid.png"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("grid.png"), help="image grid to write (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     if not 0.0 < args.budget <= 1.0:
         parser.error(f"--budget {args.budget}: a compute fraction must lie in (0, 1].")
-    policy = args.policy or POLICIES / f"{args.model}.safetensors"
-    if args.policy is None and not policy.is_file():
-        names = (path.name.removesuffix(".safetensors") for path in POLICIES.glob("*.safetensors"))
-        shipped = sorted(name for name in names if not name.endswith(".schedule"))
-        parser.error(
-            f"no policy ships for --model {args.model} (shipped: {', '.join(shipped)}); train one with "
-            f"`python train_agent.py --set env.model={args.model}` and pass it as --policy."
-        )
-    if not policy.is_file():
-        parser.error(f"--policy {policy}: no such file; train one with `python train_agent.py` or pass --policy.")
     classes = parse_list(args.classes, "--classes")
     if not classes:
         parser.error("--classes: give at least one class label, e.g. 0,1,2.")
     for flag, value in (("--seeds", args.seeds), ("--steps", args.steps)):
         if value is not None and value < 1:
             parser.error(f"{flag} {value}: must be at least 1.")
+    check_output(args.out, parser)
+    policy, policy_name = resolve_policy(args, parser)
+    learned = bool(getattr(policy, "budget_conditioned", False))
     conditions = [c for c in classes for _ in range(args.seeds)]
     seeds = [args.first_seed + i for i in range(len(conditions))]
-    pipe = prepare_pipeline(args.model)
+    try:
+        pipe = prepare_pipeline(args.model)
+    except (FileNotFoundError, ValueError, OSError) as error:  # unknown model, or no weights and no network
+        parser.exit(1, f"{parser.prog}: error: --model {args.model}: {str(error).splitlines()[0]}\n")
     num_classes = getattr(pipe, "num_classes", None)
     if num_classes is not None and not all(0 <= c < num_classes for c in classes):
         parser.error(f"--classes {args.classes}: {args.model} draws classes 0..{num_classes - 1}.")
@@ -79,17 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     reference = timed_generation(pipe, conditions, seeds, steps, guidance)
     (point,) = evaluate_policy(
         pipe,
-        str(policy),
+        policy,
         conditions=conditions,
         seeds=seeds,
         steps=steps,
         guidance=guidance,
-        budgets=[args.budget],
+        budgets=[args.budget if learned else None],
         reference=reference,
         repeats=3,
     )
     accuracy = "" if point.class_acc is None else f", class accuracy {100 * point.class_acc:.0f}%"
-    print(f"{args.model}, {steps} steps, policy {policy.name} at budget {args.budget}:")
+    knob = f" at budget {args.budget}" if learned else ""
+    print(f"{args.model}, {steps} steps, policy {policy_name}{knob}:")
     print(f"  {point.flops_speedup:.2f}x fewer FLOPs, {point.wall_speedup:.2f}x faster (wall clock, median of 3)")
     print(f"  against uncached: PSNR {point.psnr:.1f} dB, SSIM {point.ssim:.3f}{accuracy}")
     grid = image_grid(

@@ -15,10 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+from agents.checkpoints import read_state
 from agents.config import ConfigError, load_config  # noqa: F401 (load_config is part of the CLI module API)
-from agents.training import CONFIG_FILE, Trainer
+from agents.training import CHECKPOINTS, CONFIG_FILE, Trainer
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+RESUMABLE_FIELDS = ("agent.total_timesteps",)
+RESUMABLE_SECTIONS = ("eval", "checkpoint", "wandb")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
             config_path = args.resume / CONFIG_FILE
             if not config_path.is_file():
                 raise ConfigError(f"--resume {args.resume}: no {CONFIG_FILE} there; is it a training run folder?")
+            check_resume_overrides(args.set)
+            if read_state(args.resume / CHECKPOINTS) is None:
+                raise ConfigError(
+                    f"--resume {args.resume}: no complete checkpoint yet (the first one is written after the warm "
+                    "start); start the run again without --resume, with another --out."
+                )
             config = load_config(config_path, args.set)
             run_dir = args.resume
         else:
@@ -57,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = (
                 args.out or Path("runs") / f"{config.env.model.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
             )
+            if (run_dir / CONFIG_FILE).is_file():
+                raise ConfigError(
+                    f"--out {run_dir} already holds a training run; continue it with --resume {run_dir}, or choose "
+                    "another --out (nothing was changed)."
+                )
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
@@ -78,6 +92,22 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f'use it: runtime.enable_cache(pipe.transformer, "{result.policy_path}", budget=0.3)')
     return 0
+
+
+def check_resume_overrides(overrides: list[str]) -> None:
+    """On ``--resume``, allows only the fields that can change mid-run; the rest are fixed by the checkpoint.
+
+    Raises:
+        ConfigError: Naming the field and the ones that can change.
+    """
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if key not in RESUMABLE_FIELDS and key.split(".", 1)[0] not in RESUMABLE_SECTIONS:
+            raise ConfigError(
+                f"--set {override!r}: {key} cannot change when resuming, the checkpoint was trained with the run's "
+                f"own value. On --resume you can set {', '.join(RESUMABLE_FIELDS)} and the "
+                f"{', '.join(RESUMABLE_SECTIONS)} sections; start a new run to change anything else."
+            )
 
 
 if __name__ == "__main__":

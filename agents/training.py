@@ -94,9 +94,12 @@ class Trainer:
                     "warm start): start the run again without --resume."
                 )
             self.state.update(saved)
-        else:
-            text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-            atomic_write(self.run_dir / CONFIG_FILE, lambda p: Path(p).write_text(text))
+        elif (self.run_dir / CONFIG_FILE).is_file():
+            raise FileExistsError(
+                f"{self.run_dir} already holds a training run; resume it (resume=True) or use another folder."
+            )
+        text = yaml.safe_dump(config.to_dict(), sort_keys=False)  # on resume: with its new total_timesteps, ...
+        atomic_write(self.run_dir / CONFIG_FILE, lambda p: Path(p).write_text(text))
 
         self.wandb = start_run(
             project=config.wandb.project,

@@ -667,8 +667,12 @@ def enable_cache(
         The engine; ``engine.summary()`` reports what was computed.
 
     Raises:
+        TypeError: If ``transformer`` is not a module (e.g. the pipeline itself).
         ValueError: If the model has no supported blocks, the options do not fit it, or caching is already on.
     """
+    if not isinstance(transformer, torch.nn.Module):
+        hint = " (a pipeline: pass pipe.transformer)" if hasattr(transformer, "transformer") else ""
+        raise TypeError(f"enable_cache takes the transformer module, got a {type(transformer).__name__}{hint}.")
     if isinstance(policy, (str, Path)):
         from policies.loading import load_policy  # the one import of the policies package, for exported files
 
@@ -707,13 +711,15 @@ def get_engine(transformer: torch.nn.Module) -> CacheEngine | None:
 def disable_cache(transformer: torch.nn.Module) -> None:
     """Removes the engine's hooks and cached tensors; the transformer behaves exactly as before.
 
+    The engine object keeps its statistics, so ``engine.summary()`` still reports the generations it cached.
+
     Raises:
         ValueError: If caching is not enabled on ``transformer``.
     """
     engine = get_engine(transformer)
     if engine is None:
         raise ValueError("Caching is not enabled on this transformer; nothing to disable.")
-    engine.reset()
+    engine.state_manager.reset()
     for module in [block.module for block in engine.blocks] + [transformer]:
         registry = module._diffusers_hook
         name = ROOT_HOOK if module is transformer else BLOCK_HOOK

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import generate
@@ -18,6 +20,9 @@ import generate
         (["--seeds", "0"], "--seeds 0: must be at least 1"),
         (["--steps", "0"], "--steps 0: must be at least 1"),
         (["--classes", "3,12"], "--classes 3,12: mini-dit-digits draws classes 0..9"),
+        (["--policy", "fora:x"], "--policy fora:x: 'x' is not an integer"),
+        (["--policy", "taylorseer:4:7"], "--policy taylorseer:4:7: order=7: use 1, 2 or 3."),
+        (["--out", "grid.txt"], "--out grid.txt: give an image file name ending in one of"),
     ],
 )
 def test_bad_arguments_exit_with_a_usage_error(
@@ -27,3 +32,14 @@ def test_bad_arguments_exit_with_a_usage_error(
         generate.main(argv)
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_classic_policy_runs_by_name_and_writes_the_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "grids" / "fora.png"
+    assert generate.main(["--policy", "fora:2", "--steps", "4", "--classes", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "policy fora:2:" in printed and "at budget" not in printed  # a classic policy has no budget knob
+    # The probe block computes at every step, the other nine at steps 0 and 2: 5.5 of 10 blocks; the outside parts
+    # always run (0.5% of the FLOPs).
+    assert "1.81x fewer FLOPs" in printed
+    assert out.is_file()

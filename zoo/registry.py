@@ -76,7 +76,8 @@ def load_pipeline(name_or_path: str | os.PathLike, **kwargs: Any) -> DiffusionPi
     try:
         return DiffusionPipeline.from_pretrained(name, **kwargs)
     except Exception as err:
-        raise ValueError(f"Could not load {name!r} from the hub or the local cache ({err}). {hint}") from err
+        cause = str(err).replace(" Please check out the root cause in the stacktrace above.", "").strip()
+        raise ValueError(f"Could not load {name!r} from the hub or the local cache ({cause}). {hint}") from err
 
 
 def _pipeline_class(folder: Path) -> type[DiffusionPipeline]:

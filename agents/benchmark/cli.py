@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default=None,
-        help="shipped model name or pipeline folder (default: the config's); steps and guidance then default to the "
-        "pipeline's own unless --steps / --guidance are given",
+        help="shipped model name, pipeline folder or hub id (default: the config's); steps and guidance then default "
+        "to the pipeline's own unless --steps / --guidance are given",
     )
     parser.add_argument(
         "--policy",
@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the config's)")
-    parser.add_argument("--seeds", default=None, help="seed range A-B, both included (default 1000000-1000035)")
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="seed range A-B, both included (default 1000000-1000035; 1000000-1000011 with --quick)",
+    )
     parser.add_argument("--classes", default=None, help="comma-separated classes (default 7,8,9: never trained on)")
     parser.add_argument("--budgets", default=None, help="learned policy's budgets, e.g. 0.2,0.25,0.33,0.5")
     parser.add_argument("--quick", action="store_true", help="fewer seeds, knobs and repeats (every method kept)")
@@ -126,9 +130,15 @@ def _shown_path(path: Path) -> str:
 
 
 def data_notices(config: BenchmarkConfig) -> list[str]:
-    """Warnings when the benchmark's classes or seeds overlap the training defaults."""
+    """Warnings when classes go undrawn, or the benchmark's classes or seeds overlap the training defaults."""
     train = EnvConfig()
     notices = []
+    dropped = [c for c in config.classes if c not in config.conditions]
+    if dropped:
+        notices.append(
+            f"{len(config.seed_list)} seed(s) for {len(config.classes)} classes: the classes take the seeds in turn, "
+            f"so classes {dropped} are not drawn."
+        )
     shared = sorted(set(config.classes) & set(train.train_classes))
     if shared:
         notices.append(f"Classes {shared} are training classes: these rows do not measure held-out conditions.")
@@ -186,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         config = load_config(args.config, quick=args.quick, overrides=overrides)
     except ConfigError as error:
         parser.error(f"config: {error}")
+    except FileNotFoundError as error:
+        parser.error(str(error))
     try:
         policy_path, notice = resolve_policy(config)
     except FileNotFoundError as error:
@@ -207,6 +219,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         pipe = load_model(config.model, config.scheduler)
     except (FileNotFoundError, ValueError) as error:  # unknown model, or a shipped one not trained yet
         parser.exit(1, f"{parser.prog}: error: {error}\n")
+    num_classes = getattr(pipe, "num_classes", None)
+    if num_classes is not None and not all(0 <= c < num_classes for c in config.classes):
+        shown = ",".join(str(c) for c in config.classes)
+        parser.error(f"--classes {shown}: {config.model} draws classes 0..{num_classes - 1}.")
     methods = build_methods(config, policy_path)
     results = run_benchmark(
         pipe, config, methods, model_name=str(config.model), progress=not args.no_progress, notes=notes

@@ -7,6 +7,7 @@ command-line flag (``--budgets``) that is wrong.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -305,6 +306,8 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         parse_seeds(self.seeds, "seeds")
         parse_classes(",".join(str(c) for c in self.classes), "classes")
+        if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise ConfigError(f"guidance={self.guidance}: a guidance scale is a finite number >= 0.")
         if self.steps is not None and self.steps < 2:
             raise ConfigError(f"steps={self.steps}: use at least 2 denoising steps.")
         if self.scheduler not in ("default", "ddim", "dpmsolver++", "euler"):
@@ -361,7 +364,10 @@ def load_config(
         path = REPO_ROOT / path
     if not path.is_file():
         raise FileNotFoundError(f"Benchmark config {path} does not exist; pass --config with a YAML file.")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {getattr(error, 'problem', None) or error}.") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of benchmark fields.")
     quick_data = data.pop("quick", None) or {}

@@ -245,7 +245,7 @@ def run_benchmark(
         "guidance": settings.guidance,
         "n_samples": len(settings.seeds),
         "seeds": list(settings.seeds),
-        "classes": list(config.classes),
+        "classes": list(dict.fromkeys(config.conditions)),  # the ones drawn: fewer seeds than classes drop some
         "repeats": config.repeats,
         "threads": torch.get_num_threads(),
         "psnr_cap": config.psnr_cap,

@@ -29,6 +29,7 @@ from agents.benchmark.diffusers_caches import (
 from agents.benchmark.methods import EngineMethod, Settings
 from agents.benchmark.report import pareto_front, psnr_at, summarize
 from agents.benchmark.runner import flops_cross_check, uncached_reference
+from envs.config import ConfigError
 from policies import FORA, export_schedule
 from tests.agents.wandb_records import read_offline_run
 from tests.digits_fixtures import tiny_digits_pipeline
@@ -253,7 +254,14 @@ def test_wandb_logs_table_image_and_artifact(benchmark_run: tuple[dict[str, Any]
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--budgets", "0.2,abc"), ("--budgets", "0.5,1.5"), ("--seeds", "9-3"), ("--seeds", "1000000..1000010")],
+    [
+        ("--budgets", "0.2,abc"),
+        ("--budgets", "0.5,1.5"),
+        ("--seeds", "9-3"),
+        ("--seeds", "1000000..1000010"),
+        ("--config", "missing.yaml"),
+        ("--classes", "3,12"),
+    ],
 )
 def test_bad_flag_names_the_flag(flag: str, value: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as error:
@@ -272,6 +280,12 @@ def test_quick_config_keeps_every_method_and_default_policy_notice() -> None:
         assert getattr(grid, "intervals", None) or getattr(grid, "thresholds", None), name
     assert quick.methods.taylorseer.intervals and quick.methods.delta_dit.intervals
     assert quick.methods.diffusers_taylorseer.intervals and quick.methods.learned.budgets
+
+    assert any(
+        "classes [8, 9] are not drawn" in note for note in cli.data_notices(load_config(overrides={"seeds": "5-5"}))
+    )
+    with pytest.raises(ConfigError, match="guidance=nan"):
+        load_config(overrides={"guidance": float("nan")})
 
     path, notice = cli.resolve_policy(load_config(overrides={"model": "no-such-model"}))
     assert path is None and "learned rows are skipped" in notice

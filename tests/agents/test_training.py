@@ -99,6 +99,32 @@ def test_resume_continues_the_same_run(trained_run: Path) -> None:
     assert after["wandb_run_id"] == before["wandb_run_id"]
     assert read_offline_run(trained_run / "wandb").run_ids == {before["wandb_run_id"]}
     assert after["evaluations"] == before["evaluations"] + 1
+    assert train_agent.load_config(trained_run / "config.yaml").agent.total_timesteps == 280  # the override is kept
+
+
+def test_a_run_folder_is_never_overwritten_or_resumed_with_another_setup(
+    trained_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    files = {path: path.read_bytes() for path in trained_run.rglob("*") if path.is_file()}
+    assert train_agent.main(["--out", str(trained_run), "--set", "agent.total_timesteps=8"]) == 2
+    assert f"continue it with --resume {trained_run}" in capsys.readouterr().err
+    assert train_agent.main(["--resume", str(trained_run), "--set", "env.groups=4"]) == 2
+    assert "env.groups cannot change when resuming" in capsys.readouterr().err
+    assert train_agent.main(["--resume", str(trained_run), "--set", "agent.net_arch=[32]"]) == 2
+    assert "agent.net_arch cannot change when resuming" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in trained_run.rglob("*") if path.is_file()} == files
+
+
+def test_resume_without_a_checkpoint_and_bad_yaml_are_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "config.yaml").write_text("env: {}\n")
+    assert train_agent.main(["--resume", str(tmp_path)]) == 2
+    assert "no complete checkpoint yet" in capsys.readouterr().err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("env:\n  groups: [4\n")
+    assert train_agent.main(["--config", str(broken)]) == 2
+    assert f"{broken} is not valid YAML at line" in capsys.readouterr().err
 
 
 def test_config_errors_name_the_field(capsys: pytest.CaptureFixture) -> None:

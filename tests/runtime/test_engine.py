@@ -23,9 +23,18 @@ def test_always_compute_is_bit_identical_and_disable_restores() -> None:
     summary = engine.summary()
     assert summary["computed_fraction"] == 1.0 and summary["flops_speedup"] == 1.0
     runtime.disable_cache(model)
+    assert engine.summary() == summary  # the statistics outlive the hooks
     assert not hasattr(model, "_diffusers_hook")
     assert all(not hasattr(block, "_diffusers_hook") for block in model.transformer_blocks)
     assert torch.equal(denoise_dit(model, [3, 7]), reference)
+
+
+def test_enable_cache_on_a_pipeline_says_to_pass_its_transformer() -> None:
+    class Pipeline:
+        transformer = tiny_dit()
+
+    with pytest.raises(TypeError, match=r"got a Pipeline \(a pipeline: pass pipe.transformer\)"):
+        runtime.enable_cache(Pipeline(), AlwaysCompute())
 
 
 @pytest.mark.parametrize("interval", [2, 3])
