@@ -260,6 +260,10 @@ class Trainer:
             model_family=env_config.model,
             scheduler=type(self.eval_pipe.scheduler).__name__,
             training_config=self.config.to_dict(),
+            trained_on={
+                "budget_range": list(env_config.budget_range) if env_config.budget_conditioned else None,
+                "num_inference_steps": env_config.num_inference_steps,
+            },
         )
 
     @property

@@ -161,6 +161,16 @@ class LearnedPolicy(Policy):
         self.manifest = dict(manifest or {})
 
     @property
+    def budget_range(self) -> tuple[float, float] | None:
+        """``(low, high)``: the budgets a budget-conditioned policy was trained on, if its manifest records them."""
+        value = (self.manifest.get("trained_on") or {}).get("budget_range")
+        if not (
+            isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+        ):
+            return None
+        return float(value[0]), float(value[1])
+
+    @property
     def hidden(self) -> list[nn.Linear]:
         """The hidden layers, input side first."""
         return [module for module in self.network[:-1] if isinstance(module, nn.Linear)]

@@ -30,6 +30,7 @@ def from_sb3(
     model_family: str | None = None,
     scheduler: str | None = None,
     training_config: Mapping[str, Any] | str | bytes | None = None,
+    trained_on: Mapping[str, Any] | None = None,
 ) -> LearnedPolicy:
     """Extracts the actor of a trained SB3 ``PPO`` / ``A2C`` or sb3-contrib ``MaskablePPO`` with ``MlpPolicy``.
 
@@ -47,6 +48,8 @@ def from_sb3(
         model_family: Model family it was trained on, e.g. ``"dit"``.
         scheduler: Noise scheduler class it was trained with.
         training_config: The training config, hashed into the manifest.
+        trained_on: What training covered, kept in the manifest: ``budget_range`` ``[low, high]`` and
+            ``num_inference_steps``; the engine warns when a budget outside that range is asked for.
 
     Returns:
         The policy, ready for ``policies.export_policy`` or ``runtime.enable_cache``.
@@ -118,6 +121,7 @@ def from_sb3(
             "scheduler": scheduler,
             "training_config_sha256": training_config_sha256(training_config),
             "created_with": created_with,
+            **({"trained_on": dict(trained_on)} if trained_on is not None else {}),
         },
     )
 

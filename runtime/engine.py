@@ -6,6 +6,7 @@ import contextlib
 import functools
 import math
 import time as wallclock
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,9 +140,12 @@ class CacheEngine:
             if bool(((values <= 0) | (values > 1)).any()):
                 raise ValueError(f"budget={values.tolist()}: every compute fraction must lie in (0, 1].")
             self._sample_budgets = values
+            warn_outside_trained_budgets(self.policy, values.min().item(), values.max().item())
             return
         self.config = CacheConfig(**{**self.config.to_dict(), "budget": budget})
         self._sample_budgets = None
+        if budget is not None:
+            warn_outside_trained_budgets(self.policy, budget, budget)
 
     def current_state(self, context: str | None = None) -> GenerationState | None:
         """The generation state of a cache context (the default one outside ``cache_context``), if any."""
@@ -692,6 +696,8 @@ def enable_cache(
             "Caching is already enabled on this transformer: call runtime.disable_cache(transformer) first."
         )
     engine = CacheEngine(transformer, policy, config)
+    if budget is not None:
+        warn_outside_trained_budgets(policy, budget, budget)
     group_of = {block: g for g, members in enumerate(engine.groups) for block in members}
     for index, block in enumerate(engine.blocks):
         block_registry = HookRegistry.check_if_exists_or_initialize(block.module)
@@ -699,6 +705,21 @@ def enable_cache(
     registry.register_hook(RootHook(engine), ROOT_HOOK)
     registry.invalidate_child_registries_cache()
     return engine
+
+
+def warn_outside_trained_budgets(policy: Any, low: float, high: float) -> None:
+    """Warns when budgets in ``[low, high]`` leave the range a learned policy was trained on (if it records one)."""
+    trained = getattr(policy, "budget_range", None)
+    if trained is None:
+        return
+    if low < trained[0] - 1e-9 or high > trained[1] + 1e-9:
+        asked = f"{low:g}" if low == high else f"{low:g}..{high:g}"
+        warnings.warn(
+            f"budget {asked} lies outside the budgets this policy was trained on ({trained[0]:g}..{trained[1]:g}): "
+            "it may miss the budget and the quality it reaches inside that range.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def get_engine(transformer: torch.nn.Module) -> CacheEngine | None:

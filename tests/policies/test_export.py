@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -354,3 +355,25 @@ def test_enable_cache_rejects_a_policy_trained_on_other_features(tmp_path: Path)
     path = export_policy(tmp_path / "renamed.safetensors", renamed)
     with pytest.raises(ValueError, match="trained on observation features .*noise_level"):
         runtime.enable_cache(tiny_dit(depth=4), path)
+
+
+def test_a_budget_outside_the_trained_range_warns(tmp_path: Path) -> None:
+    policy = hand_policy([0.0, 1.0, 0.0], groups=2)
+    policy.manifest["trained_on"] = {"budget_range": [0.15, 0.5], "num_inference_steps": 50}
+    loaded = load_policy(export_policy(tmp_path / "ranged.safetensors", policy))
+    assert loaded.budget_range == (0.15, 0.5)
+    assert loaded.manifest["trained_on"]["num_inference_steps"] == 50
+    assert hand_policy([0.0, 1.0, 0.0]).budget_range is None  # files without the record: no range, no warning
+    model = tiny_dit(depth=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine = runtime.enable_cache(model, loaded, budget=0.3)
+        engine.set_budget(torch.tensor([0.15, 0.5]))
+    with pytest.warns(UserWarning, match=r"budget 0.05 lies outside .* trained on \(0.15..0.5\)"):
+        engine.set_budget(0.05)
+    with pytest.warns(UserWarning, match=r"budget 0.2..0.9 lies outside"):
+        engine.set_budget(torch.tensor([0.2, 0.9]))
+    runtime.disable_cache(model)
+    with pytest.warns(UserWarning, match="budget 0.8 lies outside"):
+        runtime.enable_cache(model, loaded, budget=0.8)
+    runtime.disable_cache(model)
