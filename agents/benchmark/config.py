@@ -269,7 +269,8 @@ class BenchmarkConfig:
         guidance: Classifier-free guidance scale (``None``: the pipeline's default).
         seeds: Seed range ``"A-B"``, both ends included; one sample per seed.
         classes: Conditions, assigned to the seeds in turn.
-        repeats: Interleaved (uncached, method) timing pairs per knob; the wall speedup is their median ratio.
+        repeats: Timing rounds over every knob, uncached runs interleaved (see ``runner``); the wall speedup is the
+            median of a knob's ratios over the rounds.
         warmup_steps: Steps of the untimed warm-up generation of each knob.
         psnr_cap: PSNR (dB) given to identical images.
         groups: Block groups of the engine's hand-designed policies.

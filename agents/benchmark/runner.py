@@ -1,9 +1,12 @@
 """Measuring every method at every knob against the uncached pipeline, in one process.
 
-For each knob: an untimed warm-up with the method attached (and, for methods without their own FLOP counters, one
-generation under ``FlopCounterMode``), then ``repeats`` interleaved pairs — the plain, unhooked pipeline, then the
-method — timed the same way. The wall speedup is the median of the pairs' time ratios; the images of the first
-method run are scored against the uncached images of the same seeds.
+First, for each knob, an untimed warm-up with the method attached (and, for methods without their own FLOP
+counters, one generation under ``FlopCounterMode``). Then ``repeats`` timing rounds over all knobs, each in the
+order ``U M M U M M U ...``: ``U`` a generation of the plain, unhooked pipeline, ``M`` one of a method, timed the
+same way. A method run's ratio is the mean of the two uncached runs around it over its own time, and its wall
+speedup is the median of its ratios over the rounds. Rounds alternate their order, so a method's timings are spread
+over the whole run. The images of a method's first timed run are scored against the uncached images of the same
+seeds.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import inspect
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -75,25 +78,31 @@ def _timed(pipe: Any, settings: Settings) -> tuple[torch.Tensor, float]:
     return timed_generation(pipe, settings.conditions, settings.seeds, settings.steps, settings.guidance)
 
 
-def measure(
-    pipe: Any, method: Method, settings: Settings, reference: Reference, repeats: int, psnr_cap: float
-) -> dict[str, Any]:
-    """Measures one method at one knob; returns its row.
+METHODS_PER_UNCACHED_RUN = 2
+"""Method runs between two uncached runs in a timing round; each is timed against the mean of those two."""
 
-    Args:
-        pipe: The pipeline, without any cache attached.
-        method: The method at its knob.
-        settings: Generation settings.
-        reference: Uncached images and FLOPs.
-        repeats: Interleaved (uncached, method) timing pairs.
-        psnr_cap: PSNR given to identical images.
 
-    Returns:
-        The row: ``method``, ``family``, ``knob``, ``flops_speedup``, ``wall_speedup``, ``psnr``, ``ssim``,
-        ``class_acc``, ``fd``, plus ``flops_source``, ``seconds``, ``uncached_seconds`` and method details.
+@dataclass
+class _Timing:
+    """What the timing rounds collect for one method at one knob."""
+
+    method: Method
+    counted_speedup: float | None = None
+    images: torch.Tensor | None = None
+    own_speedup: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    ratios: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    uncached_seconds: list[float] = field(default_factory=list)
+
+
+def prepare_method(pipe: Any, method: Method, settings: Settings, reference: Reference) -> _Timing:
+    """One-off, untimed work for a method: its preparation, a warm-up and, without own counters, its FLOPs.
+
+    The method is detached again afterwards, also when it fails.
     """
     method.prepare(pipe, settings)
-    counted_speedup = None
+    timing = _Timing(method)
     try:  # detach also after a failed attach: whatever it hooked must not stay on the transformer
         method.attach(pipe, settings)
         with method.generation():
@@ -101,42 +110,131 @@ def measure(
         if not method.counts_own_flops:
             with method.generation():
                 flops, _ = count_flops(pipe, settings)
-            counted_speedup = reference.flops / flops
+            timing.counted_speedup = reference.flops / flops
     finally:
         method.detach(pipe)
+    return timing
 
-    images, own_speedup, details = None, None, {}
-    ratios, seconds, uncached_seconds = [], [], []
-    for repeat in range(repeats):
-        _, plain = _timed(pipe, settings)
-        try:
-            method.attach(pipe, settings)
-            with method.generation():
-                output, cached = _timed(pipe, settings)
-            if repeat == 0:
-                images, own_speedup, details = output, method.flops_speedup(), method.info()
-        finally:
-            method.detach(pipe)
-        ratios.append(plain / cached)
-        seconds.append(cached)
-        uncached_seconds.append(plain)
 
-    psnr_value, ssim_value = fidelity(images, reference.images, psnr_cap)
+def time_method(pipe: Any, timing: _Timing, settings: Settings) -> float:
+    """Attaches the method, times one generation with it (keeping the first one's images and counters), detaches."""
+    method = timing.method
+    try:
+        method.attach(pipe, settings)
+        with method.generation():
+            output, seconds = _timed(pipe, settings)
+        if timing.images is None:
+            timing.images, timing.own_speedup, timing.details = output, method.flops_speedup(), method.info()
+    finally:
+        method.detach(pipe)
+    return seconds
+
+
+def timing_round(
+    pipe: Any, timings: Sequence[_Timing], settings: Settings, on_failure: Callable, tick: Callable
+) -> None:
+    """One timing round: uncached runs with :data:`METHODS_PER_UNCACHED_RUN` method runs between each two.
+
+    A method run's ratio is the mean of the uncached runs just before and just after it over its own time, so
+    drift of the machine's speed within that window cancels to first order.
+
+    Args:
+        pipe: The pipeline, without any cache attached.
+        timings: The methods of this round, in the order to run them.
+        settings: Generation settings.
+        on_failure: Called with a method's timing and the exception when its run raises; it gets no ratio.
+        tick: Called after each method run.
+    """
+    _, before = _timed(pipe, settings)
+    for start in range(0, len(timings), METHODS_PER_UNCACHED_RUN):
+        batch: list[tuple[_Timing, float]] = []
+        for timing in timings[start : start + METHODS_PER_UNCACHED_RUN]:
+            try:
+                batch.append((timing, time_method(pipe, timing, settings)))
+            except Exception as error:  # one method failing (e.g. a cache's bug) must not lose the others
+                on_failure(timing, error)
+            tick()
+        if not batch:
+            continue
+        _, after = _timed(pipe, settings)
+        plain = (before + after) / 2
+        for timing, seconds in batch:
+            timing.ratios.append(plain / seconds)
+            timing.seconds.append(seconds)
+            timing.uncached_seconds.append(plain)
+        before = after
+
+
+def make_row(timing: _Timing, settings: Settings, reference: Reference, psnr_cap: float) -> dict[str, Any]:
+    """The results row of a method whose timing rounds are done."""
+    method = timing.method
+    psnr_value, ssim_value = fidelity(timing.images, reference.images, psnr_cap)
+    speedup = timing.own_speedup if timing.own_speedup is not None else timing.counted_speedup
     return {
         "method": method.name,
         "family": method.family,
         "knob": method.knob,
-        "flops_speedup": float(own_speedup if own_speedup is not None else counted_speedup),
-        "wall_speedup": float(statistics.median(ratios)),
+        "flops_speedup": float(speedup),
+        "wall_speedup": float(statistics.median(timing.ratios)),
         "psnr": psnr_value,
         "ssim": ssim_value,
-        "class_acc": class_accuracy(images, settings.conditions),
-        "fd": fd(images),
-        "flops_source": "engine" if own_speedup is not None else "FlopCounterMode",
-        "seconds": float(statistics.median(seconds)),
-        "uncached_seconds": float(statistics.median(uncached_seconds)),
-        **details,
+        "class_acc": class_accuracy(timing.images, settings.conditions),
+        "fd": fd(timing.images),
+        "flops_source": "engine" if timing.own_speedup is not None else "FlopCounterMode",
+        "seconds": float(statistics.median(timing.seconds)),
+        "uncached_seconds": float(statistics.median(timing.uncached_seconds)),
+        **timing.details,
     }
+
+
+def measure_all(
+    pipe: Any,
+    methods: Sequence[Method],
+    settings: Settings,
+    reference: Reference,
+    repeats: int,
+    psnr_cap: float,
+    on_failure: Callable[[Method, Exception], None],
+    tick: Callable[[], None] = lambda: None,
+) -> list[dict[str, Any]]:
+    """Measures every method at every knob; returns their rows, in the order of ``methods``.
+
+    Each method is first prepared (see :func:`prepare_method`). Then come ``repeats`` timing rounds over all of
+    them (:func:`timing_round`), in the given order and reversed in every other round, so a method's timings are
+    spread over the whole run rather than taken back to back, and no method always runs right after an uncached
+    run. The images and the engine's counters of a method's first timed run are the ones scored.
+
+    Args:
+        pipe: The pipeline, without any cache attached.
+        methods: Every method at every knob.
+        settings: Generation settings.
+        reference: Uncached images and FLOPs.
+        repeats: Timing rounds; the wall speedup is the median of a method's ratios.
+        psnr_cap: PSNR given to identical images.
+        on_failure: Called with a method and the exception it raised; a failed method has no row.
+        tick: Called after each preparation and each timed method run (for a progress bar).
+
+    Returns:
+        The rows: ``method``, ``family``, ``knob``, ``flops_speedup``, ``wall_speedup``, ``psnr``, ``ssim``,
+        ``class_acc``, ``fd``, plus ``flops_source``, ``seconds``, ``uncached_seconds`` and method details.
+    """
+    timings: list[_Timing] = []
+    for method in methods:
+        try:
+            timings.append(prepare_method(pipe, method, settings, reference))
+        except Exception as error:
+            on_failure(method, error)
+        tick()
+    failed: set[int] = set()
+
+    def fail(timing: _Timing, error: Exception) -> None:
+        failed.add(id(timing))
+        on_failure(timing.method, error)
+
+    for repeat in range(repeats):
+        active = [timing for timing in timings if id(timing) not in failed]
+        timing_round(pipe, active if repeat % 2 == 0 else active[::-1], settings, fail, tick)
+    return [make_row(t, settings, reference, psnr_cap) for t in timings if id(t) not in failed]
 
 
 def fd(images: torch.Tensor) -> float | None:
@@ -209,18 +307,30 @@ def run_benchmark(
     started = time.perf_counter()
     settings = make_settings(pipe, config)
     reference = uncached_reference(pipe, settings)
-    rows, failures = [], []
-    bar = tqdm(methods, desc="benchmark", unit="knob", disable=not progress, dynamic_ncols=True)
-    for method in bar:
-        bar.set_postfix_str(f"{method.name} {method.knob}")
-        try:
-            row = measure(pipe, method, settings, reference, config.repeats, config.psnr_cap)
-        except Exception as error:  # one method failing on a model (e.g. a cache's bug) must not lose the others
-            failure = {"method": method.name, "family": method.family, "knob": method.knob}
-            failures.append({**failure, "error": f"{type(error).__name__}: {error}"})
-            echo(f"{method.name:<26} {method.knob:<18} FAILED: {failures[-1]['error']}")
-            continue
-        rows.append(row)
+    failures: list[dict[str, str]] = []
+
+    def record_failure(method: Method, error: Exception) -> None:
+        failures.append(
+            {
+                "method": method.name,
+                "family": method.family,
+                "knob": method.knob,
+                "error": f"{type(error).__name__}: {error}",
+            }
+        )
+        echo(f"{method.name:<26} {method.knob:<18} FAILED: {failures[-1]['error']}")
+
+    bar = tqdm(
+        total=len(methods) * (1 + config.repeats),
+        desc="benchmark",
+        unit="run",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    rows = measure_all(
+        pipe, methods, settings, reference, config.repeats, config.psnr_cap, record_failure, lambda: bar.update()
+    )
+    for row in rows:
         echo(
             f"{row['method']:<26} {row['knob']:<18} FLOPs {row['flops_speedup']:5.2f}×  "
             f"wall {row['wall_speedup']:5.2f}×  PSNR {row['psnr']:6.2f} dB  SSIM {row['ssim']:.3f}"

@@ -26,7 +26,7 @@ from agents.benchmark.diffusers_caches import (
     DiffusersTaylorSeer,
     MagCacheCalibration,
 )
-from agents.benchmark.methods import EngineMethod, Settings
+from agents.benchmark.methods import EngineMethod, Method, Settings
 from agents.benchmark.report import pareto_front, psnr_at, summarize
 from agents.benchmark.runner import flops_cross_check, uncached_reference
 from envs.config import ConfigError
@@ -359,3 +359,48 @@ def test_keep_freed_memory_sets_glibc_thresholds() -> None:
     printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert printed.strip() == str(on_glibc)
+
+
+class _ScriptedMethod(Method):
+    """A method whose attach and detach only mark the pipeline, for timing rounds without a model."""
+
+    counts_own_flops = True
+
+    def __init__(self, name: str) -> None:
+        self.name, self.family, self.knob = name, "baseline", "-"
+
+    def attach(self, pipe: Any, settings: Settings) -> None:
+        pipe.attached = self.name
+
+    def detach(self, pipe: Any) -> None:
+        pipe.attached = None
+
+    def flops_speedup(self) -> float | None:
+        return 2.0
+
+
+def test_timing_rounds_bracket_each_method_run_with_uncached_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents.benchmark import runner
+
+    pipe = type("Pipe", (), {"attached": None})()
+    seconds = {"U": [4.0, 6.0, 8.0, 5.0, 7.0, 9.0], "a": [1.0, 2.0], "b": [2.0, 3.0], "c": [1.5, 1.0]}
+    calls: list[str] = []
+
+    def scripted(pipe_: Any, settings: Settings) -> tuple[torch.Tensor, float]:
+        name = pipe_.attached or "U"
+        calls.append(name)
+        return torch.zeros(2, 1, 16, 16), seconds[name].pop(0)
+
+    monkeypatch.setattr(runner, "_timed", scripted)
+    monkeypatch.setattr(runner, "prepare_method", lambda p, method, s, r: runner._Timing(method))
+    reference = runner.Reference(images=torch.zeros(2, 1, 16, 16), flops=1)
+    settings = Settings((0, 1), (0, 1), 2, 1.0)
+    rows = runner.measure_all(pipe, [_ScriptedMethod(n) for n in "abc"], settings, reference, 2, 60.0, print)
+
+    # two method runs between two uncached runs; the second round runs the methods in reverse order
+    assert calls == ["U", "a", "b", "U", "c", "U", "U", "c", "b", "U", "a", "U"]
+    ratios = {row["method"]: row["wall_speedup"] for row in rows}
+    assert ratios["a"] == pytest.approx(((4 + 6) / 2 / 1 + (7 + 9) / 2 / 2) / 2)
+    assert ratios["b"] == pytest.approx(((4 + 6) / 2 / 2 + (5 + 7) / 2 / 3) / 2)
+    assert ratios["c"] == pytest.approx(((6 + 8) / 2 / 1.5 + (5 + 7) / 2 / 1) / 2)
+    assert [row["flops_speedup"] for row in rows] == [2.0, 2.0, 2.0]
