@@ -94,6 +94,7 @@ class _Timing:
     ratios: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     uncached_seconds: list[float] = field(default_factory=list)
+    failed: bool = False
 
 
 def prepare_method(pipe: Any, method: Method, settings: Settings, reference: Reference) -> _Timing:
@@ -131,7 +132,11 @@ def time_method(pipe: Any, timing: _Timing, settings: Settings) -> float:
 
 
 def timing_round(
-    pipe: Any, timings: Sequence[_Timing], settings: Settings, on_failure: Callable, tick: Callable
+    pipe: Any,
+    timings: Sequence[_Timing],
+    settings: Settings,
+    on_failure: Callable[[_Timing, Exception], None],
+    tick: Callable[[], None],
 ) -> None:
     """One timing round: uncached runs with :data:`METHODS_PER_UNCACHED_RUN` method runs between each two.
 
@@ -225,16 +230,15 @@ def measure_all(
         except Exception as error:
             on_failure(method, error)
         tick()
-    failed: set[int] = set()
 
     def fail(timing: _Timing, error: Exception) -> None:
-        failed.add(id(timing))
+        timing.failed = True
         on_failure(timing.method, error)
 
     for repeat in range(repeats):
-        active = [timing for timing in timings if id(timing) not in failed]
+        active = [timing for timing in timings if not timing.failed]
         timing_round(pipe, active if repeat % 2 == 0 else active[::-1], settings, fail, tick)
-    return [make_row(t, settings, reference, psnr_cap) for t in timings if id(t) not in failed]
+    return [make_row(timing, settings, reference, psnr_cap) for timing in timings if not timing.failed]
 
 
 def fd(images: torch.Tensor) -> float | None:
