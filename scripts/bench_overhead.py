@@ -1,9 +1,10 @@
 """Engine overhead on a mid-size DiT on CPU: FORA(N) against AlwaysCompute in one process.
 
 Prints the wall-clock speedup divided by the FLOP speedup (1.0 = every FLOP saved is time saved) and the
-policy's decision time as a share of a denoising step.
+policy's decision time as a share of a denoising step. Freed memory is kept in the process, as the benchmark does
+(``runtime.keep_freed_memory``); ``--allocator-defaults`` keeps glibc's defaults instead.
 
-    python scripts/bench_overhead.py [--interval 3] [--steps 50] [--repeats 5]
+    python scripts/bench_overhead.py [--interval 3] [--steps 50] [--repeats 5] [--allocator-defaults]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from diffusers import DiTTransformer2DModel
 
 import runtime
 from policies import FORA, AlwaysCompute
+from runtime.allocator import keep_freed_memory
 
 
 def build_model(width: int, depth: int, sample_size: int) -> DiTTransformer2DModel:
@@ -55,7 +57,9 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=12)
     parser.add_argument("--sample-size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=2, help="logical samples; the batch doubles for CFG")
+    parser.add_argument("--allocator-defaults", action="store_true", help="keep glibc's malloc settings")
     args = parser.parse_args()
+    kept = False if args.allocator_defaults else keep_freed_memory()
 
     model = build_model(args.width, args.depth, args.sample_size)
     generator = torch.Generator().manual_seed(0)
@@ -84,7 +88,8 @@ def main() -> None:
             decision_share = summary["decision_seconds"] / (cached / args.steps) / args.steps
     print(
         f"model: DiT width {args.width}, depth {args.depth}, {args.sample_size}x{args.sample_size} latents, "
-        f"batch {args.batch} x2 (CFG), {args.steps} steps, {torch.get_num_threads()} threads"
+        f"batch {args.batch} x2 (CFG), {args.steps} steps, {torch.get_num_threads()} threads, "
+        f"freed memory {'kept' if kept else 'returned (allocator defaults)'}"
     )
     print(
         f"uncached {statistics.median(uncached_times):.2f} s, FORA(N={args.interval}) "
