@@ -404,3 +404,35 @@ def test_timing_rounds_bracket_each_method_run_with_uncached_runs(monkeypatch: p
     assert ratios["b"] == pytest.approx(((4 + 6) / 2 / 2 + (5 + 7) / 2 / 3) / 2)
     assert ratios["c"] == pytest.approx(((6 + 8) / 2 / 1.5 + (5 + 7) / 2 / 1) / 2)
     assert [row["flops_speedup"] for row in rows] == [2.0, 2.0, 2.0]
+
+
+def test_a_method_failing_in_a_later_round_loses_only_its_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents.benchmark import runner
+
+    pipe = type("Pipe", (), {"attached": None})()
+    runs = {"U": 0, "a": 0, "b": 0}
+
+    def scripted(pipe_: Any, settings: Settings) -> tuple[torch.Tensor, float]:
+        name = pipe_.attached or "U"
+        runs[name] += 1
+        if name == "b" and runs["b"] == 2:
+            raise RuntimeError("cache broke in round 2")
+        return torch.zeros(2, 1, 16, 16), 4.0 if name == "U" else 2.0
+
+    monkeypatch.setattr(runner, "_timed", scripted)
+    monkeypatch.setattr(runner, "prepare_method", lambda p, method, s, r: runner._Timing(method))
+    failures: list[tuple[str, str]] = []
+    rows = runner.measure_all(
+        pipe,
+        [_ScriptedMethod("a"), _ScriptedMethod("b")],
+        Settings((0, 1), (0, 1), 2, 1.0),
+        runner.Reference(images=torch.zeros(2, 1, 16, 16), flops=1),
+        3,
+        60.0,
+        lambda method, error: failures.append((method.name, str(error))),
+    )
+    assert failures == [("b", "cache broke in round 2")]
+    assert [row["method"] for row in rows] == ["a"]
+    assert rows[0]["wall_speedup"] == pytest.approx(2.0)
+    assert runs == {"U": 6, "a": 3, "b": 2}  # round 3 times only "a", still between two uncached runs
+    assert pipe.attached is None
