@@ -379,23 +379,43 @@ class _ScriptedMethod(Method):
         return 2.0
 
 
-def test_timing_rounds_bracket_each_method_run_with_uncached_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+def _measure_scripted(
+    monkeypatch: pytest.MonkeyPatch,
+    scripted: Any,
+    names: str,
+    repeats: int,
+    on_failure: Any = print,
+) -> tuple[list[dict[str, Any]], Any]:
+    """Runs ``measure_all`` over scripted methods named by the letters of ``names``, timed by ``scripted``.
+
+    ``scripted(name)`` gives the seconds of one run of the method ``name`` ("U": the uncached pipeline) or raises.
+    """
     from agents.benchmark import runner
 
     pipe = type("Pipe", (), {"attached": None})()
-    seconds = {"U": [4.0, 6.0, 8.0, 5.0, 7.0, 9.0], "a": [1.0, 2.0], "b": [2.0, 3.0], "c": [1.5, 1.0]}
-    calls: list[str] = []
 
-    def scripted(pipe_: Any, settings: Settings) -> tuple[torch.Tensor, float]:
-        name = pipe_.attached or "U"
-        calls.append(name)
-        return torch.zeros(2, 1, 16, 16), seconds[name].pop(0)
+    def timed(pipe_: Any, settings: Settings) -> tuple[torch.Tensor, float]:
+        return torch.zeros(2, 1, 16, 16), scripted(pipe_.attached or "U")
 
-    monkeypatch.setattr(runner, "_timed", scripted)
+    monkeypatch.setattr(runner, "_timed", timed)
     monkeypatch.setattr(runner, "prepare_method", lambda p, method, s, r: runner._Timing(method))
     reference = runner.Reference(images=torch.zeros(2, 1, 16, 16), flops=1)
     settings = Settings((0, 1), (0, 1), 2, 1.0)
-    rows = runner.measure_all(pipe, [_ScriptedMethod(n) for n in "abc"], settings, reference, 2, 60.0, print)
+    rows = runner.measure_all(
+        pipe, [_ScriptedMethod(n) for n in names], settings, reference, repeats, 60.0, on_failure
+    )
+    return rows, pipe
+
+
+def test_timing_rounds_bracket_each_method_run_with_uncached_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    seconds = {"U": [4.0, 6.0, 8.0, 5.0, 7.0, 9.0], "a": [1.0, 2.0], "b": [2.0, 3.0], "c": [1.5, 1.0]}
+    calls: list[str] = []
+
+    def scripted(name: str) -> float:
+        calls.append(name)
+        return seconds[name].pop(0)
+
+    rows, _ = _measure_scripted(monkeypatch, scripted, "abc", 2)
 
     # two method runs between two uncached runs; the second round runs the methods in reverse order
     assert calls == ["U", "a", "b", "U", "c", "U", "U", "c", "b", "U", "a", "U"]
@@ -407,29 +427,17 @@ def test_timing_rounds_bracket_each_method_run_with_uncached_runs(monkeypatch: p
 
 
 def test_a_method_failing_in_a_later_round_loses_only_its_row(monkeypatch: pytest.MonkeyPatch) -> None:
-    from agents.benchmark import runner
-
-    pipe = type("Pipe", (), {"attached": None})()
     runs = {"U": 0, "a": 0, "b": 0}
 
-    def scripted(pipe_: Any, settings: Settings) -> tuple[torch.Tensor, float]:
-        name = pipe_.attached or "U"
+    def scripted(name: str) -> float:
         runs[name] += 1
         if name == "b" and runs["b"] == 2:
             raise RuntimeError("cache broke in round 2")
-        return torch.zeros(2, 1, 16, 16), 4.0 if name == "U" else 2.0
+        return 4.0 if name == "U" else 2.0
 
-    monkeypatch.setattr(runner, "_timed", scripted)
-    monkeypatch.setattr(runner, "prepare_method", lambda p, method, s, r: runner._Timing(method))
     failures: list[tuple[str, str]] = []
-    rows = runner.measure_all(
-        pipe,
-        [_ScriptedMethod("a"), _ScriptedMethod("b")],
-        Settings((0, 1), (0, 1), 2, 1.0),
-        runner.Reference(images=torch.zeros(2, 1, 16, 16), flops=1),
-        3,
-        60.0,
-        lambda method, error: failures.append((method.name, str(error))),
+    rows, pipe = _measure_scripted(
+        monkeypatch, scripted, "ab", 3, lambda method, error: failures.append((method.name, str(error)))
     )
     assert failures == [("b", "cache broke in round 2")]
     assert [row["method"] for row in rows] == ["a"]
