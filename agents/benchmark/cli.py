@@ -175,6 +175,9 @@ def log_to_wandb(
             for key in ("delta_psnr", "learned_psnr", "best_psnr"):
                 if entry[key] is not None:
                     run.summary[f"benchmark/{key}@{target}"] = entry[key]
+            ratio = next(iter(entry.get("learned_wall_ratio", {}).values()), None)
+            if ratio is not None:
+                run.summary[f"benchmark/learned_wall_ratio@{target}"] = ratio
         safe_name = "".join(c if c.isalnum() or c in "-_." else "-" for c in results["model"])
         artifact = wandb.Artifact(f"benchmark-{safe_name}", type="benchmark")
         artifact.add_file(str(paths["json"]))

@@ -5,6 +5,10 @@ method reaches there. Each method's PSNR at a speedup is read off its upper Pare
 setting of the same method beats in both speed and PSNR), linearly interpolated in speedup between neighbouring
 front points. Below a method's slowest front point the front's first PSNR is used (that setting is at least that
 fast); past its fastest point the method does not reach the target ("n/a").
+
+Each target also gets the learned policy's wall ÷ FLOP speedup (1 when the wall-clock gain matches the FLOPs
+saved), linearly interpolated in FLOP speedup between the knobs around the target; the spread of that ratio over the
+timing rounds, and the AlwaysCompute row's (which computes everything), show how noisy the machine's timing was.
 """
 
 from __future__ import annotations
@@ -53,6 +57,26 @@ def psnr_at(points: Sequence[tuple[float, float]], speedup: float) -> float | No
     return front[-1][1]
 
 
+def wall_ratio_at(rows: Sequence[dict[str, Any]], speedup: float) -> float | None:
+    """Wall ÷ FLOP speedup of ``rows`` (one method's) at FLOP ``speedup``, linear between the knobs around it.
+
+    Returns:
+        The interpolated ratio, or ``None`` when ``speedup`` lies outside the FLOP speedups of the rows that have a
+        ``wall_speedup``.
+    """
+    points = sorted(
+        (float(r["flops_speedup"]), float(r["wall_speedup"]) / float(r["flops_speedup"]))
+        for r in rows
+        if r.get("wall_speedup") is not None
+    )
+    if not points or not points[0][0] - 1e-9 <= speedup <= points[-1][0] + 1e-9:
+        return None
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x0 <= speedup <= x1 and x1 > x0:
+            return y0 + (y1 - y0) * (speedup - x0) / (x1 - x0)
+    return min(points, key=lambda point: abs(point[0] - speedup))[1]
+
+
 def summarize(rows: Sequence[dict[str, Any]], targets: Sequence[float]) -> list[dict[str, Any]]:
     """Learned PSNR minus the best non-learned PSNR at each target FLOP speedup.
 
@@ -63,7 +87,9 @@ def summarize(rows: Sequence[dict[str, Any]], targets: Sequence[float]) -> list[
     Returns:
         One entry per target: ``target_speedup``, ``learned_psnr``, ``best_psnr`` and ``best_method`` (the best
         non-learned method there), ``delta_psnr`` (learned minus best; ``None`` when either is missing),
-        ``per_method`` (every method's interpolated PSNR, ``None`` where it does not reach the target) and ``line``.
+        ``per_method`` (every method's interpolated PSNR, ``None`` where it does not reach the target),
+        ``learned_wall_ratio`` (per learned method, its wall ÷ FLOP speedup there, see :func:`wall_ratio_at`) and
+        ``line``.
     """
     series: dict[str, list[tuple[float, float]]] = {}
     family_of: dict[str, str] = {}
@@ -88,6 +114,9 @@ def summarize(rows: Sequence[dict[str, Any]], targets: Sequence[float]) -> list[
             "best_method": best_method,
             "delta_psnr": delta,
             "per_method": per_method,
+            "learned_wall_ratio": {
+                m: wall_ratio_at([row for row in rows if row["method"] == m], target) for m in learned
+            },
         }
         entry["line"] = summary_line(entry, have_learned=bool(learned_points))
         summary.append(entry)
@@ -106,7 +135,9 @@ def summary_line(entry: dict[str, Any], have_learned: bool = True) -> str:
     else:
         best = "best non-learned n/a"
     delta = f"{entry['delta_psnr']:+.2f} dB" if entry["delta_psnr"] is not None else "n/a"
-    return f"{target}: learned − best non-learned PSNR = {delta}  [{learned}; {best}]"
+    line = f"{target}: learned − best non-learned PSNR = {delta}  [{learned}; {best}]"
+    ratio = next(iter((entry.get("learned_wall_ratio") or {}).values()), None)
+    return line + (f"; learned wall ÷ FLOP speedup {ratio:.2f}" if ratio is not None else "")
 
 
 def sorted_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -173,6 +204,7 @@ def markdown(results: dict[str, Any]) -> str:
         for method in results["summary"][0]["per_method"]:
             values = [_cell(entry["per_method"][method]) for entry in results["summary"]]
             lines.append(f"| {method} | " + " | ".join(values) + " |")
+    lines += wall_section(results)
     lines += [
         "",
         "## Results",
@@ -198,6 +230,30 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "## Failed", "", "These raised on this model and have no row:", ""]
         lines += [f"- {f['method']} ({f['knob']}): `{f['error']}`" for f in failures]
     return "\n".join(lines) + "\n"
+
+
+def wall_section(results: dict[str, Any]) -> list[str]:
+    """The ``results.md`` lines on wall-clock against FLOP speedup: learned rows and AlwaysCompute, per round."""
+    rows = [r for r in sorted_rows(results["rows"]) if r["family"] == "learned" or r["method"] == "AlwaysCompute"]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Wall-clock against FLOP speedup",
+        "",
+        "Wall ÷ FLOP speedup is 1 when the time saved matches the FLOPs saved; the time the pipeline spends outside "
+        "the blocks and the cache's own work keep it below. The last column gives it for each timing round; "
+        "AlwaysCompute computes everything, so its spread shows the timing noise of the run.",
+        "",
+        "| method | knob | FLOP × | wall × | wall ÷ FLOP | each round |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        flops = float(row["flops_speedup"])
+        rounds = ", ".join(f"{ratio / flops:.2f}" for ratio in row.get("wall_speedups", []))
+        cells = [row["method"], row["knob"], _cell(flops), _cell(row["wall_speedup"])]
+        lines.append("| " + " | ".join([*cells, _cell(row["wall_speedup"] / flops), rounds]) + " |")
+    return lines
 
 
 def pareto_figure(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:

@@ -181,6 +181,7 @@ def make_row(timing: _Timing, settings: Settings, reference: Reference, psnr_cap
         "knob": method.knob,
         "flops_speedup": float(speedup),
         "wall_speedup": float(statistics.median(timing.ratios)),
+        "wall_speedups": [float(ratio) for ratio in timing.ratios],
         "psnr": psnr_value,
         "ssim": ssim_value,
         "class_acc": class_accuracy(timing.images, settings.conditions),
@@ -221,7 +222,8 @@ def measure_all(
 
     Returns:
         The rows: ``method``, ``family``, ``knob``, ``flops_speedup``, ``wall_speedup``, ``psnr``, ``ssim``,
-        ``class_acc``, ``fd``, plus ``flops_source``, ``seconds``, ``uncached_seconds`` and method details.
+        ``class_acc``, ``fd``, plus ``wall_speedups`` (the ratio of each round), ``flops_source``, ``seconds``,
+        ``uncached_seconds`` and method details.
     """
     timings: list[_Timing] = []
     for method in methods:

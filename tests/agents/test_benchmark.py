@@ -27,7 +27,7 @@ from agents.benchmark.diffusers_caches import (
     MagCacheCalibration,
 )
 from agents.benchmark.methods import EngineMethod, Method, Settings
-from agents.benchmark.report import pareto_front, psnr_at, summarize
+from agents.benchmark.report import markdown, pareto_front, psnr_at, summarize, wall_ratio_at
 from agents.benchmark.runner import flops_cross_check, uncached_reference
 from envs.config import ConfigError
 from policies import FORA, export_schedule
@@ -128,10 +128,14 @@ def test_writes_the_three_files_with_the_schema(benchmark_run: tuple[dict[str, A
             assert isinstance(row[key], float) and math.isfinite(row[key]), (row["method"], key)
     assert families == {"learned", "baseline", "diffusers"}
     assert [entry["target_speedup"] for entry in written["summary"]] == [2.0, 3.0, 4.0, 5.0]
-    markdown = (out / "results.md").read_text()
-    assert "| family | method | knob |" in markdown and "60 dB" in markdown
+    for row in written["rows"]:  # one ratio per timing round, their median the wall speedup
+        assert len(row["wall_speedups"]) == written["repeats"]
+        assert row["wall_speedup"] == pytest.approx(sorted(row["wall_speedups"])[len(row["wall_speedups"]) // 2])
+    text = (out / "results.md").read_text()
+    assert "| family | method | knob |" in text and "60 dB" in text
+    assert "## Wall-clock against FLOP speedup" in text
     for entry in written["summary"]:
-        assert entry["line"] in markdown
+        assert entry["line"] in text
 
 
 def test_always_compute_is_the_reference(benchmark_run: tuple[dict[str, Any], Path]) -> None:
@@ -236,6 +240,59 @@ def test_summary_interpolates_each_method_front() -> None:
     assert summary[2]["per_method"]["FORA"] is None
     assert "+2.33 dB" in summary[2]["line"] and "n/a" in summary[3]["line"]
     assert "no learned policy" in summarize(rows[2:], [2])[0]["line"]
+
+
+def test_wall_ratio_at_targets_interpolates_between_learned_knobs() -> None:
+    def row(method: str, flops: float, wall: float, rounds: list[float]) -> dict[str, Any]:
+        family = "learned" if method.startswith("learned") else "baseline"
+        return {
+            "method": method,
+            "family": family,
+            "knob": f"{flops:g}",
+            "flops_speedup": flops,
+            "psnr": 30.0,
+            "wall_speedup": wall,
+            "wall_speedups": rounds,
+            "ssim": 1.0,
+            "class_acc": 1.0,
+            "fd": None,
+        }
+
+    rows = [
+        row("learned", 4.0, 3.2, [3.0, 3.2, 3.6]),  # 0.80
+        row("learned", 2.0, 1.8, [1.8, 1.9, 1.7]),  # 0.90
+        row("learned shared", 3.0, 3.0, [3.0, 3.0, 3.0]),  # 1.00
+        row("AlwaysCompute", 1.0, 1.02, [0.98, 1.02, 1.05]),
+        row("FORA", 3.0, 2.0, [2.0, 2.0, 2.0]),
+    ]
+    learned = [r for r in rows if r["method"] == "learned"]
+    assert wall_ratio_at(learned, 3.0) == pytest.approx(0.85)
+    assert wall_ratio_at(learned, 2.0) == pytest.approx(0.9) and wall_ratio_at(learned, 4.0) == pytest.approx(0.8)
+    assert wall_ratio_at(learned, 1.5) is None and wall_ratio_at(learned, 4.5) is None
+
+    summary = summarize(rows, [2, 3, 5])
+    assert summary[1]["learned_wall_ratio"] == {"learned": pytest.approx(0.85), "learned shared": pytest.approx(1.0)}
+    assert summary[1]["line"].endswith("learned wall ÷ FLOP speedup 0.85")
+    assert "wall ÷ FLOP" not in summary[2]["line"]  # 5× lies past the learned knobs
+
+    results = {
+        "model": "m",
+        "scheduler": "s",
+        "steps": 4,
+        "guidance": 2.0,
+        "threads": 1,
+        "n_samples": 1,
+        "seeds": [0],
+        "classes": [0],
+        "psnr_cap": 60.0,
+        "repeats": 3,
+        "rows": rows,
+        "summary": summary,
+    }
+    section = markdown(results).split("## Wall-clock against FLOP speedup")[1].split("## Results")[0]
+    assert "| learned | 4 | 4.00 | 3.20 | 0.80 | 0.75, 0.80, 0.90 |" in section
+    assert "| AlwaysCompute | 1 | 1.00 | 1.02 | 1.02 | 0.98, 1.02, 1.05 |" in section
+    assert "FORA" not in section
 
 
 def test_wandb_logs_table_image_and_artifact(benchmark_run: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
