@@ -22,7 +22,7 @@ from .config import (
     parse_seeds,
 )
 from .methods import build_methods
-from .report import TABLE_COLUMNS, write_results
+from .report import TABLE_COLUMNS, headline_wall_ratio, write_results
 from .runner import run_benchmark
 
 WANDB_MODES = ("online", "offline", "disabled")
@@ -175,7 +175,7 @@ def log_to_wandb(
             for key in ("delta_psnr", "learned_psnr", "best_psnr"):
                 if entry[key] is not None:
                     run.summary[f"benchmark/{key}@{target}"] = entry[key]
-            ratio = next(iter(entry.get("learned_wall_ratio", {}).values()), None)
+            ratio = headline_wall_ratio(entry)
             if ratio is not None:
                 run.summary[f"benchmark/learned_wall_ratio@{target}"] = ratio
         safe_name = "".join(c if c.isalnum() or c in "-_." else "-" for c in results["model"])

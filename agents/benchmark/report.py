@@ -51,10 +51,15 @@ def psnr_at(points: Sequence[tuple[float, float]], speedup: float) -> float | No
         return None
     if speedup <= front[0][0]:
         return front[0][1]
-    for (x0, y0), (x1, y1) in zip(front, front[1:], strict=False):
-        if x0 <= speedup <= x1:
-            return y0 + (y1 - y0) * (speedup - x0) / (x1 - x0)
-    return front[-1][1]
+    return _interpolate(front, speedup)
+
+
+def _interpolate(points: Sequence[tuple[float, float]], x: float) -> float:
+    """``y`` at ``x`` on the polyline through ``points`` (sorted by ``x``, ``x`` within their range up to 1e-9)."""
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x0 <= x <= x1 and x1 > x0:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return min(points, key=lambda point: abs(point[0] - x))[1]
 
 
 def wall_ratio_at(rows: Sequence[dict[str, Any]], speedup: float) -> float | None:
@@ -71,10 +76,12 @@ def wall_ratio_at(rows: Sequence[dict[str, Any]], speedup: float) -> float | Non
     )
     if not points or not points[0][0] - 1e-9 <= speedup <= points[-1][0] + 1e-9:
         return None
-    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
-        if x0 <= speedup <= x1 and x1 > x0:
-            return y0 + (y1 - y0) * (speedup - x0) / (x1 - x0)
-    return min(points, key=lambda point: abs(point[0] - speedup))[1]
+    return _interpolate(points, speedup)
+
+
+def headline_wall_ratio(entry: dict[str, Any]) -> float | None:
+    """The wall ÷ FLOP speedup of a summary entry's first learned method (the one its line gives), if any."""
+    return next(iter((entry.get("learned_wall_ratio") or {}).values()), None)
 
 
 def summarize(rows: Sequence[dict[str, Any]], targets: Sequence[float]) -> list[dict[str, Any]]:
@@ -91,11 +98,12 @@ def summarize(rows: Sequence[dict[str, Any]], targets: Sequence[float]) -> list[
         ``learned_wall_ratio`` (per learned method, its wall ÷ FLOP speedup there, see :func:`wall_ratio_at`) and
         ``line``.
     """
-    series: dict[str, list[tuple[float, float]]] = {}
+    rows_of: dict[str, list[dict[str, Any]]] = {}
     family_of: dict[str, str] = {}
     for row in rows:
-        series.setdefault(row["method"], []).append((float(row["flops_speedup"]), float(row["psnr"])))
+        rows_of.setdefault(row["method"], []).append(row)
         family_of[row["method"]] = row["family"]
+    series = {m: [(float(r["flops_speedup"]), float(r["psnr"])) for r in group] for m, group in rows_of.items()}
     learned = [m for m in series if family_of[m] == "learned"]
     others = [m for m in series if family_of[m] != "learned"]
     learned_points = [p for m in learned for p in series[m]]
@@ -114,9 +122,7 @@ def summarize(rows: Sequence[dict[str, Any]], targets: Sequence[float]) -> list[
             "best_method": best_method,
             "delta_psnr": delta,
             "per_method": per_method,
-            "learned_wall_ratio": {
-                m: wall_ratio_at([row for row in rows if row["method"] == m], target) for m in learned
-            },
+            "learned_wall_ratio": {m: wall_ratio_at(rows_of[m], target) for m in learned},
         }
         entry["line"] = summary_line(entry, have_learned=bool(learned_points))
         summary.append(entry)
@@ -136,7 +142,7 @@ def summary_line(entry: dict[str, Any], have_learned: bool = True) -> str:
         best = "best non-learned n/a"
     delta = f"{entry['delta_psnr']:+.2f} dB" if entry["delta_psnr"] is not None else "n/a"
     line = f"{target}: learned − best non-learned PSNR = {delta}  [{learned}; {best}]"
-    ratio = next(iter((entry.get("learned_wall_ratio") or {}).values()), None)
+    ratio = headline_wall_ratio(entry)
     return line + (f"; learned wall ÷ FLOP speedup {ratio:.2f}" if ratio is not None else "")
 
 
