@@ -20,7 +20,14 @@ from .actions import NUM_ACTIONS, Action
 from .blocks import find_blocks, split_groups
 from .config import CacheConfig
 from .costs import CostMeter, CostModel
-from .forecast import Residual, finite_row_mask, relative_l1, scalar_lagrange_weights, weighted_sum
+from .forecast import (
+    Residual,
+    finite_row_mask,
+    relative_l1,
+    scalar_lagrange_weights,
+    weighted_sum,
+    within_range,
+)
 from .hooks import BLOCK_HOOK, ROOT_HOOK, BlockHook, RootHook
 from .layout import batch_layout, resolve_cfg_layout
 from .observations import Observation, build_observation, feature_names
@@ -382,7 +389,9 @@ class CacheEngine:
                 weights = history.forecast_weights(rows, state.time, self.order)
                 if rows.numel() == state.rows:  # the group's output in one new tensor per stream
                     output = history.combine(rows, weights, base=(hidden, encoder))
-                    if finite_row_mask(output) is None:
+                    if (
+                        not isinstance(weights, torch.Tensor) and history.forecast_within_range(weights, hidden.dtype)
+                    ) or finite_row_mask(output) is None:
                         hidden = output[0]
                         encoder = output[1] if encoder is not None and output[1] is not None else encoder
                         self.stats.forecasts += rows.numel()
@@ -451,14 +460,17 @@ class CacheEngine:
             sums = [_sum_streams([history.slots[k] for history in members]) for k in range(len(points))]
             if any(total is None for total in sums):
                 return None
-            span = state.span_sums[(first, last)] = SpanSum(points, sums)
+            bounds = [sum(history.slot_bounds[k] for history in members) for k in range(len(points))]
+            span = state.span_sums[(first, last)] = SpanSum(points, sums, bounds)
         weights = scalar_lagrange_weights(points, state.time, order)
         output = tuple(
             None if base is None else weighted_sum([total[stream] for total in span.sums], weights, base=base)
             for stream, base in enumerate((hidden, encoder))
         )
-        if action == Action.FORECAST and finite_row_mask(output) is not None:
-            return None
+        if action == Action.FORECAST:
+            bound = sum(abs(weight) * slot for weight, slot in zip(weights, span.bounds, strict=False))
+            if not within_range(bound, hidden.dtype) and finite_row_mask(output) is not None:
+                return None
         counter = "reuses" if action == Action.REUSE else "forecasts"
         setattr(self.stats, counter, getattr(self.stats, counter) + state.rows * (last - first + 1))
         self.stats.merged_groups += last - first

@@ -14,6 +14,32 @@ import torch
 
 Residual = tuple[torch.Tensor | None, ...]
 _UNCHECKED = object()
+RANGE_MARGIN = 2.0**-8
+"""A combination of cached residuals whose magnitude bound stays below this share of the dtype's largest value is
+taken as finite without a pass over it (see :func:`within_range`)."""
+
+
+def magnitude_bound(residual: Residual) -> float:
+    """An upper bound of ``max|value|`` over all of the residual's streams: ``inf`` or ``nan`` if any is not finite.
+
+    One ``aminmax`` pass per stream; the sum of the streams' ``|min| + |max|`` keeps the bound simple and lets a
+    non-finite value anywhere propagate into it.
+    """
+    bound = 0.0
+    for stream in residual:
+        if stream is not None and stream.numel():
+            low, high = stream.aminmax()
+            bound += abs(low.item()) + abs(high.item())
+    return bound
+
+
+def within_range(bound: float, dtype: torch.dtype) -> bool:
+    """Whether values bounded by ``bound`` stay far inside ``dtype``'s range (``RANGE_MARGIN`` of its largest value).
+
+    Adding such values to finite activations cannot overflow unless the activations themselves sit at the edge of
+    the range; ``nan`` and ``inf`` bounds are never within it.
+    """
+    return bound <= torch.finfo(dtype).max * RANGE_MARGIN
 
 
 def lagrange_weights(times: torch.Tensor, counts: torch.Tensor, time: float, order: int) -> torch.Tensor:
@@ -122,6 +148,7 @@ class ResidualHistory:
     Attributes:
         slots: Newest-first residuals, each a tuple of ``(batch, ...)`` stream tensors.
         slot_times: ``(batch,)`` float64 time of each slot's residual, per row.
+        slot_bounds: Per slot, an upper bound of its values' magnitude over all rows (:func:`magnitude_bound`).
         counts: ``(batch,)`` how many slots hold a residual of each row.
     """
 
@@ -130,6 +157,7 @@ class ResidualHistory:
         self.batch = batch
         self.slots: list[Residual] = []
         self.slot_times: list[torch.Tensor] = []
+        self.slot_bounds: list[float] = []
         self.counts = torch.zeros(batch, dtype=torch.int64) if counts is None else counts.zero_()
         self._shared_times: list[float] | None = []  # slot times when all rows share them, else None
         self._newest_finite: torch.Tensor | None | object = _UNCHECKED  # see latest_finite
@@ -164,17 +192,20 @@ class ResidualHistory:
         """Stores a newly computed residual for ``rows`` (a sorted index tensor into the batch)."""
         if self.slots:
             self._check_shapes(residual)
+        bound = magnitude_bound(residual)
         if rows.numel() == self.batch:
             self.slots.insert(0, residual)
+            self.slot_bounds.insert(0, bound)
             self.slot_times.insert(0, torch.full((self.batch,), float(time), dtype=torch.float64))
             if self._shared_times is not None:
                 self._shared_times.insert(0, float(time))
                 del self._shared_times[self.depth :]
         else:
-            self._push_rows(rows, residual, time)
+            self._push_rows(rows, residual, time, bound)
             self._shared_times = None
         del self.slots[self.depth :]
         del self.slot_times[self.depth :]
+        del self.slot_bounds[self.depth :]
         self._newest_finite = _UNCHECKED
         if rows.numel() == self.batch:
             if self._whole_pushes < self.depth:
@@ -260,8 +291,11 @@ class ResidualHistory:
     def latest_finite(self, rows: torch.Tensor) -> torch.Tensor | None:
         """``None`` if the newest residual of ``rows`` is finite, else a ``(rows,)`` finiteness mask.
 
-        Finiteness is checked at the first call after a push, not at every reuse (forecasts check their output).
+        Finiteness is known from the slot's magnitude bound, else checked at the first call after a push, not at every
+        reuse (forecasts check their output, see :meth:`forecast_within_range`).
         """
+        if math.isfinite(self.slot_bounds[0]):
+            return None
         if self._newest_finite is _UNCHECKED:
             self._newest_finite = finite_row_mask(self._newest())
         mask = self._newest_finite
@@ -270,14 +304,26 @@ class ResidualHistory:
         finite = mask[rows]
         return None if bool(finite.all()) else finite
 
+    def forecast_within_range(self, weights: list[float], dtype: torch.dtype) -> bool:
+        """Whether a combination of the newest slots with these plain-float weights cannot overflow ``dtype``.
+
+        When it can (or a slot is not finite), the caller checks the combination itself.
+        """
+        bound = sum(abs(weight) * slot for weight, slot in zip(weights, self.slot_bounds, strict=False))
+        return within_range(bound, dtype)
+
     def _newest(self) -> Residual:
         if not self.slots:
             raise RuntimeError("ResidualHistory is empty: a group must compute before it can be reused.")
         return self.slots[0]
 
-    def _push_rows(self, rows: torch.Tensor, residual: Residual, time: float) -> None:
-        new_slots, new_times = [], []
+    def _push_rows(self, rows: torch.Tensor, residual: Residual, time: float, bound: float) -> None:
+        new_slots, new_times, new_bounds = [], [], []
         for k in range(min(len(self.slots) + 1, self.depth)):
+            # the rows' values come from the new residual or the slot before; the other rows keep theirs
+            kept = self.slot_bounds[k] if k < len(self.slots) else 0.0
+            moved = self.slot_bounds[k - 1] if k else bound
+            new_bounds.append(max(kept, moved) if math.isfinite(kept + moved) else kept + moved)
             source = residual if k == 0 else tuple(None if s is None else s[rows] for s in self.slots[k - 1])
             if k < len(self.slots):
                 base, base_times = self.slots[k], self.slot_times[k]
@@ -294,7 +340,7 @@ class ResidualHistory:
             if k > 0:
                 source_times = self.slot_times[k - 1][rows]
             new_times.append(base_times.index_copy(0, rows, source_times))
-        self.slots, self.slot_times = new_slots, new_times
+        self.slots, self.slot_times, self.slot_bounds = new_slots, new_times, new_bounds
 
     def _check_shapes(self, residual: Residual) -> None:
         for stored, value in zip(self.slots[0], residual, strict=True):

@@ -48,10 +48,12 @@ class SpanSum:
     Attributes:
         points: Times of the summed slots, newest first (the groups' shared times when the sums were made).
         sums: Per slot, the summed residual streams (a stream no group has is ``None``).
+        bounds: Per slot, the sum of the groups' magnitude bounds (see ``ResidualHistory.slot_bounds``).
     """
 
     points: list[float]
     sums: list[tuple[torch.Tensor | None, ...]]
+    bounds: list[float]
 
 
 @dataclass

@@ -69,6 +69,21 @@ def test_reuse_and_forecast_never_mutate_the_cache(order: int) -> None:
     assert history.slots[0][0][1].tolist() == [9.0, 9.0, 9.0]
 
 
+def test_slot_bounds_cover_every_row_and_flag_what_may_overflow() -> None:
+    history = ResidualHistory(depth=2, batch=3)
+    everyone = torch.tensor([0, 1, 2])
+    history.push(everyone, (torch.randn(3, 4) * 5, torch.randn(3, 2)), 900.0)
+    history.push(torch.tensor([1]), (torch.full((1, 4), -300.0), torch.zeros(1, 2)), 700.0)  # per-row slots
+    history.push(torch.tensor([0, 2]), (torch.randn(2, 4), torch.randn(2, 2)), 600.0)
+    for slot, bound in zip(history.slots, history.slot_bounds, strict=True):
+        assert all(bound >= stream.abs().max().item() for stream in slot)
+    assert history.forecast_within_range([1.5, -0.5], torch.float32)
+    assert not history.forecast_within_range([1.5, -0.5], torch.float16)  # 300 is past 2**-8 of float16's range
+    history.push(everyone, (torch.tensor([[float("inf")] * 4] * 3), torch.zeros(3, 2)), 500.0)
+    assert not history.forecast_within_range([1.0, 0.0], torch.float32)
+    assert history.latest_finite(everyone) is not None  # a reuse of it falls back to computing
+
+
 def test_engine_forecast_is_exact_through_a_model() -> None:
     """Computes ``order + 1`` unevenly spaced steps, then forecasts: equal to running the blocks."""
     times = [999.0, 870.0, 820.0, 610.0, 400.0, 377.0, 120.0]
