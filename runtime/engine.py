@@ -467,10 +467,12 @@ class CacheEngine:
             None if base is None else weighted_sum([total[stream] for total in span.sums], weights, base=base)
             for stream, base in enumerate((hidden, encoder))
         )
-        if action == Action.FORECAST:
-            bound = sum(abs(weight) * slot for weight, slot in zip(weights, span.bounds, strict=False))
-            if not within_range(bound, hidden.dtype) and finite_row_mask(output) is not None:
-                return None
+        if (
+            action == Action.FORECAST
+            and not within_range(weights, span.bounds, hidden.dtype)
+            and finite_row_mask(output) is not None
+        ):
+            return None
         counter = "reuses" if action == Action.REUSE else "forecasts"
         setattr(self.stats, counter, getattr(self.stats, counter) + state.rows * (last - first + 1))
         self.stats.merged_groups += last - first

@@ -33,12 +33,14 @@ def magnitude_bound(residual: Residual) -> float:
     return bound
 
 
-def within_range(bound: float, dtype: torch.dtype) -> bool:
-    """Whether values bounded by ``bound`` stay far inside ``dtype``'s range (``RANGE_MARGIN`` of its largest value).
+def within_range(weights: list[float], bounds: list[float], dtype: torch.dtype) -> bool:
+    """Whether ``sum_k weights[k] * values[k]``, with ``|values[k]|`` bounded by ``bounds[k]``, stays far inside
+    ``dtype``'s range (below ``RANGE_MARGIN`` of its largest value).
 
-    Adding such values to finite activations cannot overflow unless the activations themselves sit at the edge of
-    the range; ``nan`` and ``inf`` bounds are never within it.
+    Adding such a combination to finite activations cannot overflow unless the activations themselves sit at the edge
+    of the range; a ``nan`` or ``inf`` bound is never within it.
     """
+    bound = sum(abs(weight) * value for weight, value in zip(weights, bounds, strict=False))
     return bound <= torch.finfo(dtype).max * RANGE_MARGIN
 
 
@@ -309,8 +311,7 @@ class ResidualHistory:
 
         When it can (or a slot is not finite), the caller checks the combination itself.
         """
-        bound = sum(abs(weight) * slot for weight, slot in zip(weights, self.slot_bounds, strict=False))
-        return within_range(bound, dtype)
+        return within_range(weights, self.slot_bounds, dtype)
 
     def _newest(self) -> Residual:
         if not self.slots:
