@@ -460,7 +460,7 @@ class CacheEngine:
             sums = [_sum_streams([history.slots[k] for history in members]) for k in range(len(points))]
             if any(total is None for total in sums):
                 return None
-            bounds = [sum(history.slot_bounds[k] for history in members) for k in range(len(points))]
+            bounds = [sum(history.slot_bound(k) for history in members) for k in range(len(points))]
             span = state.span_sums[(first, last)] = SpanSum(points, sums, bounds)
         weights = scalar_lagrange_weights(points, state.time, order)
         output = tuple(

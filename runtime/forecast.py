@@ -150,7 +150,6 @@ class ResidualHistory:
     Attributes:
         slots: Newest-first residuals, each a tuple of ``(batch, ...)`` stream tensors.
         slot_times: ``(batch,)`` float64 time of each slot's residual, per row.
-        slot_bounds: Per slot, an upper bound of its values' magnitude over all rows (:func:`magnitude_bound`).
         counts: ``(batch,)`` how many slots hold a residual of each row.
     """
 
@@ -159,7 +158,7 @@ class ResidualHistory:
         self.batch = batch
         self.slots: list[Residual] = []
         self.slot_times: list[torch.Tensor] = []
-        self.slot_bounds: list[float] = []
+        self._slot_bounds: list[float | None] = []  # see slot_bound; None until first read
         self.counts = torch.zeros(batch, dtype=torch.int64) if counts is None else counts.zero_()
         self._shared_times: list[float] | None = []  # slot times when all rows share them, else None
         self._newest_finite: torch.Tensor | None | object = _UNCHECKED  # see latest_finite
@@ -194,20 +193,19 @@ class ResidualHistory:
         """Stores a newly computed residual for ``rows`` (a sorted index tensor into the batch)."""
         if self.slots:
             self._check_shapes(residual)
-        bound = magnitude_bound(residual)
         if rows.numel() == self.batch:
             self.slots.insert(0, residual)
-            self.slot_bounds.insert(0, bound)
+            self._slot_bounds.insert(0, None)
             self.slot_times.insert(0, torch.full((self.batch,), float(time), dtype=torch.float64))
             if self._shared_times is not None:
                 self._shared_times.insert(0, float(time))
                 del self._shared_times[self.depth :]
         else:
-            self._push_rows(rows, residual, time, bound)
+            self._push_rows(rows, residual, time)
             self._shared_times = None
         del self.slots[self.depth :]
         del self.slot_times[self.depth :]
-        del self.slot_bounds[self.depth :]
+        del self._slot_bounds[self.depth :]
         self._newest_finite = _UNCHECKED
         if rows.numel() == self.batch:
             if self._whole_pushes < self.depth:
@@ -296,7 +294,7 @@ class ResidualHistory:
         Finiteness is known from the slot's magnitude bound, else checked at the first call after a push, not at every
         reuse (forecasts check their output, see :meth:`forecast_within_range`).
         """
-        if math.isfinite(self.slot_bounds[0]):
+        if math.isfinite(self.slot_bound(0)):
             return None
         if self._newest_finite is _UNCHECKED:
             self._newest_finite = finite_row_mask(self._newest())
@@ -311,20 +309,26 @@ class ResidualHistory:
 
         When it can (or a slot is not finite), the caller checks the combination itself.
         """
-        return within_range(weights, self.slot_bounds, dtype)
+        return within_range(weights, [self.slot_bound(k) for k in range(len(weights))], dtype)
+
+    def slot_bound(self, k: int) -> float:
+        """:func:`magnitude_bound` of slot ``k`` (newest first), computed at its first read and kept while stored.
+
+        Policies that never skip never pay for it; stored tensors are never modified, so it stays valid.
+        """
+        bound = self._slot_bounds[k]
+        if bound is None:
+            bound = self._slot_bounds[k] = magnitude_bound(self.slots[k])
+        return bound
 
     def _newest(self) -> Residual:
         if not self.slots:
             raise RuntimeError("ResidualHistory is empty: a group must compute before it can be reused.")
         return self.slots[0]
 
-    def _push_rows(self, rows: torch.Tensor, residual: Residual, time: float, bound: float) -> None:
-        new_slots, new_times, new_bounds = [], [], []
+    def _push_rows(self, rows: torch.Tensor, residual: Residual, time: float) -> None:
+        new_slots, new_times = [], []
         for k in range(min(len(self.slots) + 1, self.depth)):
-            # the rows' values come from the new residual or the slot before; the other rows keep theirs
-            kept = self.slot_bounds[k] if k < len(self.slots) else 0.0
-            moved = self.slot_bounds[k - 1] if k else bound
-            new_bounds.append(max(kept, moved) if math.isfinite(kept + moved) else kept + moved)
             source = residual if k == 0 else tuple(None if s is None else s[rows] for s in self.slots[k - 1])
             if k < len(self.slots):
                 base, base_times = self.slots[k], self.slot_times[k]
@@ -341,7 +345,8 @@ class ResidualHistory:
             if k > 0:
                 source_times = self.slot_times[k - 1][rows]
             new_times.append(base_times.index_copy(0, rows, source_times))
-        self.slots, self.slot_times, self.slot_bounds = new_slots, new_times, new_bounds
+        self.slots, self.slot_times = new_slots, new_times
+        self._slot_bounds = [None] * len(new_slots)
 
     def _check_shapes(self, residual: Residual) -> None:
         for stored, value in zip(self.slots[0], residual, strict=True):

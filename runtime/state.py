@@ -48,7 +48,7 @@ class SpanSum:
     Attributes:
         points: Times of the summed slots, newest first (the groups' shared times when the sums were made).
         sums: Per slot, the summed residual streams (a stream no group has is ``None``).
-        bounds: Per slot, the sum of the groups' magnitude bounds (see ``ResidualHistory.slot_bounds``).
+        bounds: Per slot, the sum of the groups' magnitude bounds (see ``ResidualHistory.slot_bound``).
     """
 
     points: list[float]
