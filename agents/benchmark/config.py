@@ -221,7 +221,7 @@ class LearnedGrid:
 
     policy: str | None = None
     budgets: list[float] = field(default_factory=lambda: [0.2, 0.25, 0.33, 0.5])
-    shared_decisions: bool = True
+    shared_decisions: bool = False
 
     def __post_init__(self) -> None:
         if any(not 0.0 < b <= 1.0 for b in self.budgets):

@@ -55,7 +55,7 @@ TINY_CONFIG: dict[str, Any] = {
         "diffusers_first_block": {"thresholds": [0.05, 10.0]},
         "diffusers_taylorseer": {"intervals": [2], "orders": [1, 2], "disable_cache_before_step": 1},
         "diffusers_magcache": {"thresholds": [0.5], "max_skip_steps": [2], "retention_ratio": 0.2},
-        "learned": {"budgets": [0.25, 0.5]},
+        "learned": {"budgets": [0.25, 0.5], "shared_decisions": True},
     },
 }
 
@@ -152,6 +152,9 @@ def test_fora_and_learned_rows_save_flops(benchmark_run: tuple[dict[str, Any], P
     learned = rows_of(benchmark_run[0], "CachePilot (learned)")
     assert [row["knob"] for row in learned] == ["budget=0.25", "budget=0.5"]
     assert all(row["family"] == "learned" and row["flops_speedup"] > 1.5 for row in learned)
+    shared = rows_of(benchmark_run[0], "CachePilot (learned, shared)")  # a static schedule: the samples agree
+    assert [row["knob"] for row in shared] == ["budget=0.25", "budget=0.5"]
+    assert [row["flops_speedup"] for row in shared] == pytest.approx([row["flops_speedup"] for row in learned])
 
 
 def test_diffusers_rows_have_plausible_flop_counts(benchmark_run: tuple[dict[str, Any], Path]) -> None:
