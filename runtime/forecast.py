@@ -294,10 +294,11 @@ class ResidualHistory:
         Finiteness is known from the slot's magnitude bound, else checked at the first call after a push, not at every
         reuse (forecasts check their output, see :meth:`forecast_within_range`).
         """
+        newest = self._newest()  # raises the clear error on an empty history
         if math.isfinite(self.slot_bound(0)):
             return None
         if self._newest_finite is _UNCHECKED:
-            self._newest_finite = finite_row_mask(self._newest())
+            self._newest_finite = finite_row_mask(newest)
         mask = self._newest_finite
         if mask is None:
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -72,6 +73,8 @@ def test_reuse_and_forecast_never_mutate_the_cache(order: int) -> None:
 def test_slot_bounds_cover_every_row_and_flag_what_may_overflow() -> None:
     history = ResidualHistory(depth=2, batch=3)
     everyone = torch.tensor([0, 1, 2])
+    with pytest.raises(RuntimeError, match="must compute before it can be reused"):
+        history.latest_finite(everyone)
     history.push(everyone, (torch.randn(3, 4) * 5, torch.randn(3, 2)), 900.0)
     history.push(torch.tensor([1]), (torch.full((1, 4), -300.0), torch.zeros(1, 2)), 700.0)  # per-row slots
     history.push(torch.tensor([0, 2]), (torch.randn(2, 4), torch.randn(2, 2)), 600.0)
