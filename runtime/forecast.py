@@ -40,7 +40,7 @@ def within_range(weights: list[float], bounds: list[float], dtype: torch.dtype) 
     Adding such a combination to finite activations cannot overflow unless the activations themselves sit at the edge
     of the range; a ``nan`` or ``inf`` bound is never within it.
     """
-    bound = sum(abs(weight) * value for weight, value in zip(weights, bounds, strict=False))
+    bound = sum(abs(weight) * value for weight, value in zip(weights, bounds, strict=True))
     return bound <= torch.finfo(dtype).max * RANGE_MARGIN
 
 
