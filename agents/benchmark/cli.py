@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--wandb-mode", choices=WANDB_MODES, default=None, help="W&B mode (default: online if logged in, else offline)"
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timing rounds; the wall speedup is their median (default: the config's, 3, or 2 with --quick)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the config's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -86,6 +92,10 @@ def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
             if args.threads < 1:
                 raise ConfigError(f"--threads={args.threads}: use at least 1.")
             overrides["threads"] = args.threads
+        if args.repeats is not None:
+            if args.repeats < 1:
+                raise ConfigError(f"--repeats={args.repeats}: time at least one round.")
+            overrides["repeats"] = args.repeats
         if args.seeds is not None:
             parse_seeds(args.seeds, "--seeds")
             overrides["seeds"] = args.seeds

@@ -321,6 +321,7 @@ def test_wandb_logs_table_image_and_artifact(benchmark_run: tuple[dict[str, Any]
         ("--seeds", "1000000..1000010"),
         ("--config", "missing.yaml"),
         ("--classes", "3,12"),
+        ("--repeats", "0"),
     ],
 )
 def test_bad_flag_names_the_flag(flag: str, value: str, capsys: pytest.CaptureFixture) -> None:
@@ -329,6 +330,14 @@ def test_bad_flag_names_the_flag(flag: str, value: str, capsys: pytest.CaptureFi
     assert error.value.code == 2
     message = capsys.readouterr().err
     assert flag in message and value in message
+
+
+def test_flags_override_the_config() -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(["--quick", "--repeats", "5", "--threads", "2", "--budgets", "0.25,0.5"])
+    config = load_config(quick=True, overrides=cli.overrides_from_args(args, parser))
+    assert (config.repeats, config.threads, config.methods.learned.budgets) == (5, 2, [0.25, 0.5])
+    assert load_config(quick=True).repeats == 2 and load_config().repeats == 3
 
 
 def test_quick_config_keeps_every_method_and_default_policy_notice() -> None:
