@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agents.checkpoints import read_state
 from agents.config import ConfigError, load_config  # noqa: F401 (load_config is part of the CLI module API)
+from agents.outputs import output_folder_problem
 from agents.training import CHECKPOINTS, CONFIG_FILE, Trainer
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"--out {run_dir} already holds a training run; continue it with --resume {run_dir}, or choose "
                     "another --out (nothing was changed)."
                 )
+            problem = output_folder_problem(run_dir)
+            if problem is not None:
+                raise ConfigError(f"--out {run_dir}: {problem}; give a folder for the run (nothing was changed).")
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2

@@ -46,6 +46,18 @@ class EvaluationPoint:
         return data
 
 
+def trained_steps_notice(policy: Any, steps: int) -> str | None:
+    """A notice when the learned policy was trained with another number of denoising steps than this run's."""
+    manifest = getattr(policy, "manifest", None) or {}
+    trained = (manifest.get("trained_on") or {}).get("num_inference_steps")
+    if trained is None or trained == steps:
+        return None
+    return (
+        f"the learned policy was trained with {trained} denoising steps and this run uses {steps}, so it acts "
+        f"outside what it learned (--steps {trained} matches its training)."
+    )
+
+
 def timed_generation(
     pipe: Any, conditions: Sequence[int], seeds: Sequence[int], steps: int, guidance: float
 ) -> tuple[torch.Tensor, float]:

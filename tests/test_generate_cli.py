@@ -43,3 +43,14 @@ def test_a_classic_policy_runs_by_name_and_writes_the_grid(tmp_path: Path, capsy
     # always run (0.5% of the FLOPs).
     assert "1.81x fewer FLOPs" in printed
     assert out.is_file()
+    assert "notice" not in printed  # a classic policy has no training to compare the steps with
+
+
+def test_the_learned_policy_at_other_steps_than_trained_gets_a_notice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "grid.png"
+    assert generate.main(["--steps", "4", "--classes", "1", "--budget", "0.3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "notice: the learned policy was trained with 50 denoising steps and this run uses 4" in printed
+    assert "at budget 0.3" in printed and out.is_file()

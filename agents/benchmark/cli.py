@@ -10,8 +10,11 @@ from typing import Any
 import torch
 
 from envs.config import ConfigError, EnvConfig
+from policies import PolicyFormatError, load_policy
 from runtime.allocator import keep_freed_memory
 
+from ..evaluation import trained_steps_notice
+from ..outputs import output_folder_problem
 from .config import (
     REPO_ROOT,
     BenchmarkConfig,
@@ -23,7 +26,7 @@ from .config import (
 )
 from .methods import build_methods
 from .report import TABLE_COLUMNS, headline_wall_ratio, write_results
-from .runner import run_benchmark
+from .runner import make_settings, run_benchmark
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -213,7 +216,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error(str(error))
     try:
         policy_path, notice = resolve_policy(config)
-    except FileNotFoundError as error:
+        policy = load_policy(policy_path) if policy_path is not None else None  # a bad file stops here, not later
+    except (FileNotFoundError, PolicyFormatError) as error:
         parser.error(str(error))
     notes = data_notices(config)
     if notice:
@@ -222,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"notice: {note}")
     model_name = Path(str(config.model)).name
     out_dir = Path(args.out or f"outputs/benchmark/{model_name}{'-quick' if args.quick else ''}")
+    problem = output_folder_problem(out_dir)
+    if problem is not None:
+        parser.error(f"--out {out_dir}: {problem}; give a folder the results can be written to.")
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -236,6 +243,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if num_classes is not None and not all(0 <= c < num_classes for c in config.classes):
         shown = ",".join(str(c) for c in config.classes)
         parser.error(f"--classes {shown}: {config.model} draws classes 0..{num_classes - 1}.")
+    steps_notice = trained_steps_notice(policy, make_settings(pipe, config).steps)
+    if steps_notice is not None:
+        print(f"notice: {steps_notice}")
+        notes.append(steps_notice)
     methods = build_methods(config, policy_path)
     results = run_benchmark(
         pipe, config, methods, model_name=str(config.model), progress=not args.no_progress, notes=notes

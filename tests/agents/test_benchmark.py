@@ -29,8 +29,9 @@ from agents.benchmark.diffusers_caches import (
 from agents.benchmark.methods import EngineMethod, Method, Settings
 from agents.benchmark.report import markdown, pareto_front, psnr_at, summarize, wall_ratio_at
 from agents.benchmark.runner import flops_cross_check, uncached_reference
+from agents.evaluation import trained_steps_notice
 from envs.config import ConfigError
-from policies import FORA, export_schedule
+from policies import FORA, export_schedule, load_policy
 from tests.agents.wandb_records import read_offline_run
 from tests.digits_fixtures import tiny_digits_pipeline
 from zoo.pipelines import MiniDiTPipeline
@@ -330,6 +331,27 @@ def test_bad_flag_names_the_flag(flag: str, value: str, capsys: pytest.CaptureFi
     assert error.value.code == 2
     message = capsys.readouterr().err
     assert flag in message and value in message
+
+
+def test_bad_output_folder_or_policy_file_stops_before_the_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    taken = tmp_path / "results"
+    taken.write_text("kept")
+    with pytest.raises(SystemExit) as error:
+        cli.main(["--out", str(taken), "--wandb-mode", "disabled"])
+    assert error.value.code == 2 and f"{taken} is a file, not a folder" in capsys.readouterr().err
+    assert taken.read_text() == "kept"
+    weights = REPO / "assets" / "models" / "mini-dit-digits" / "transformer" / "diffusion_pytorch_model.safetensors"
+    with pytest.raises(SystemExit) as error:
+        cli.main(["--policy", str(weights), "--out", str(tmp_path / "out"), "--wandb-mode", "disabled"])
+    assert error.value.code == 2 and "without a CachePilot manifest" in capsys.readouterr().err
+
+
+def test_steps_other_than_the_policys_training_get_a_notice() -> None:
+    policy = load_policy(REPO / "assets" / "policies" / "mini-dit-digits.safetensors")
+    trained = policy.manifest["trained_on"]["num_inference_steps"]
+    assert trained_steps_notice(policy, trained) is None
+    assert f"trained with {trained} denoising steps and this run uses 4" in trained_steps_notice(policy, 4)
+    assert trained_steps_notice(FORA(2), 4) is None  # no manifest: nothing to compare with
 
 
 def test_flags_override_the_config() -> None:

@@ -125,6 +125,12 @@ def test_resume_without_a_checkpoint_and_bad_yaml_are_config_errors(
     broken.write_text("env:\n  groups: [4\n")
     assert train_agent.main(["--config", str(broken)]) == 2
     assert f"{broken} is not valid YAML at line" in capsys.readouterr().err
+    taken = tmp_path / "a-file"
+    taken.write_text("kept")
+    for out in (taken, taken / "run"):  # the folder, or one of its parents, is a file
+        assert train_agent.main(["--out", str(out), "--wandb-mode", "disabled"]) == 2
+        assert f"{taken} is a file, not a folder" in capsys.readouterr().err
+    assert taken.read_text() == "kept"
 
 
 def test_config_errors_name_the_field(capsys: pytest.CaptureFixture) -> None:
