@@ -226,9 +226,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"notice: {note}")
     model_name = Path(str(config.model)).name
     out_dir = Path(args.out or f"outputs/benchmark/{model_name}{'-quick' if args.quick else ''}")
-    problem = output_folder_problem(out_dir)
-    if problem is not None:
-        parser.error(f"--out {out_dir}: {problem}; give a folder the results can be written to.")
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -243,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if num_classes is not None and not all(0 <= c < num_classes for c in config.classes):
         shown = ",".join(str(c) for c in config.classes)
         parser.error(f"--classes {shown}: {config.model} draws classes 0..{num_classes - 1}.")
+    problem = output_folder_problem(out_dir)
+    if problem is not None:
+        parser.error(f"--out {out_dir}: {problem}; give a folder the results can be written to.")
     steps_notice = trained_steps_notice(policy, make_settings(pipe, config).steps)
     if steps_notice is not None:
         print(f"notice: {steps_notice}")
