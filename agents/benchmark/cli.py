@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="exported learned policy (.safetensors); default assets/policies/<model>.safetensors if it exists",
     )
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps (default: the config's, 50; with --model the pipeline's)",
+    )
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the config's)")
     parser.add_argument(
         "--seeds",
@@ -90,6 +96,8 @@ def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
                 raise ConfigError(f"--steps={args.steps}: use at least 2 denoising steps.")
             overrides["steps"] = args.steps
         if args.guidance is not None:
+            if not (math.isfinite(args.guidance) and args.guidance >= 0):
+                raise ConfigError(f"--guidance={args.guidance}: a guidance scale is a finite number >= 0.")
             overrides["guidance"] = args.guidance
         if args.threads is not None:
             if args.threads < 1:
@@ -251,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = run_benchmark(
         pipe, config, methods, model_name=str(config.model), progress=not args.no_progress, notes=notes
     )
-    results["policy"] = _shown_path(policy_path) if policy_path is not None else None
+    benchmarked = policy_path is not None and bool(config.methods.learned.budgets)  # no budgets: no learned rows
+    results["policy"] = _shown_path(policy_path) if benchmarked else None
     results["freed_memory_kept"] = kept
     paths = write_results(results, out_dir)
     for entry in results["summary"]:

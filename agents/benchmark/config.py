@@ -325,7 +325,7 @@ class BenchmarkConfig:
             )
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads={self.threads}: use at least 1, or null for torch's default.")
-        if any(t <= 1.0 for t in self.targets):
+        if any(not (math.isfinite(t) and t > 1.0) for t in self.targets):
             raise ConfigError(f"targets={self.targets}: every target is a FLOP speedup > 1.")
 
     @property
@@ -371,10 +371,16 @@ def load_config(
         raise ConfigError(f"{path} is not valid YAML: {getattr(error, 'problem', None) or error}.") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of benchmark fields.")
-    quick_data = data.pop("quick", None) or {}
+    quick_data = data.pop("quick", None)
+    if quick_data is not None and not isinstance(quick_data, dict):
+        raise ConfigError(f"{path}: quick must be a mapping of the fields --quick changes, got {quick_data!r}.")
     if quick:
+        if not quick_data:
+            raise ConfigError(f"--quick: {path} has no quick: section; add one or run without --quick.")
         data = merge(data, quick_data)
     data = merge(data, overrides or {})
+    if isinstance(data.get("seeds"), int) and not isinstance(data["seeds"], bool):  # one seed, as --seeds A takes
+        data["seeds"] = str(data["seeds"])
     return from_dict(BenchmarkConfig, data)
 
 

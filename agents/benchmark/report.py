@@ -28,6 +28,8 @@ FAMILY_ORDER = ("learned", "baseline", "diffusers")
 TABLE_COLUMNS = ("family", "method", "knob", "flops_speedup", "wall_speedup", "psnr", "ssim", "class_acc", "fd")
 _MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "h", "p", "d")
 _LINESTYLES = ("-", "--", "-.", ":")
+_LEARNED_STYLES = (("*", "-"), ("P", "--"), ("X", ":"))
+"""Marker and line of the first, second, ... learned method (all drawn in red)."""
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -80,8 +82,10 @@ def wall_ratio_at(rows: Sequence[dict[str, Any]], speedup: float) -> float | Non
 
 
 def headline_wall_ratio(entry: dict[str, Any]) -> float | None:
-    """The wall ÷ FLOP speedup of a summary entry's first learned method (the one its line gives), if any."""
-    return next(iter((entry.get("learned_wall_ratio") or {}).values()), None)
+    """The wall ÷ FLOP speedup of the learned method whose PSNR a summary entry gives (its line's), if any."""
+    ratios = entry.get("learned_wall_ratio") or {}
+    method = entry.get("learned_method")
+    return ratios.get(method) if method is not None else next(iter(ratios.values()), None)
 
 
 def summarize(rows: Sequence[dict[str, Any]], targets: Sequence[float]) -> list[dict[str, Any]]:
@@ -92,8 +96,9 @@ def summarize(rows: Sequence[dict[str, Any]], targets: Sequence[float]) -> list[
         targets: FLOP speedups to compare at.
 
     Returns:
-        One entry per target: ``target_speedup``, ``learned_psnr``, ``best_psnr`` and ``best_method`` (the best
-        non-learned method there), ``delta_psnr`` (learned minus best; ``None`` when either is missing),
+        One entry per target: ``target_speedup``, ``learned_psnr`` and ``learned_method`` (the best learned method
+        there), ``best_psnr`` and ``best_method`` (the best non-learned method there), ``delta_psnr`` (learned minus
+        best; ``None`` when either is missing),
         ``per_method`` (every method's interpolated PSNR, ``None`` where it does not reach the target),
         ``learned_wall_ratio`` (per learned method, its wall ÷ FLOP speedup there, see :func:`wall_ratio_at`) and
         ``line``.
@@ -106,11 +111,12 @@ def summarize(rows: Sequence[dict[str, Any]], targets: Sequence[float]) -> list[
     series = {m: [(float(r["flops_speedup"]), float(r["psnr"])) for r in group] for m, group in rows_of.items()}
     learned = [m for m in series if family_of[m] == "learned"]
     others = [m for m in series if family_of[m] != "learned"]
-    learned_points = [p for m in learned for p in series[m]]
     summary = []
     for target in targets:
         per_method = {m: psnr_at(series[m], target) for m in series}
-        learned_psnr = psnr_at(learned_points, target) if learned_points else None
+        learned_reached = {m: per_method[m] for m in learned if per_method[m] is not None}
+        learned_method = max(learned_reached, key=learned_reached.get) if learned_reached else None
+        learned_psnr = learned_reached[learned_method] if learned_method is not None else None
         reached = {m: per_method[m] for m in others if per_method[m] is not None}
         best_method = max(reached, key=reached.get) if reached else None
         best_psnr = reached[best_method] if best_method is not None else None
@@ -118,13 +124,14 @@ def summarize(rows: Sequence[dict[str, Any]], targets: Sequence[float]) -> list[
         entry = {
             "target_speedup": float(target),
             "learned_psnr": learned_psnr,
+            "learned_method": learned_method,
             "best_psnr": best_psnr,
             "best_method": best_method,
             "delta_psnr": delta,
             "per_method": per_method,
             "learned_wall_ratio": {m: wall_ratio_at(rows_of[m], target) for m in learned},
         }
-        entry["line"] = summary_line(entry, have_learned=bool(learned_points))
+        entry["line"] = summary_line(entry, have_learned=bool(learned))
         summary.append(entry)
     return summary
 
@@ -189,7 +196,9 @@ def markdown(results: dict[str, Any]) -> str:
         "FlopCounterMode counts leave it out alike (a few % of a block at these short token sequences)."
     )
     check = results.get("flops_check")
-    if check:
+    if check and check.get("error"):
+        lines.append(f"- FLOP cross-check on {check['method']} ({check['knob']}) failed: {check['error']}")
+    elif check:
         lines.append(
             f"- FLOP cross-check on {check['method']} ({check['knob']}): engine {check['engine']:.4f}×, "
             f"FlopCounterMode {check['flop_counter']:.4f}× ({100 * check['relative_difference']:.2f}% apart)."
@@ -275,12 +284,15 @@ def pareto_figure(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
             methods.setdefault(row["method"], []).append(row)
     figure, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     colors = plt.get_cmap("tab10")
+    learned_seen = 0  # a second learned variant (e.g. shared decisions) is red too, with its own marker and line
     for index, (method, method_rows) in enumerate(methods.items()):
         learned = method_rows[0]["family"] == "learned"
+        variant = learned_seen % len(_LEARNED_STYLES)
+        learned_seen += learned
         style = {
             "color": "red" if learned else colors(index % 10),
-            "marker": "*" if learned else _MARKERS[index % len(_MARKERS)],
-            "linestyle": "-" if learned else _LINESTYLES[index % len(_LINESTYLES)],
+            "marker": _LEARNED_STYLES[variant][0] if learned else _MARKERS[index % len(_MARKERS)],
+            "linestyle": _LEARNED_STYLES[variant][1] if learned else _LINESTYLES[index % len(_LINESTYLES)],
             "linewidth": 2.8 if learned else 1.3,
             "markersize": 11 if learned else 6,
             "zorder": 10 if learned else 2,
@@ -321,12 +333,23 @@ def pareto_figure(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
     return path
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by ``None``, which JSON can hold (NaN is not JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
+
+
 def write_results(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Writes ``results.json``, ``results.md`` and ``pareto.png`` into ``out_dir``; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "pareto.png"}
-    paths["json"].write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    paths["json"].write_text(json.dumps(strict_json(results), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     paths["md"].write_text(markdown(results))
     title = f"{results['model']}: {results['steps']} steps, {results['n_samples']} samples"
     pareto_figure(results["rows"], paths["png"], title=title)

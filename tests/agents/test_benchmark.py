@@ -279,6 +279,18 @@ def test_wall_ratio_at_targets_interpolates_between_learned_knobs() -> None:
     assert summary[1]["line"].endswith("learned wall ÷ FLOP speedup 0.85")
     assert "wall ÷ FLOP" not in summary[2]["line"]  # 5× lies past the learned knobs
 
+    # With two learned variants, a line gives the wall ratio of the one whose PSNR it gives.
+    variants = [
+        {**row("learned", 2.0, 1.0, [1.0]), "psnr": 30.0},
+        {**row("learned", 4.0, 2.0, [2.0]), "psnr": 26.0},
+        {**row("learned shared", 2.0, 2.0, [2.0]), "psnr": 35.0},
+        {**row("learned shared", 4.0, 4.0, [4.0]), "psnr": 33.0},
+        {**row("FORA", 3.0, 3.0, [3.0]), "psnr": 30.0},
+    ]
+    (entry,) = summarize(variants, [3])
+    assert entry["learned_method"] == "learned shared" and entry["learned_psnr"] == pytest.approx(34.0)
+    assert entry["line"].endswith("learned wall ÷ FLOP speedup 1.00")
+
     results = {
         "model": "m",
         "scheduler": "s",
@@ -323,6 +335,7 @@ def test_wandb_logs_table_image_and_artifact(benchmark_run: tuple[dict[str, Any]
         ("--config", "missing.yaml"),
         ("--classes", "3,12"),
         ("--repeats", "0"),
+        ("--guidance", "-1"),
     ],
 )
 def test_bad_flag_names_the_flag(flag: str, value: str, capsys: pytest.CaptureFixture) -> None:
@@ -352,6 +365,22 @@ def test_steps_other_than_the_policys_training_get_a_notice() -> None:
     assert trained_steps_notice(policy, trained) is None
     assert f"trained with {trained} denoising steps and this run uses 4" in trained_steps_notice(policy, 4)
     assert trained_steps_notice(FORA(2), 4) is None  # no manifest: nothing to compare with
+
+
+def test_config_file_mistakes_name_the_field(tmp_path: Path) -> None:
+    def config_file(text: str) -> Path:
+        path = tmp_path / "benchmark.yaml"
+        path.write_text(text)
+        return path
+
+    assert load_config(config_file("seeds: 1000005\n")).seed_list == [1000005]  # one seed, as --seeds takes it
+    with pytest.raises(ConfigError, match="quick must be a mapping"):
+        load_config(config_file("quick: true\n"))
+    with pytest.raises(ConfigError, match="--quick: .* has no quick: section"):
+        load_config(config_file("repeats: 2\n"), quick=True)
+    for target in (".nan", ".inf", "1.0"):
+        with pytest.raises(ConfigError, match="targets="):
+            load_config(config_file(f"targets: [2, {target}]\n"))
 
 
 def test_flags_override_the_config() -> None:
@@ -442,6 +471,50 @@ def test_a_failing_method_is_recorded_and_the_others_still_run(tmp_path: Path) -
     assert any("Broken cache" in line and "FAILED" in line for line in lines)
     paths = write_results(results, tmp_path)
     assert "## Failed" in Path(paths["md"]).read_text()
+
+
+def test_the_flop_cross_check_picks_a_measured_method_and_its_failure_keeps_the_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agents.benchmark import runner
+    from agents.benchmark.report import write_results
+
+    config = load_config(overrides={"seeds": "1000000-1000001", "steps": STEPS, "repeats": 1, "warmup_steps": 1})
+    options = {"groups": 2, "probe_blocks": 0}
+    methods = [
+        _Broken("FORA", "baseline", "N=2", lambda: FORA(2), options),
+        EngineMethod("FORA", "baseline", "N=3", lambda: FORA(3), options),
+    ]
+    results = runner.run_benchmark(tiny_pipeline(), config, methods, model_name="tiny", progress=False, echo=print)
+    assert [row["knob"] for row in results["rows"]] == ["N=3"]
+    assert results["flops_check"]["knob"] == "N=3" and results["flops_check"]["passed"]
+
+    def broken_check(*args: Any) -> None:
+        raise RuntimeError("counter broke")
+
+    monkeypatch.setattr(runner, "flops_cross_check", broken_check)
+    lines: list[str] = []
+    results = runner.run_benchmark(
+        tiny_pipeline(), config, methods[1:], model_name="t", progress=False, echo=lines.append
+    )
+    assert [row["knob"] for row in results["rows"]] == ["N=3"]
+    assert results["flops_check"] == {
+        "method": "FORA",
+        "knob": "N=3",
+        "passed": False,
+        "error": "RuntimeError: counter broke",
+    }
+    assert any("cross-check of FORA (N=3) failed" in line for line in lines)
+    paths = write_results(results, tmp_path)
+    assert "FLOP cross-check on FORA (N=3) failed: RuntimeError: counter broke" in paths["md"].read_text()
+
+
+def test_results_json_is_strict_json() -> None:
+    from agents.benchmark.report import strict_json
+
+    value = {"ssim": math.nan, "rows": [{"fd": math.inf, "psnr": 31.5}], "knob": "N=2", "n": 3}
+    text = json.dumps(strict_json(value), allow_nan=False)
+    assert json.loads(text) == {"ssim": None, "rows": [{"fd": None, "psnr": 31.5}], "knob": "N=2", "n": 3}
 
 
 def test_keep_freed_memory_sets_glibc_thresholds() -> None:
