@@ -67,15 +67,18 @@ def _interpolate(points: Sequence[tuple[float, float]], x: float) -> float:
 def wall_ratio_at(rows: Sequence[dict[str, Any]], speedup: float) -> float | None:
     """Wall ÷ FLOP speedup of ``rows`` (one method's) at FLOP ``speedup``, linear between the knobs around it.
 
+    Knobs with the same FLOP speedup count as one point, their mean ratio.
+
     Returns:
         The interpolated ratio, or ``None`` when ``speedup`` lies outside the FLOP speedups of the rows that have a
         ``wall_speedup``.
     """
-    points = sorted(
-        (float(r["flops_speedup"]), float(r["wall_speedup"]) / float(r["flops_speedup"]))
-        for r in rows
-        if r.get("wall_speedup") is not None
-    )
+    ratios: dict[float, list[float]] = {}  # knobs at the same FLOP speedup (e.g. saturated budgets) are averaged
+    for r in rows:
+        if r.get("wall_speedup") is not None:
+            row_speedup = float(r["flops_speedup"])
+            ratios.setdefault(row_speedup, []).append(float(r["wall_speedup"]) / row_speedup)
+    points = sorted((x, sum(values) / len(values)) for x, values in ratios.items())
     if not points or not points[0][0] - 1e-9 <= speedup <= points[-1][0] + 1e-9:
         return None
     return _interpolate(points, speedup)

@@ -273,6 +273,9 @@ def test_wall_ratio_at_targets_interpolates_between_learned_knobs() -> None:
     assert wall_ratio_at(learned, 3.0) == pytest.approx(0.85)
     assert wall_ratio_at(learned, 2.0) == pytest.approx(0.9) and wall_ratio_at(learned, 4.0) == pytest.approx(0.8)
     assert wall_ratio_at(learned, 1.5) is None and wall_ratio_at(learned, 4.5) is None
+    saturated = [row("learned", 2.0, 1.6, [1.6]), row("learned", 2.0, 1.8, [1.8])]  # two budgets, one speedup
+    assert wall_ratio_at(saturated, 2.0) == pytest.approx(0.85)
+    assert wall_ratio_at([*saturated, row("learned", 3.0, 2.1, [2.1])], 2.0) == pytest.approx(0.85)
 
     summary = summarize(rows, [2, 3, 5])
     assert summary[1]["learned_wall_ratio"] == {"learned": pytest.approx(0.85), "learned shared": pytest.approx(1.0)}
