@@ -60,6 +60,7 @@ class CacheScheduleVecEnv(VecEnv):
         budgets = None if specs[0].budget is None else [s.budget for s in specs]
         observations = self.episodes.begin([s.condition for s in specs], [s.seed for s in specs], budgets)
         self.reset_infos = [{"condition": s.condition, "seed": s.seed, "budget": s.budget} for s in specs]
+        self._reset_options()  # set_options applies to the next reset only, as in SB3's DummyVecEnv
         return observations
 
     def step_async(self, actions: np.ndarray) -> None:

@@ -77,6 +77,8 @@ class ObservationNormalization:
         if not _is_number(self.epsilon) or not math.isfinite(self.epsilon) or self.epsilon < 0:
             raise ValueError(f"Normalisation epsilon={self.epsilon!r}: give a finite number >= 0.")
         self.clip, self.epsilon = float(self.clip), float(self.epsilon)
+        if bool((self.var + self.epsilon <= 0).any()):
+            raise ValueError("Normalisation var + epsilon must be > 0 for every feature (a zero would divide by 0).")
         self._std = torch.sqrt(self.var + self.epsilon)
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
@@ -163,9 +165,11 @@ class LearnedPolicy(Policy):
     @property
     def budget_range(self) -> tuple[float, float] | None:
         """``(low, high)``: the budgets a budget-conditioned policy was trained on, if its manifest records them."""
-        value = (self.manifest.get("trained_on") or {}).get("budget_range")
-        if not (
-            isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+        trained_on = self.manifest.get("trained_on")
+        value = trained_on.get("budget_range") if isinstance(trained_on, Mapping) else None
+        if (
+            not (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value))
+            or not 0.0 < value[0] <= value[1] <= 1.0
         ):
             return None
         return float(value[0]), float(value[1])

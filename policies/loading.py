@@ -122,7 +122,7 @@ def _read(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         _fail(path, f"not a safetensors file ({_describe(prefix, size, declared)}).")
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # (absurdly nested JSON)
         header = None
     if not isinstance(header, dict):
         _fail(path, "not a safetensors file: its header is not a JSON object.")
@@ -144,7 +144,7 @@ def _read(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         )
     try:
         manifest = json.loads(metadata[MANIFEST_KEY])
-    except (TypeError, json.JSONDecodeError) as error:
+    except (TypeError, json.JSONDecodeError, RecursionError) as error:
         _fail(path, f"the manifest (metadata key {MANIFEST_KEY!r}) is not valid JSON: {error}.")
     if not isinstance(manifest, dict):
         _fail(path, f"the manifest must be a JSON object; got {type(manifest).__name__}.")
@@ -174,9 +174,10 @@ def _load_tensors(
     if extra:
         _fail(path, f"unexpected tensor(s) {extra} that the manifest does not describe.")
     for name, shape in expected.items():
-        if list(present[name].get("shape", [])) != shape:
-            _fail(path, f"tensor {name!r} has shape {present[name].get('shape')} but the manifest needs {shape}.")
-        if present[name].get("dtype") not in dtypes:
+        given = present[name].get("shape")
+        if not isinstance(given, list) or given != shape:
+            _fail(path, f"tensor {name!r} has shape {given} but the manifest needs {shape}.")
+        if not isinstance(present[name].get("dtype"), str) or present[name]["dtype"] not in dtypes:
             _fail(path, f"tensor {name!r} has dtype {present[name].get('dtype')}; expected one of {sorted(dtypes)}.")
     try:
         tensors = load_file(os.fspath(path))
@@ -203,7 +204,7 @@ def _check_layers(path: str | Path, layers: Any) -> list[dict[str, Any]]:
         last = index == len(layers) - 1
         if last and spec["activation"] is not None:
             _fail(path, f"the last layer (the action head) must have activation null; got {spec['activation']!r}.")
-        if not last and spec["activation"] not in ACTIVATIONS:
+        if not last and (not isinstance(spec["activation"], str) or spec["activation"] not in ACTIVATIONS):
             _fail(path, f"layers[{index}] activation {spec['activation']!r} is not one of {sorted(ACTIVATIONS)}.")
     names = [spec["name"] for spec in layers]
     if len(set(names)) != len(names):

@@ -60,7 +60,7 @@ def from_sb3(
     import gymnasium
     import stable_baselines3
     from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
-    from stable_baselines3.common.vec_env import VecNormalize
+    from stable_baselines3.common.vec_env import unwrap_vec_normalize
 
     policy, algorithm = getattr(model, "policy", model), type(model).__name__
     if not all(hasattr(policy, name) for name in ("mlp_extractor", "action_net", "features_extractor")):
@@ -91,9 +91,10 @@ def from_sb3(
         raise ValueError(f"{algorithm}'s policy is not the standard MlpExtractor + Linear action_net of 'MlpPolicy'.")
     hidden, activations = _split_policy_net(policy.mlp_extractor.policy_net)
     num_groups = len(nvec)
-    if vec_normalize is None and isinstance(getattr(model, "get_env", lambda: None)(), VecNormalize):
+    training_env = getattr(model, "get_env", lambda: None)()
+    if vec_normalize is None and training_env is not None and unwrap_vec_normalize(training_env) is not None:
         raise ValueError(
-            "The model's environment is a VecNormalize: pass it as vec_normalize= so that the policy "
+            "The model's environment is (or wraps) a VecNormalize: pass it as vec_normalize= so that the policy "
             "normalises observations as in training."
         )
     normalization = None

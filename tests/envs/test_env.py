@@ -115,6 +115,7 @@ def test_vector_env_runs_samples_as_one_batch_and_matches_single_env() -> None:
         total += rewards
         assert dones.all() == (step == STEPS - 1)
     assert all("terminal_observation" in info for info in infos)
+    assert [info["seed"] for info in venv.reset_infos] != [10, 20, 30]  # set_options held for one reset only
     assert total == pytest.approx([-venv.config.reward.compute_cost] * 3, abs=1e-4)
     assert len(venv.env_method("action_masks")) == 3
     venv.close()

@@ -195,3 +195,51 @@ def test_bad_schedule_table(tmp_path: Path) -> None:
     bad = rewrite(path, edit_manifest=lambda m: m.update(num_steps=5))
     with pytest.raises(PolicyFormatError, match=r"'schedule' has shape \[4, 2\] but the manifest needs \[5, 2\]"):
         load_policy(bad)
+
+
+def rewrite_header(source: Path, edit: Callable[[dict[str, Any]], Any]) -> Path:
+    """Saves a copy of ``source`` whose raw safetensors header (tensor entries and metadata) ``edit`` changed."""
+    data = source.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    edit(header)
+    text = json.dumps(header).encode()
+    target = source.with_name("edited-header.safetensors")
+    target.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
+    return target
+
+
+def _set_manifest(header: dict[str, Any], edit: Callable[[dict[str, Any]], Any]) -> None:
+    manifest = json.loads(header["__metadata__"][MANIFEST_KEY])
+    edit(manifest)
+    header["__metadata__"][MANIFEST_KEY] = json.dumps(manifest)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda h: h["hidden.0.bias"].update(shape=8), "'hidden.0.bias' has shape 8 but the manifest needs"),
+        (lambda h: h["hidden.0.bias"].update(shape=None), "'hidden.0.bias' has shape None"),
+        (lambda h: h["hidden.0.bias"].update(dtype=["F32"]), r"'hidden.0.bias' has dtype \['F32'\]"),
+        (lambda h: _set_manifest(h, lambda m: m["layers"][0].update(activation=["tanh"])), "activation"),
+        (lambda h: h["__metadata__"].update({MANIFEST_KEY: "[" * 100_000 + "]" * 100_000}), "not valid JSON"),
+    ],
+    ids=["shape-int", "shape-null", "dtype-list", "activation-list", "nested-manifest"],
+)
+def test_odd_json_values_are_format_errors(
+    good_file: Path, edit: Callable[[dict[str, Any]], Any], message: str
+) -> None:
+    with pytest.raises(PolicyFormatError, match=message):
+        load_policy(rewrite_header(good_file, edit))
+
+
+def test_zero_variance_without_epsilon_is_rejected_and_odd_trained_on_is_ignored(good_file: Path) -> None:
+    def zero_variance(tensors: dict[str, torch.Tensor]) -> None:
+        tensors["normalization.var"].zero_()
+
+    path = rewrite(good_file, edit_manifest=lambda m: m["normalization"].update(epsilon=0), edit_tensors=zero_variance)
+    with pytest.raises(PolicyFormatError, match="var \\+ epsilon must be > 0"):
+        load_policy(path)
+    for trained_on in (["not", "a", "mapping"], {"budget_range": [0.5, 0.1]}):
+        policy = load_policy(rewrite(good_file, edit_manifest=lambda m, t=trained_on: m.update(trained_on=t)))
+        assert policy.budget_range is None

@@ -15,7 +15,7 @@ import torch
 from sb3_contrib import MaskablePPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
 
 import runtime
 from policies import (
@@ -245,8 +245,16 @@ class DiscreteEnv(FeatureEnv):
             "Activation Softplus",
         ),
         (lambda: PPO("MlpPolicy", VecNormalize(DummyVecEnv([FeatureEnv]))), "pass it as vec_normalize="),
+        (lambda: PPO("MlpPolicy", VecMonitor(VecNormalize(DummyVecEnv([FeatureEnv])))), "pass it as vec_normalize="),
     ],
-    ids=["custom-extractor", "dict-observations", "discrete-actions", "activation", "forgotten-vecnormalize"],
+    ids=[
+        "custom-extractor",
+        "dict-observations",
+        "discrete-actions",
+        "activation",
+        "forgotten-vecnormalize",
+        "forgotten-wrapped-vecnormalize",
+    ],
 )
 def test_from_sb3_rejects_unsupported_models(make_model: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
