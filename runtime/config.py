@@ -22,8 +22,9 @@ class CacheConfig:
             is a cheap signal for the policy. 0 disables probing.
         forecast_order: Order (1 to 3) of the Taylor forecast of a group's residual. ``None`` takes the policy's
             ``forecast_order`` (1 if it has none).
-        cfg_layout: ``"auto"`` (the convention of the pipeline that uses this transformer class), ``"none"``,
-            ``"cond_uncond"`` or ``"uncond_cond"``: how batched classifier-free-guidance halves are ordered.
+        cfg_layout: ``"auto"`` (the convention of the pipeline that uses this transformer class, for batches
+            whose two halves start from the same latents), ``"none"``, ``"cond_uncond"`` or ``"uncond_cond"``: how
+            batched classifier-free-guidance halves are ordered.
         budget: Target compute fraction in (0, 1] shown to budget-conditioned policies, or ``None``.
         shared_decisions: Apply the samples' majority action per group to the whole batch.
     """

@@ -186,7 +186,7 @@ class CacheEngine:
             state.step_index == 0 or rows != state.rows or time >= state.time - 1e-9 or shape != state.shape
         )
         if new_generation:
-            layout = batch_layout(self.cfg_layout, self.transformer_class, rows)
+            layout = batch_layout(self.cfg_layout, self.transformer_class, hidden)
             state.start(time, rows, layout, self.num_groups, self.order + 1)
             state.shape = shape
             if self._track_accumulation:

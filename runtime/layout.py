@@ -48,22 +48,34 @@ def resolve_cfg_layout(value: str | CfgLayout, transformer: torch.nn.Module) -> 
         raise ValueError(f"cfg_layout={value!r} is not a layout: use 'auto', {names}.") from None
 
 
-def batch_layout(configured: CfgLayout | None, transformer_class: str, rows: int) -> CfgLayout:
-    """The layout for a batch of ``rows``: the configured one, or with ``"auto"`` the class default.
+def batch_layout(configured: CfgLayout | None, transformer_class: str, hidden: torch.Tensor) -> CfgLayout:
+    """The layout for a batch: the configured one, or with ``"auto"`` the class default where the batch holds halves.
 
-    With ``"auto"`` an odd batch cannot hold two halves, so it is taken as :attr:`CfgLayout.NONE`.
+    Pipelines batch guidance by repeating the latents (``torch.cat([latents] * 2)``), so at the first step of a
+    generation both halves of the transformer's input are equal. With ``"auto"``, a batch whose halves differ (the
+    pipeline runs without guidance) or an odd batch is taken as :attr:`CfgLayout.NONE`: every row its own sample.
+
+    Args:
+        configured: The layout given to the engine, ``None`` for ``"auto"``.
+        transformer_class: Class name of the transformer (for the ``"auto"`` default).
+        hidden: The transformer's ``hidden_states`` at the first step of the generation.
 
     Raises:
         ValueError: If a paired layout was configured explicitly for an odd batch.
     """
+    rows = hidden.shape[0]
     layout = configured if configured is not None else DEFAULT_CFG_LAYOUTS.get(transformer_class, CfgLayout.NONE)
-    if layout is not CfgLayout.NONE and rows % 2:
+    if layout is CfgLayout.NONE:
+        return layout
+    if rows % 2:
         if configured is None:
             return CfgLayout.NONE
         raise ValueError(
             f"cfg_layout={layout.value!r} pairs conditional and unconditional halves, but the transformer got a "
             f"batch of {rows} rows. Pass cfg_layout='none' when the pipeline does not batch guidance halves."
         )
+    if configured is None and not torch.equal(hidden[: rows // 2], hidden[rows // 2 :]):
+        return CfgLayout.NONE
     return layout
 
 

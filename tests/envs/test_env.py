@@ -103,6 +103,17 @@ def test_splits_and_options_are_validated() -> None:
         make_env(groups="four")
 
 
+def test_vector_env_without_guidance_decides_for_every_sample() -> None:
+    config = {"num_inference_steps": 3, "groups": GROUPS, "guidance_scale": 1.0, "budget_conditioned": False}
+    venv = CacheScheduleVecEnv(2, config, tiny_digits_pipeline(), seed=0)
+    observations = venv.reset()
+    assert observations.shape == (2, venv.observation_space.shape[0])
+    for _ in range(3):
+        observations, _, dones, _ = venv.step(np.array([[0, 0], [1, 1]]))
+    assert observations.shape[0] == 2 and dones.all()
+    venv.close()
+
+
 def test_vector_env_runs_samples_as_one_batch_and_matches_single_env() -> None:
     pipe = tiny_digits_pipeline()
     venv = CacheScheduleVecEnv(3, {"num_inference_steps": STEPS, "groups": GROUPS, "budget_conditioned": False}, pipe)

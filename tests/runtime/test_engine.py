@@ -83,6 +83,13 @@ def test_cfg_halves_share_one_decision_and_observation_uses_cond_half() -> None:
     assert policy.observations[0].num_samples == 2
     assert engine.state_manager.get_state().layout is runtime.CfgLayout.COND_UNCOND
     runtime.disable_cache(model)
+    # Without guidance an even batch holds four samples, not two cond/uncond pairs: its halves differ.
+    policy = ScriptedPolicy(lambda step, sample, group: Action.COMPUTE if step % 2 == 0 else Action.REUSE)
+    engine = runtime.enable_cache(model, policy)
+    denoise_dit(model, [4, 6, 1, 2], steps=3, cfg=False)
+    assert policy.observations[0].num_samples == 4
+    assert engine.state_manager.get_state().layout is runtime.CfgLayout.NONE
+    runtime.disable_cache(model)
     runtime.enable_cache(model, AlwaysCompute(), cfg_layout="cond_uncond")
     with pytest.raises(ValueError, match="cfg_layout='none'"):
         denoise_dit(model, [4], steps=2, cfg=False)
