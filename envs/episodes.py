@@ -14,7 +14,7 @@ import runtime
 from runtime.observations import CHANGE_CAP, GLOBAL_FEATURES
 
 from .config import EnvConfig
-from .pipelines import describe, generate, prepare_pipeline
+from .pipelines import describe, generate, prepare_pipeline, weights_fingerprint
 from .references import Reference, ReferenceStore
 from .session import BridgePolicy, Decision, DenoisingSession, Finished
 
@@ -65,7 +65,12 @@ class EpisodeBatch:
         )
         self.references = ReferenceStore(
             self._generate_references,
-            {**describe(self.pipe), "steps": config.num_inference_steps, "guidance": config.guidance_scale},
+            {
+                **describe(self.pipe),
+                "weights": weights_fingerprint(self.pipe.transformer),
+                "steps": config.num_inference_steps,
+                "guidance": config.guidance_scale,
+            },
             config.reference_cache_dir,
         )
         names = self.engine.feature_names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +37,21 @@ def describe(pipe: DiffusionPipeline) -> dict[str, Any]:
         "scheduler": type(pipe.scheduler).__name__,
         "scheduler_config": dict(pipe.scheduler.config),
     }
+
+
+def weights_fingerprint(module: torch.nn.Module, samples_per_tensor: int = 4096) -> str:
+    """SHA-256 over a module's parameter and buffer names, shapes, dtypes and an evenly spaced sample of values.
+
+    Tells apart checkpoints that share a config (a retrained or fine-tuned model) without reading every weight
+    of a large model.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        flat = tensor.detach().flatten()
+        sample = flat[:: max(1, flat.numel() // samples_per_tensor)][:samples_per_tensor]
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(sample.to("cpu", torch.float64).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def generate(

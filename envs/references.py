@@ -35,8 +35,8 @@ class ReferenceStore:
     Args:
         generate: Runs the uncached pipeline for ``(conditions, seeds)``; returns the per-step latents (each
             ``(samples, ...)``) and the images ``(samples, C, H, W)``.
-        identity: Everything that changes a trajectory besides condition and seed (model config, scheduler
-            config, steps, guidance); hashed into the disk folder name.
+        identity: Everything that changes a trajectory besides condition and seed (model config and weights,
+            scheduler config, steps, guidance); hashed into the disk folder name.
         cache_dir: Folder for the on-disk copy, or ``None`` for memory only.
     """
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium
 import numpy as np
 import pytest
@@ -101,6 +103,22 @@ def test_splits_and_options_are_validated() -> None:
         make_env(eval_classes=[0, 9])
     with pytest.raises(ConfigError, match="env.groups"):
         make_env(groups="four")
+
+
+def test_reference_cache_on_disk_tells_checkpoints_of_one_config_apart(tmp_path: Path) -> None:
+    retrained = tiny_digits_pipeline()
+    with torch.no_grad():
+        retrained.transformer.proj_out_2.bias.add_(0.5)  # the same config, other weights
+    seen = []
+    for pipe in (tiny_digits_pipeline(), retrained, retrained):
+        config = {"num_inference_steps": STEPS, "groups": GROUPS, "reference_cache_dir": str(tmp_path)}
+        env = CacheScheduleEnv(config, pipe=pipe)
+        _, _, info = play(env, action=0, seed=0, options={"condition": 1, "seed": 10})
+        seen.append((info["psnr"], env.episodes.references.generated))
+        env.close()
+    # Always computing matches the model's own references exactly (PSNR inf): the retrained model generated its
+    # own instead of reading the first model's, and the second run of it read them back from disk.
+    assert seen == [(float("inf"), 1), (float("inf"), 1), (float("inf"), 0)]
 
 
 def test_vector_env_without_guidance_decides_for_every_sample() -> None:
