@@ -44,7 +44,8 @@ def draw_episode(
     budget = None
     if config.budget_conditioned:
         low, high = config.budget_range
-        budget = float(options["budget"]) if "budget" in options else float(rng.uniform(low, high))
+        given = options.get("budget")  # None: drawn, as when not given
+        budget = float(given) if given is not None else float(rng.uniform(low, high))
         if not 0.0 < budget <= 1.0:
             raise ConfigError(f"budget={budget}: a compute fraction must lie in (0, 1].")
     elif options.get("budget") is not None:

@@ -558,6 +558,11 @@ class CacheEngine:
                 f"The policy chooses actions for {expected_groups} groups but the engine has {self.num_groups}: "
                 f"pass groups={expected_groups}."
             )
+        if "probe_change" in getattr(self.policy, "required_signals", ()) and self.config.probe_blocks == 0:
+            raise ValueError(
+                f"{type(self.policy).__name__} reads probe_change, the change of the probe blocks' residual, but "
+                "probe_blocks=0 runs no probe block: pass probe_blocks >= 1."
+            )
         expected_names = getattr(self.policy, "feature_names", None)
         if expected_names is not None and tuple(expected_names) != self.feature_names:
             raise ValueError(

@@ -96,6 +96,8 @@ def test_splits_and_options_are_validated() -> None:
     assert env.config.eval_seeds[0] <= info["seed"] < env.config.eval_seeds[1]
     with pytest.raises(ConfigError, match="budget"):
         env.reset(options={"budget": 1.5})
+    _, info = env.reset(options={"budget": None})  # None: drawn from the budget range, as when not given
+    assert env.config.budget_range[0] <= info["budget"] <= env.config.budget_range[1]
     with pytest.raises(ConfigError, match="colour"):
         env.reset(options={"colour": 1})
     env.close()

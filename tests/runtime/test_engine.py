@@ -10,7 +10,7 @@ import torch
 from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
 import runtime
-from policies import FORA, AlwaysCompute, TaylorSeer
+from policies import FORA, AlwaysCompute, FirstBlockThreshold, TaylorSeer
 from runtime import Action
 from tests.runtime.toy_models import ScriptedPolicy, denoise_dit, tiny_dit
 
@@ -167,6 +167,9 @@ def test_errors_name_the_fix() -> None:
         runtime.enable_cache(model, AlwaysCompute(), probe_blocks=4)
     with pytest.raises(ValueError, match="budget"):
         runtime.enable_cache(model, AlwaysCompute(), budget=1.5)
+    with pytest.raises(ValueError, match="reads probe_change.*pass probe_blocks >= 1"):
+        runtime.enable_cache(model, FirstBlockThreshold(0.1), probe_blocks=0)
+    assert runtime.get_engine(model) is None
     with pytest.raises(ValueError, match="cfg_layout"):
         runtime.enable_cache(model, AlwaysCompute(), cfg_layout="cond-first")
     runtime.enable_cache(model, AlwaysCompute())
