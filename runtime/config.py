@@ -61,7 +61,7 @@ class CacheConfig:
     def to_dict(self) -> dict[str, Any]:
         """The options as plain JSON-serialisable values."""
         data = asdict(self)
-        if not isinstance(data["groups"], int):
+        if data["groups"] is not None and not isinstance(data["groups"], int):
             data["groups"] = list(data["groups"])
         return data
 

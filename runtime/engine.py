@@ -144,7 +144,7 @@ class CacheEngine:
         """
         if isinstance(budget, torch.Tensor):
             values = budget.detach().to(torch.float64).flatten()
-            if bool(((values <= 0) | (values > 1)).any()):
+            if not bool(((values > 0) & (values <= 1)).all()):  # (NaN fails both comparisons)
                 raise ValueError(f"budget={values.tolist()}: every compute fraction must lie in (0, 1].")
             self._sample_budgets = values
             warn_outside_trained_budgets(self.policy, values.min().item(), values.max().item())
@@ -709,8 +709,7 @@ def enable_cache(
         budget=budget,
         shared_decisions=shared_decisions,
     )
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(ROOT_HOOK) is not None:
+    if get_engine(transformer) is not None:
         raise ValueError(
             "Caching is already enabled on this transformer: call runtime.disable_cache(transformer) first."
         )
@@ -718,10 +717,15 @@ def enable_cache(
     if budget is not None:
         warn_outside_trained_budgets(policy, budget, budget)
     group_of = {block: g for g, members in enumerate(engine.groups) for block in members}
-    for index, block in enumerate(engine.blocks):
-        block_registry = HookRegistry.check_if_exists_or_initialize(block.module)
-        block_registry.register_hook(BlockHook(engine, index, block, group_of.get(index)), BLOCK_HOOK)
-    registry.register_hook(RootHook(engine), ROOT_HOOK)
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    try:  # all hooks or none: a failure (e.g. a forward without a timestep) leaves the model as it was
+        for index, block in enumerate(engine.blocks):
+            block_registry = HookRegistry.check_if_exists_or_initialize(block.module)
+            block_registry.register_hook(BlockHook(engine, index, block, group_of.get(index)), BLOCK_HOOK)
+        registry.register_hook(RootHook(engine), ROOT_HOOK)
+    except Exception:
+        _remove_hooks(transformer, engine)
+        raise
     registry.invalidate_child_registries_cache()
     return engine
 
@@ -760,10 +764,16 @@ def disable_cache(transformer: torch.nn.Module) -> None:
     if engine is None:
         raise ValueError("Caching is not enabled on this transformer; nothing to disable.")
     engine.state_manager.reset()
+    _remove_hooks(transformer, engine)
+
+
+def _remove_hooks(transformer: torch.nn.Module, engine: CacheEngine) -> None:
+    """Removes whichever of the engine's hooks are registered, and registries left empty."""
     for module in [block.module for block in engine.blocks] + [transformer]:
-        registry = module._diffusers_hook
-        name = ROOT_HOOK if module is transformer else BLOCK_HOOK
-        registry.remove_hook(name, recurse=False)
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is None:
+            continue
+        registry.remove_hook(ROOT_HOOK if module is transformer else BLOCK_HOOK, recurse=False)
         if not registry.hooks:
             del module._diffusers_hook
     registry = getattr(transformer, "_diffusers_hook", None)

@@ -95,6 +95,32 @@ def test_cfg_halves_share_one_decision_and_observation_uses_cond_half() -> None:
         denoise_dit(model, [4], steps=2, cfg=False)
 
 
+def test_set_budget_and_failed_enable_leave_a_usable_model() -> None:
+    model = tiny_dit()
+    engine = runtime.enable_cache(model, FORA(2))  # no groups given: the engine's default
+    engine.set_budget(0.25)
+    assert engine.budget == 0.25
+    with pytest.raises(ValueError, match="compute fraction"):
+        engine.set_budget(torch.tensor([0.5, float("nan")]))
+    runtime.disable_cache(model)
+
+    class NoTimestep(torch.nn.Module):
+        """Blocks the engine can hook, under a forward without the ``timestep`` it needs."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.transformer_blocks = model.transformer_blocks
+
+        def forward(self, hidden_states: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return hidden_states
+
+    wrapper = NoTimestep()
+    with pytest.raises(ValueError, match="no 'timestep' argument"):
+        runtime.enable_cache(wrapper, AlwaysCompute())
+    assert not any(hasattr(module, "_diffusers_hook") for module in wrapper.modules())  # no hook left behind
+    assert runtime.get_engine(wrapper) is None
+
+
 def test_contexts_keep_separate_state_and_new_generations_are_detected() -> None:
     model = tiny_dit()
     alone = denoise_dit(model, [1], steps=4)
