@@ -54,7 +54,9 @@ class RootHook(ModelHook):
         timestep = self._argument("timestep", args, kwargs)
         if timestep is None:
             raise ValueError("The transformer was called without a timestep; the engine needs it to find steps.")
-        time = float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
+        # The step's time is the largest entry: per-token timesteps (e.g. Wan image-to-video) hold 0 for tokens of
+        # a clean conditioning frame, which would read as a new generation at every step.
+        time = float(timestep.max()) if isinstance(timestep, torch.Tensor) else float(timestep)
         state = self.state_manager.get_state()
         meter = self.engine.begin_step(state, time, hidden)
         if meter is None:

@@ -121,6 +121,19 @@ def test_set_budget_and_failed_enable_leave_a_usable_model() -> None:
     assert runtime.get_engine(wrapper) is None
 
 
+def test_per_token_timesteps_with_a_clean_first_token_are_one_generation() -> None:
+    model = tiny_dit()
+    engine = runtime.enable_cache(model, FORA(2))
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for t in (900.0, 600.0, 300.0, 100.0):
+            timestep = torch.tensor([0.0, t])  # one row already clean, as a conditioning frame's tokens are
+            model(latents, timestep=timestep, class_labels=torch.tensor([1, 2]))
+    summary = engine.summary()
+    runtime.disable_cache(model)
+    assert summary["generations"] == 1 and summary["computed_fraction"] < 1.0
+
+
 def test_contexts_keep_separate_state_and_new_generations_are_detected() -> None:
     model = tiny_dit()
     alone = denoise_dit(model, [1], steps=4)
