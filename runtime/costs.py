@@ -36,11 +36,13 @@ class CostMeter:
         counter: The active flop counter.
         rows: Batch rows of the measured pass.
         block_flops: FLOPs each block's call used, by block index.
+        engine_flops: FLOPs of the engine's own work in the pass (the policy's decision), left out of the costs.
     """
 
     counter: FlopCounterMode = field(default_factory=lambda: FlopCounterMode(display=False))
     rows: int = 1
     block_flops: dict[int, float] = field(default_factory=dict)
+    engine_flops: float = 0.0
 
     def total(self) -> int:
         """FLOPs counted so far in this pass."""
@@ -55,5 +57,5 @@ class CostMeter:
                 "so their cost is unknown."
             )
         blocks = torch.tensor([self.block_flops[i] for i in range(num_blocks)], dtype=torch.float64) / self.rows
-        always = max(float(self.total()) / self.rows - float(blocks.sum()), 0.0)
+        always = max((float(self.total()) - self.engine_flops) / self.rows - float(blocks.sum()), 0.0)
         return CostModel(shape=shape, block_flops=blocks, always_flops=always)

@@ -250,6 +250,13 @@ class CacheEngine:
     @outside_compiled_graphs
     def decide(self, state: GenerationState) -> None:
         """Asks the policy for this step's actions (after the probe blocks ran) and fixes them per row."""
+        meter = self.meter  # in a measured pass, the decision's FLOPs are the policy's, not the transformer's
+        counted_before = meter.total() if meter is not None else 0
+        self._decide(state)
+        if meter is not None:
+            meter.engine_flops += meter.total() - counted_before
+
+    def _decide(self, state: GenerationState) -> None:
         if state.accumulated_input_change is not None and state.previous_first_input is not None:
             state.accumulated_input_change += relative_l1(state.first_input, state.previous_first_input)
         if self._uncached:

@@ -121,6 +121,26 @@ def test_set_budget_and_failed_enable_leave_a_usable_model() -> None:
     assert runtime.get_engine(wrapper) is None
 
 
+def test_the_policys_own_flops_are_not_counted_as_the_models() -> None:
+    from policies import LearnedPolicy
+
+    model = tiny_dit()
+    options = {"groups": 2, "probe_blocks": 1, "forecast_order": 1}
+    names = runtime.feature_names(2)
+    torch.manual_seed(0)
+    network = LearnedPolicy(  # a wide actor, so its matmuls would show in the costs
+        [torch.nn.Linear(len(names), 512)], torch.nn.Linear(512, 6), feature_names=names, engine_options=options
+    )
+    costs = []
+    for policy in (AlwaysCompute(), network):
+        engine = runtime.enable_cache(model, policy, **options)
+        denoise_dit(model, [1, 2], steps=2)
+        costs.append(engine.costs)
+        runtime.disable_cache(model)
+    assert costs[1].always_flops == costs[0].always_flops
+    assert torch.equal(costs[1].block_flops, costs[0].block_flops)
+
+
 def test_per_token_timesteps_with_a_clean_first_token_are_one_generation() -> None:
     model = tiny_dit()
     engine = runtime.enable_cache(model, FORA(2))
