@@ -13,7 +13,7 @@ class CostModel:
     """Per-row FLOPs of one forward pass at one input shape.
 
     Attributes:
-        shape: Hidden-state shape (without the batch dimension) the costs were measured at.
+        shape: Input shapes (without the batch dimension) the costs were measured at.
         block_flops: ``(blocks,)`` FLOPs of each hooked block per batch row.
         always_flops: FLOPs per row of everything outside the hooked blocks (embeddings, final layer).
         full_flops: FLOPs per row of an uncached forward pass.

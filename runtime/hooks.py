@@ -58,7 +58,12 @@ class RootHook(ModelHook):
         # a clean conditioning frame, which would read as a new generation at every step.
         time = float(timestep.max()) if isinstance(timestep, torch.Tensor) else float(timestep)
         state = self.state_manager.get_state()
-        meter = self.engine.begin_step(state, time, hidden)
+        input_shapes = tuple(  # every batched input: a longer prompt costs more FLOPs, as a larger image does
+            tuple(value.shape[1:])
+            for value in (*args, *kwargs.values())
+            if isinstance(value, torch.Tensor) and value.ndim > 1
+        )
+        meter = self.engine.begin_step(state, time, hidden, input_shapes)
         if meter is None:
             output = self.fn_ref.original_forward(*args, **kwargs)
         else:

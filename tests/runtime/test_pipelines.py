@@ -168,3 +168,43 @@ def test_skipped_groups_hand_on_dense_tensors(tiny_pipeline):
     assert summary["reuses"] > 0 and summary["merged_groups"] > 0
     assert len(received["last"]) == STEPS
     assert all(received["last"]), received
+
+
+def test_costs_are_measured_again_when_the_prompt_length_changes() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import runtime
+    from policies import FORA
+    from tests.conftest import _SD3_JOINT_DIM, _SD3_POOLED_DIM, build_sd3_pipeline
+
+    transformer = build_sd3_pipeline().transformer
+    size = transformer.config.sample_size
+
+    def denoise(text_length: int) -> None:
+        generator = torch.Generator().manual_seed(SEED)
+        latents = torch.randn(2, 4, size, size, generator=generator)
+        prompt = torch.randn(2, text_length, _SD3_JOINT_DIM, generator=generator)
+        pooled = torch.randn(2, _SD3_POOLED_DIM, generator=generator)
+        with torch.no_grad():
+            for t in torch.linspace(1000, 100, STEPS):
+                out = transformer(
+                    hidden_states=latents,
+                    encoder_hidden_states=prompt,
+                    pooled_projections=pooled,
+                    timestep=t.expand(2),
+                ).sample
+                latents = latents - 0.05 * out
+
+    def counted(text_length: int) -> int:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            denoise(text_length)
+        return counter.get_total_flops()
+
+    uncached = counted(64)
+    engine = runtime.enable_cache(transformer, FORA(FORA_INTERVAL))
+    denoise(2)  # costs measured at a short prompt
+    engine.reset()
+    cached = counted(64)
+    runtime.disable_cache(transformer)
+    assert engine.summary()["flops_speedup"] == pytest.approx(uncached / cached, rel=1e-3)
