@@ -79,6 +79,7 @@ class EngineStats:
     decisions: int = 0
     decision_seconds: float = 0.0
     action_counts: list[int] = field(default_factory=lambda: [0] * NUM_ACTIONS)
+    side_passes: int = 0
 
 
 class CacheEngine:
@@ -119,6 +120,7 @@ class CacheEngine:
         self._shared_index: dict[tuple[int, tuple[int, ...]], list[list[torch.Tensor]]] = {}
         self._sample_budgets: torch.Tensor | None = None
         self._uncached = False
+        self.side_pass_blocks: list[int] | None = None  # while a side pass runs: the blocks it ran
         self._check_policy()
 
     @property
@@ -177,6 +179,30 @@ class CacheEngine:
         return EngineStats(group_computed=[0] * len(self.groups))
 
     # -- step boundaries (called by RootHook) ---------------------------------------------------------------
+
+    def is_side_pass(self, state: GenerationState, time: float, hidden: torch.Tensor) -> bool:
+        """Whether a call is an extra pass of the current step on part of its batch, e.g. SD3's skip-layer guidance
+        pass (the conditional half again, some layers skipped), rather than the start of a new generation: the same
+        time as the step's pass, fewer rows."""
+        return (
+            self.costs is not None
+            and state.step_index > 0
+            and hidden.shape[0] < state.rows
+            and abs(time - state.time) <= 1e-9
+        )
+
+    def run_side_pass(self, forward: Callable[[], Any], rows: int) -> Any:
+        """Runs a side pass uncached, leaving the generation's state alone; its FLOPs count as computed."""
+        self.side_pass_blocks = []
+        try:
+            output = forward()
+        finally:
+            ran, self.side_pass_blocks = self.side_pass_blocks, None
+        flops = (self.costs.always_flops + float(self.costs.block_flops[ran].sum())) * rows
+        self.stats.spent_flops += flops
+        self.stats.full_flops += flops  # the uncached pipeline runs the same pass
+        self.stats.side_passes += 1
+        return output
 
     @outside_compiled_graphs
     def begin_step(
@@ -544,7 +570,8 @@ class CacheEngine:
             (computed fraction of each block), ``reuses``, ``forecasts``, ``fallbacks`` (non-finite cached or
             forecast residuals recomputed), ``merged_groups`` (group skips applied as part of an earlier group's
             span, see :meth:`apply_cached`), ``steps``, ``generations``, ``decisions``,
-            ``decision_seconds`` and the ``actions`` histogram.
+            ``decision_seconds``, the ``actions`` histogram and ``side_passes`` (extra uncached passes within a
+            step, see :meth:`is_side_pass`).
         """
         stats = self.stats
         total = max(stats.row_steps, 1)
@@ -567,6 +594,7 @@ class CacheEngine:
             "decisions": stats.decisions,
             "decision_seconds": stats.decision_seconds,
             "actions": {a.name.lower(): stats.action_counts[a] for a in Action},
+            "side_passes": stats.side_passes,
         }
 
     def _check_policy(self) -> None:

@@ -58,6 +58,8 @@ class RootHook(ModelHook):
         # a clean conditioning frame, which would read as a new generation at every step.
         time = float(timestep.max()) if isinstance(timestep, torch.Tensor) else float(timestep)
         state = self.state_manager.get_state()
+        if self.engine.is_side_pass(state, time, hidden):
+            return self.engine.run_side_pass(lambda: self.fn_ref.original_forward(*args, **kwargs), hidden.shape[0])
         input_shapes = tuple(  # every batched input: a longer prompt costs more FLOPs, as a larger image does
             tuple(value.shape[1:])
             for value in (*args, *kwargs.values())
@@ -103,6 +105,9 @@ class BlockHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         engine = self.engine
+        if engine.side_pass_blocks is not None:  # a side pass of the step: computed, the state left alone
+            engine.side_pass_blocks.append(self.index)
+            return self.fn_ref.original_forward(*args, **kwargs)
         state = engine.state_manager.get_state()
         metadata = self.block.metadata
         hidden = get_block_input(metadata, "hidden", args, kwargs)

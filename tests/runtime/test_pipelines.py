@@ -208,3 +208,61 @@ def test_costs_are_measured_again_when_the_prompt_length_changes() -> None:
     cached = counted(64)
     runtime.disable_cache(transformer)
     assert engine.summary()["flops_speedup"] == pytest.approx(uncached / cached, rel=1e-3)
+
+
+def test_sd3_skip_layer_guidance_passes_run_uncached_within_the_step() -> None:
+    import warnings
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import runtime
+    from policies import FORA, AlwaysCompute
+    from tests.conftest import (
+        _SD3_IMAGE_SIZE,
+        _SD3_JOINT_DIM,
+        _SD3_POOLED_DIM,
+        _TEXT_LENGTH,
+        _embedding_generator,
+        build_sd3_pipeline,
+    )
+
+    pipe = build_sd3_pipeline(num_layers=6)
+
+    def generate() -> torch.Tensor:
+        embeddings = _embedding_generator(SEED)
+        shape = (1, _TEXT_LENGTH, _SD3_JOINT_DIM)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the pipeline's notes on the tiny config
+            return pipe(
+                prompt_embeds=torch.randn(shape, generator=embeddings),
+                negative_prompt_embeds=torch.randn(shape, generator=embeddings),
+                pooled_prompt_embeds=torch.randn(1, _SD3_POOLED_DIM, generator=embeddings),
+                negative_pooled_prompt_embeds=torch.randn(1, _SD3_POOLED_DIM, generator=embeddings),
+                guidance_scale=5.0,
+                height=_SD3_IMAGE_SIZE,
+                width=_SD3_IMAGE_SIZE,
+                num_inference_steps=STEPS,
+                generator=torch.Generator().manual_seed(SEED),
+                output_type="pt",
+                skip_guidance_layers=[3],  # in the middle of a group: the side pass skips the group's first block
+                skip_layer_guidance_stop=0.9,
+            ).images
+
+    def counted() -> tuple[torch.Tensor, int]:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            images = generate()
+        return images, counter.get_total_flops()
+
+    uncached, uncached_flops = counted()
+    engine = runtime.enable_cache(pipe.transformer, AlwaysCompute(), probe_blocks=PROBE_BLOCKS)
+    assert torch.equal(generate(), uncached)
+    runtime.disable_cache(pipe.transformer)
+    engine = runtime.enable_cache(pipe.transformer, FORA(interval=FORA_INTERVAL), probe_blocks=PROBE_BLOCKS)
+    generate()  # the engine measures its costs
+    engine.reset()
+    _, cached_flops = counted()
+    runtime.disable_cache(pipe.transformer)
+    summary = engine.summary()
+    assert summary["generations"] == 1 and summary["side_passes"] > 0 and summary["computed_fraction"] < 1.0
+    assert summary["flops_speedup"] == pytest.approx(uncached_flops / cached_flops, rel=1e-3)
