@@ -29,7 +29,7 @@ from .forecast import (
     within_range,
 )
 from .hooks import BLOCK_HOOK, ROOT_HOOK, BlockHook, RootHook
-from .layout import batch_layout, resolve_cfg_layout
+from .layout import batch_layout, layout_class_name, resolve_cfg_layout
 from .observations import Observation, build_observation, feature_names
 from .state import DEFAULT_CONTEXT, ContextStateManager, GenerationState, SpanSum, StepDecision
 
@@ -104,7 +104,7 @@ class CacheEngine:
         self.groups = split_groups(len(self.blocks), config.probe_blocks, groups)
         self.order = config.forecast_order or int(getattr(policy, "forecast_order", 1) or 1)
         self.cfg_layout = resolve_cfg_layout(config.cfg_layout, transformer)
-        self.transformer_class = type(unwrap_module(transformer)).__name__
+        self.transformer_class = layout_class_name(unwrap_module(transformer))
         self.state_manager = ContextStateManager(GenerationState)
         self.costs: CostModel | None = None
         self.meter: CostMeter | None = None

@@ -33,6 +33,15 @@ DEFAULT_CFG_LAYOUTS: dict[str, CfgLayout] = {
 }
 
 
+def layout_class_name(transformer: torch.nn.Module) -> str:
+    """The name of the transformer's class, or of the nearest base class with a known CFG convention (a subclass
+    of ``DiTTransformer2DModel`` batches guidance as DiT does)."""
+    for cls in type(transformer).__mro__:
+        if cls.__name__ in DEFAULT_CFG_LAYOUTS:
+            return cls.__name__
+    return type(transformer).__name__
+
+
 def resolve_cfg_layout(value: str | CfgLayout, transformer: torch.nn.Module) -> CfgLayout | None:
     """Returns the layout for ``value``, or ``None`` for ``"auto"`` (decided per batch, see :func:`batch_layout`).
 

@@ -83,6 +83,13 @@ def test_cfg_halves_share_one_decision_and_observation_uses_cond_half() -> None:
     assert policy.observations[0].num_samples == 2
     assert engine.state_manager.get_state().layout is runtime.CfgLayout.COND_UNCOND
     runtime.disable_cache(model)
+    # A subclass of a known transformer batches guidance as its base class does.
+    subclassed = tiny_dit()
+    subclassed.__class__ = type("MyDiT", (type(subclassed),), {})
+    engine = runtime.enable_cache(subclassed, AlwaysCompute())
+    denoise_dit(subclassed, [4, 6], steps=2)
+    assert engine.state_manager.get_state().layout is runtime.CfgLayout.COND_UNCOND
+    runtime.disable_cache(subclassed)
     # Without guidance an even batch holds four samples, not two cond/uncond pairs: its halves differ.
     policy = ScriptedPolicy(lambda step, sample, group: Action.COMPUTE if step % 2 == 0 else Action.REUSE)
     engine = runtime.enable_cache(model, policy)
