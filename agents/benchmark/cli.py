@@ -255,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if steps_notice is not None:
         print(f"notice: {steps_notice}")
         notes.append(steps_notice)
-    methods = build_methods(config, policy_path)
+    methods = build_methods(config, policy)
     results = run_benchmark(
         pipe, config, methods, model_name=str(config.model), progress=not args.no_progress, notes=notes
     )

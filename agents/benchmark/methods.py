@@ -11,14 +11,13 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 import runtime
 from envs.pipelines import generate
-from policies import FORA, AlwaysCompute, DeltaDiT, FirstBlockThreshold, TaylorSeer, load_policy
+from policies import FORA, AlwaysCompute, DeltaDiT, FirstBlockThreshold, TaylorSeer
 
 from .config import BenchmarkConfig, MethodsConfig
 
@@ -197,12 +196,12 @@ def engine_methods(methods: MethodsConfig, engine_options: dict[str, Any]) -> li
     return out
 
 
-def learned_methods(policy_path: str | Path, budgets: Sequence[float], shared: bool = False) -> list[Method]:
-    """The exported learned policy at each budget (family ``"learned"``); engine options come from the file.
+def learned_methods(policy: Any, budgets: Sequence[float], shared: bool = False) -> list[Method]:
+    """The exported learned policy (loaded with ``policies.load_policy``) at each budget (family ``"learned"``);
+    engine options come from the policy.
 
     With ``shared``, the same budgets again with one decision per group for the whole batch.
     """
-    policy = load_policy(policy_path)  # read once; validates the file before anything runs
     variants = [("CachePilot (learned)", {})]
     if shared:
         variants.append(("CachePilot (learned, shared)", {"shared_decisions": True}))
@@ -213,15 +212,13 @@ def learned_methods(policy_path: str | Path, budgets: Sequence[float], shared: b
     ]
 
 
-def build_methods(config: BenchmarkConfig, policy_path: str | Path | None) -> list[Method]:
-    """Every method at every knob of ``config``: learned (if ``policy_path``), engine baselines, diffusers caches."""
+def build_methods(config: BenchmarkConfig, policy: Any | None) -> list[Method]:
+    """Every method at every knob of ``config``: learned (with a ``policy``), engine baselines, diffusers caches."""
     from .diffusers_caches import diffusers_methods
 
     methods: list[Method] = []
-    if policy_path is not None and config.methods.learned.budgets:
-        methods += learned_methods(
-            policy_path, config.methods.learned.budgets, config.methods.learned.shared_decisions
-        )
+    if policy is not None and config.methods.learned.budgets:
+        methods += learned_methods(policy, config.methods.learned.budgets, config.methods.learned.shared_decisions)
     methods += engine_methods(config.methods, {"groups": config.groups, "probe_blocks": config.probe_blocks})
     methods += diffusers_methods(config.methods, config)
     return methods
