@@ -34,12 +34,14 @@ class CostMeter:
 
     Attributes:
         counter: The active flop counter.
+        shape: Input shapes (without the batch dimension) of the measured pass, the key of its costs.
         rows: Batch rows of the measured pass.
         block_flops: FLOPs each block's call used, by block index.
         engine_flops: FLOPs of the engine's own work in the pass (the policy's decision), left out of the costs.
     """
 
     counter: FlopCounterMode = field(default_factory=lambda: FlopCounterMode(display=False))
+    shape: tuple = ()
     rows: int = 1
     block_flops: dict[int, float] = field(default_factory=dict)
     engine_flops: float = 0.0
@@ -48,7 +50,7 @@ class CostMeter:
         """FLOPs counted so far in this pass."""
         return self.counter.get_total_flops()
 
-    def finish(self, shape: tuple[int, ...], num_blocks: int) -> CostModel:
+    def finish(self, num_blocks: int) -> CostModel:
         """Turns the measured pass into per-row costs."""
         missing = sorted(set(range(num_blocks)) - set(self.block_flops))
         if missing:
@@ -58,4 +60,4 @@ class CostMeter:
             )
         blocks = torch.tensor([self.block_flops[i] for i in range(num_blocks)], dtype=torch.float64) / self.rows
         always = max((float(self.total()) - self.engine_flops) / self.rows - float(blocks.sum()), 0.0)
-        return CostModel(shape=shape, block_flops=blocks, always_flops=always)
+        return CostModel(shape=self.shape, block_flops=blocks, always_flops=always)

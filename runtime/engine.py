@@ -108,7 +108,6 @@ class CacheEngine:
         self.state_manager = ContextStateManager(GenerationState)
         self.costs: CostModel | None = None
         self.meter: CostMeter | None = None
-        self._cost_key: tuple = ()
         self.stats = self._new_stats()
         self.group_flops = torch.zeros(len(self.groups), dtype=torch.float64)
         self._fixed_flops = 0.0  # per row and step: everything outside the groups (always computed)
@@ -206,7 +205,7 @@ class CacheEngine:
 
     @outside_compiled_graphs
     def begin_step(
-        self, state: GenerationState, time: float, hidden: torch.Tensor, input_shapes: tuple | None = None
+        self, state: GenerationState, time: float, hidden: torch.Tensor, input_shapes: tuple
     ) -> CostMeter | None:
         """Starts a denoising step; returns a cost meter when this pass must be measured.
 
@@ -214,12 +213,11 @@ class CacheEngine:
             state: The context's state.
             time: The step's diffusion time.
             hidden: The transformer's ``hidden_states``.
-            input_shapes: Shapes (without the batch dimension) of every batched input, e.g. the text embeddings,
-                whose length changes the costs too; ``None``: those of ``hidden`` only.
+            input_shapes: Shapes (without the batch dimension) of every batched input, ``hidden`` and e.g. the text
+                embeddings, whose length changes the costs too.
         """
         rows = hidden.shape[0]
         shape = tuple(hidden.shape[1:])
-        cost_key = input_shapes if input_shapes is not None else shape
         new_generation = (
             state.step_index == 0 or rows != state.rows or time >= state.time - 1e-9 or shape != state.shape
         )
@@ -238,11 +236,10 @@ class CacheEngine:
         state.decision = None
         state.step_index += 1
         state.time = time
-        if self.costs is None or self.costs.shape != cost_key:
+        if self.costs is None or self.costs.shape != input_shapes:
             if not new_generation:
                 raise RuntimeError("Input shapes changed within a generation; the engine measures costs per shape.")
-            self.meter = CostMeter(rows=rows)
-            self._cost_key = cost_key
+            self.meter = CostMeter(shape=input_shapes, rows=rows)
             return self.meter
         return None
 
@@ -250,7 +247,7 @@ class CacheEngine:
     def end_step(self, state: GenerationState, hidden: torch.Tensor, meter: CostMeter | None) -> None:
         """Closes a step: turns what each row computed into FLOPs and statistics."""
         if meter is not None:
-            self.costs = meter.finish(self._cost_key, len(self.blocks))
+            self.costs = meter.finish(len(self.blocks))
             self.group_flops = torch.stack([self.costs.block_flops[g].sum() for g in self.groups])
             self._step_flops = {}
             probe_flops = float(self.costs.block_flops[: self.config.probe_blocks].sum())
