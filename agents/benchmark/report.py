@@ -189,8 +189,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"- FLOP speedup: engine counters for CachePilot's engine, `FlopCounterMode` over one generation (against the "
         f"uncached one) for diffusers' caches. Wall speedup: median over {results['repeats']} timing rounds "
         "in one process, after an untimed warm-up, of the ratio of the mean of the two uncached runs around a method "
-        "run to its time (each round: uncached, two method runs, uncached, ...; rounds alternate their order); the "
-        "uncached runs use the plain pipeline.",
+        f"run to its time (each round: uncached, {results['methods_per_uncached_run']} method runs, uncached, "
+        "...; rounds alternate their order); the uncached runs use the plain pipeline.",
         f"- FD: `fd_digits` of each method's {results['n_samples']} images against the held-out digits (all classes), "
         "so compare it with the AlwaysCompute row rather than read it absolutely.",
     ]

@@ -2,7 +2,7 @@
 
 First, for each knob, an untimed warm-up with the method attached (and, for methods without their own FLOP
 counters, one generation under ``FlopCounterMode``). Then ``repeats`` timing rounds over all knobs, each in the
-order ``U M M U M M U ...``: ``U`` a generation of the plain, unhooked pipeline, ``M`` one of a method, timed the
+order ``U M M M U M M M U ...``: ``U`` a generation of the plain, unhooked pipeline, ``M`` one of a method, timed the
 same way. A method run's ratio is the mean of the two uncached runs around it over its own time, and its wall
 speedup is the median of its ratios over the rounds. Rounds alternate their order, so a method's timings are spread
 over the whole run. The images of a method's first timed run are scored against the uncached images of the same
@@ -78,7 +78,7 @@ def _timed(pipe: Any, settings: Settings) -> tuple[torch.Tensor, float]:
     return timed_generation(pipe, settings.conditions, settings.seeds, settings.steps, settings.guidance)
 
 
-METHODS_PER_UNCACHED_RUN = 2
+METHODS_PER_UNCACHED_RUN = 3
 """Method runs between two uncached runs in a timing round; each is timed against the mean of those two."""
 
 
@@ -370,6 +370,7 @@ def run_benchmark(
         "seeds": list(settings.seeds),
         "classes": list(dict.fromkeys(config.conditions)),  # the ones drawn: fewer seeds than classes drop some
         "repeats": config.repeats,
+        "methods_per_uncached_run": METHODS_PER_UNCACHED_RUN,
         "threads": torch.get_num_threads(),
         "psnr_cap": config.psnr_cap,
         "rows": rows,

@@ -305,9 +305,11 @@ def test_wall_ratio_at_targets_interpolates_between_learned_knobs() -> None:
         "classes": [0],
         "psnr_cap": 60.0,
         "repeats": 3,
+        "methods_per_uncached_run": 3,
         "rows": rows,
         "summary": summary,
     }
+    assert "(each round: uncached, 3 method runs, uncached, ...;" in markdown(results)
     section = markdown(results).split("## Wall-clock against FLOP speedup")[1].split("## Results")[0]
     assert "| learned | 4 | 4.00 | 3.20 | 0.80 | 0.75, 0.80, 0.90 |" in section
     assert "| AlwaysCompute | 1 | 1.00 | 1.02 | 1.02 | 0.98, 1.02, 1.05 |" in section
@@ -575,22 +577,32 @@ def _measure_scripted(
 
 
 def test_timing_rounds_bracket_each_method_run_with_uncached_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    seconds = {"U": [4.0, 6.0, 8.0, 5.0, 7.0, 9.0], "a": [1.0, 2.0], "b": [2.0, 3.0], "c": [1.5, 1.0]}
+    seconds = {
+        "U": [4.0, 6.0, 8.0, 5.0, 7.0, 9.0],
+        "a": [1.0, 2.0],
+        "b": [2.0, 3.0],
+        "c": [1.5, 1.0],
+        "d": [2.5, 0.5],
+    }
     calls: list[str] = []
 
     def scripted(name: str) -> float:
         calls.append(name)
         return seconds[name].pop(0)
 
-    rows, _ = _measure_scripted(monkeypatch, scripted, "abc", 2)
+    rows, _ = _measure_scripted(monkeypatch, scripted, "abcd", 2)
 
-    # two method runs between two uncached runs; the second round runs the methods in reverse order
-    assert calls == ["U", "a", "b", "U", "c", "U", "U", "c", "b", "U", "a", "U"]
+    # three method runs between two uncached runs; the second round runs the methods in reverse order
+    from agents.benchmark.runner import METHODS_PER_UNCACHED_RUN
+
+    assert METHODS_PER_UNCACHED_RUN == 3
+    assert calls == ["U", "a", "b", "c", "U", "d", "U", "U", "d", "c", "b", "U", "a", "U"]
     ratios = {row["method"]: row["wall_speedup"] for row in rows}
     assert ratios["a"] == pytest.approx(((4 + 6) / 2 / 1 + (7 + 9) / 2 / 2) / 2)
     assert ratios["b"] == pytest.approx(((4 + 6) / 2 / 2 + (5 + 7) / 2 / 3) / 2)
-    assert ratios["c"] == pytest.approx(((6 + 8) / 2 / 1.5 + (5 + 7) / 2 / 1) / 2)
-    assert [row["flops_speedup"] for row in rows] == [2.0, 2.0, 2.0]
+    assert ratios["c"] == pytest.approx(((4 + 6) / 2 / 1.5 + (5 + 7) / 2 / 1) / 2)
+    assert ratios["d"] == pytest.approx(((6 + 8) / 2 / 2.5 + (5 + 7) / 2 / 0.5) / 2)
+    assert [row["flops_speedup"] for row in rows] == [2.0, 2.0, 2.0, 2.0]
 
 
 def test_a_method_failing_in_a_later_round_loses_only_its_row(monkeypatch: pytest.MonkeyPatch) -> None:
