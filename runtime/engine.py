@@ -405,7 +405,8 @@ class CacheEngine:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Gives REUSE and FORECAST rows their group output (input plus cached residual); the rest pass through.
 
-        Rows whose cached or forecast residual is not finite are moved to COMPUTE and counted as fallbacks.
+        Rows whose cached or forecast residual is not finite are moved to COMPUTE and counted as fallbacks, together
+        with the other guidance half of their sample (whose decision it shares).
         When every row takes the same action and the following groups skip the same way from the same computed
         steps, this group applies the whole run at once (:meth:`_apply_span`) and the others pass their input
         through.
@@ -418,7 +419,7 @@ class CacheEngine:
             if output is not None:
                 return output
         history = state.groups[group_index].history
-        fallback: list[torch.Tensor] = []
+        skips: list[tuple[Action, torch.Tensor, Residual, torch.Tensor | None]] = []
         for kind, rows in (
             (Action.REUSE, decision.reuse_rows[group_index]),
             (Action.FORECAST, decision.forecast_rows[group_index]),
@@ -441,11 +442,19 @@ class CacheEngine:
                         continue
                 residual = history.combine(rows, weights)
                 finite = finite_row_mask(residual)  # also catches an overflowing extrapolation
+            skips.append((kind, rows, residual, finite))
+        broken = [rows[~finite] for _, rows, _, finite in skips if finite is not None]
+        # a sample's guidance halves share its decision: a row that falls back takes its partner row with it
+        broken_rows = torch.isin(state.row_samples, state.row_samples[torch.cat(broken)]) if broken else None
+        fallback: list[torch.Tensor] = []
+        for kind, rows, residual, _ in skips:
             good = rows
-            if finite is not None:
-                fallback.append(rows[~finite])
-                good = rows[finite]
-                residual = tuple(None if r is None else r[finite] for r in residual)
+            if broken_rows is not None:
+                keep = ~broken_rows[rows]
+                if not bool(keep.all()):
+                    fallback.append(rows[~keep])
+                    good = rows[keep]
+                    residual = tuple(None if r is None else r[keep] for r in residual)
             if good.numel() == 0:
                 continue
             hidden = _add_rows(hidden, good, residual[0])
@@ -564,11 +573,11 @@ class CacheEngine:
         Returns:
             A dict with ``computed_fraction`` (computed block evaluations over all, probe blocks included),
             ``flops_speedup`` (uncached FLOPs of the whole transformer over executed FLOPs), ``per_block``
-            (computed fraction of each block), ``reuses``, ``forecasts``, ``fallbacks`` (non-finite cached or
-            forecast residuals recomputed), ``merged_groups`` (group skips applied as part of an earlier group's
-            span, see :meth:`apply_cached`), ``steps``, ``generations``, ``decisions``,
-            ``decision_seconds``, the ``actions`` histogram and ``side_passes`` (extra uncached passes within a
-            step, see :meth:`is_side_pass`).
+            (computed fraction of each block), ``reuses``, ``forecasts``, ``fallbacks`` (rows recomputed because
+            their cached or forecast residual, or that of their sample's other guidance half, was not finite),
+            ``merged_groups`` (group skips applied as part of an earlier group's span, see :meth:`apply_cached`),
+            ``steps``, ``generations``, ``decisions``, ``decision_seconds``, the ``actions`` histogram and
+            ``side_passes`` (extra uncached passes within a step, see :meth:`is_side_pass`).
         """
         stats = self.stats
         total = max(stats.row_steps, 1)

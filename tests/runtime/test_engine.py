@@ -192,19 +192,15 @@ def test_contexts_keep_separate_state_and_new_generations_are_detected() -> None
     assert engine.summary()["steps"] == 8
 
 
-@pytest.mark.parametrize("skip", [Action.REUSE, Action.FORECAST], ids=lambda action: action.name.lower())
-def test_non_finite_cached_residual_falls_back_to_compute(skip: Action) -> None:
-    model = tiny_dit()
-    reference = denoise_dit(model, [2], steps=4)
+def _poisoning_policy(engine_of: Callable[[], runtime.CacheEngine], skip: Action) -> runtime.PolicyLike:
+    """Computes steps 0 and 1, then skips; group 1's residual of the first row at step 1 is not finite."""
 
     class Poison:
-        """Computes steps 0 and 1, then skips; group 1's residual of the first row at step 1 is not finite."""
-
         forecast_order = 1
 
         def act(self, observation: runtime.Observation) -> torch.Tensor:
             if observation.step_index == 1:
-                history = engine.state_manager.get_state().groups[1].history
+                history = engine_of().state_manager.get_state().groups[1].history
                 push = history.push
 
                 def overflowing_push(rows: torch.Tensor, residual: tuple, time: float) -> None:
@@ -215,12 +211,32 @@ def test_non_finite_cached_residual_falls_back_to_compute(skip: Action) -> None:
             action = Action.COMPUTE if observation.step_index <= 1 else skip
             return torch.full((observation.num_samples, observation.num_groups), int(action))
 
-    engine = runtime.enable_cache(model, Poison())
+    return Poison()
+
+
+@pytest.mark.parametrize("skip", [Action.REUSE, Action.FORECAST], ids=lambda action: action.name.lower())
+def test_non_finite_cached_residual_falls_back_to_compute(skip: Action) -> None:
+    model = tiny_dit()
+    reference = denoise_dit(model, [2], steps=4)
+    engine = runtime.enable_cache(model, _poisoning_policy(lambda: engine, skip))
     out = denoise_dit(model, [2], steps=4)
     summary = engine.summary()
     assert summary["fallbacks"] >= 1 and summary[f"{skip.name.lower()}s"] > 0
     assert bool(torch.isfinite(out).all())
     assert out.shape == reference.shape
+
+
+@pytest.mark.parametrize("skip", [Action.REUSE, Action.FORECAST], ids=lambda action: action.name.lower())
+def test_a_fallback_recomputes_both_guidance_halves_of_its_sample(skip: Action) -> None:
+    model = tiny_dit()
+    engine = runtime.enable_cache(model, _poisoning_policy(lambda: engine, skip))
+    out = denoise_dit(model, [2, 5], steps=4)  # rows: cond 0, cond 1, uncond 0, uncond 1
+    summary = engine.summary()
+    assert summary["fallbacks"] >= 2 and summary["fallbacks"] % 2 == 0
+    newest = engine.state_manager.get_state().groups[1].history.slot_times[0]  # per row: its latest computed time
+    assert newest[0] == newest[2] and newest[1] == newest[3]  # sample 0 recomputed in both halves, sample 1 in none
+    assert newest[0] < newest[1]
+    assert bool(torch.isfinite(out).all())
 
 
 def test_errors_name_the_fix() -> None:
