@@ -48,8 +48,7 @@ class EvaluationPoint:
 
 def trained_steps_notice(policy: Any, steps: int) -> str | None:
     """A notice when the learned policy was trained with another number of denoising steps than this run's."""
-    trained_on = (getattr(policy, "manifest", None) or {}).get("trained_on")
-    trained = trained_on.get("num_inference_steps") if isinstance(trained_on, dict) else None
+    trained = getattr(policy, "trained_steps", None)  # LearnedPolicy reads it from its manifest
     if trained is None or trained == steps:
         return None
     return (

@@ -175,6 +175,13 @@ class LearnedPolicy(Policy):
         return float(value[0]), float(value[1])
 
     @property
+    def trained_steps(self) -> int | None:
+        """Denoising steps the policy was trained with, if its manifest records them."""
+        trained_on = self.manifest.get("trained_on")
+        value = trained_on.get("num_inference_steps") if isinstance(trained_on, Mapping) else None
+        return int(value) if _is_int(value) and value > 0 else None
+
+    @property
     def hidden(self) -> list[nn.Linear]:
         """The hidden layers, input side first."""
         return [module for module in self.network[:-1] if isinstance(module, nn.Linear)]

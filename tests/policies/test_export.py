@@ -371,7 +371,11 @@ def test_a_budget_outside_the_trained_range_warns(tmp_path: Path) -> None:
     loaded = load_policy(export_policy(tmp_path / "ranged.safetensors", policy))
     assert loaded.budget_range == (0.15, 0.5)
     assert loaded.manifest["trained_on"]["num_inference_steps"] == 50
-    assert hand_policy([0.0, 1.0, 0.0]).budget_range is None  # files without the record: no range, no warning
+    assert loaded.trained_steps == 50
+    bare = hand_policy([0.0, 1.0, 0.0])
+    assert bare.budget_range is None and bare.trained_steps is None  # files without the record: no range, no warning
+    bare.manifest["trained_on"] = {"num_inference_steps": "50"}
+    assert bare.trained_steps is None  # a malformed record is ignored
     model = tiny_dit(depth=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
