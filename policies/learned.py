@@ -165,8 +165,7 @@ class LearnedPolicy(Policy):
     @property
     def budget_range(self) -> tuple[float, float] | None:
         """``(low, high)``: the budgets a budget-conditioned policy was trained on, if its manifest records them."""
-        trained_on = self.manifest.get("trained_on")
-        value = trained_on.get("budget_range") if isinstance(trained_on, Mapping) else None
+        value = self._trained_on("budget_range")
         if (
             not (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value))
             or not 0.0 < value[0] <= value[1] <= 1.0
@@ -177,9 +176,13 @@ class LearnedPolicy(Policy):
     @property
     def trained_steps(self) -> int | None:
         """Denoising steps the policy was trained with, if its manifest records them."""
-        trained_on = self.manifest.get("trained_on")
-        value = trained_on.get("num_inference_steps") if isinstance(trained_on, Mapping) else None
+        value = self._trained_on("num_inference_steps")
         return int(value) if _is_int(value) and value > 0 else None
+
+    def _trained_on(self, key: str) -> Any:
+        """``manifest["trained_on"][key]``, or ``None`` when the record (a mapping) or its key is missing."""
+        trained_on = self.manifest.get("trained_on")
+        return trained_on.get(key) if isinstance(trained_on, Mapping) else None
 
     @property
     def hidden(self) -> list[nn.Linear]:
