@@ -312,8 +312,10 @@ def _start_worker(parent: int, model: str, scheduler: str, arguments: dict[str, 
     _WORKER["search"] = ScheduleSearch(prepare_pipeline(model, scheduler), **arguments)
 
 
-def _search_in_worker(budget: float, options: dict[str, Any]) -> SearchResult:
-    return _WORKER["search"].search(budget, **options, log=lambda line: print(line, flush=True))
+def _search_in_worker(budget: float, options: dict[str, Any], per_sample: bool) -> SearchResult | list[SearchResult]:
+    search = _WORKER["search"]
+    method = search.search_per_sample if per_sample else search.search
+    return method(budget, **options, log=lambda line: print(line, flush=True))
 
 
 def search_schedules(
@@ -331,7 +333,8 @@ def search_schedules(
     workers: int = 1,
     pipe: Any = None,
     log: Callable[[str], None] | None = None,
-) -> list[SearchResult]:
+    per_sample: bool = False,
+) -> list[SearchResult] | list[list[SearchResult]]:
     """Searches one schedule per budget, in ``workers`` processes (one torch thread each) when above 1.
 
     Args:
@@ -345,9 +348,10 @@ def search_schedules(
         workers: Processes; 1 searches here, in ``pipe`` (or a pipeline loaded from ``model``).
         pipe: An unhooked pipeline to search in when ``workers == 1``.
         log: Progress lines (worker processes print theirs).
+        per_sample: Search a schedule for each sample on its own (:meth:`ScheduleSearch.search_per_sample`).
 
     Returns:
-        One result per budget, in the order given.
+        One result per budget, in the order given; with ``per_sample``, one list of per-sample results per budget.
     """
     arguments = {
         "conditions": list(conditions),
@@ -359,12 +363,13 @@ def search_schedules(
     options = {"sweeps": sweeps, "per_group": per_group}
     if workers <= 1:
         search = ScheduleSearch(pipe if pipe is not None else prepare_pipeline(model, scheduler), **arguments)
-        return [search.search(budget, **options, log=log) for budget in budgets]
+        method = search.search_per_sample if per_sample else search.search
+        return [method(budget, **options, log=log) for budget in budgets]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(), model, scheduler, arguments)
     ) as pool:
         # Larger budgets have more computed cells to move: start them first.
         order = sorted(range(len(budgets)), key=lambda i: -budgets[i])
-        futures = {i: pool.submit(_search_in_worker, budgets[i], options) for i in order}
+        futures = {i: pool.submit(_search_in_worker, budgets[i], options, per_sample) for i in order}
         return [futures[i].result() for i in range(len(budgets))]
