@@ -34,14 +34,17 @@ from typing import Any
 import torch
 
 from .actions import NUM_ACTIONS, Action
-from .forecast import relative_l1
+from .devices import HOST, to_host
+from .forecast import device_relative_l1, relative_l1
 from .state import GenerationState
 
 GLOBAL_FEATURES = ("time", "input_change", "probe_change", "compute_spent", "budget")
 GROUP_FEATURES = ("since_compute", "forecast_gap")
 CHANGE_CAP = 4.0
 SINCE_COMPUTE_SCALE = 16.0
-_RESIDUALS_NEEDED = torch.tensor([{Action.COMPUTE: 0, Action.REUSE: 1, Action.FORECAST: 2}[a] for a in Action])
+_RESIDUALS_NEEDED = torch.tensor(
+    [{Action.COMPUTE: 0, Action.REUSE: 1, Action.FORECAST: 2}[a] for a in Action], device=HOST
+)
 _MOST_RESIDUALS_NEEDED = int(_RESIDUALS_NEEDED.max())
 
 
@@ -182,7 +185,7 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
         group.history.full and group.history.depth >= _MOST_RESIDUALS_NEEDED for group in state.groups
     )
     if every_action_possible:
-        mask = torch.ones(samples, num_groups, NUM_ACTIONS, dtype=torch.bool)
+        mask = torch.ones(samples, num_groups, NUM_ACTIONS, dtype=torch.bool, device=HOST)
     else:
         mask = state.residual_counts[rows].unsqueeze(-1) >= _RESIDUALS_NEEDED
     since = state.since_compute[rows]  # a view: values are read only inside act(), before the table changes
@@ -190,7 +193,7 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
 
     def change(name: str, current: torch.Tensor | None, reference: torch.Tensor | None) -> torch.Tensor:
         if first_step or current is None or reference is None:
-            return torch.zeros(samples, dtype=torch.float64)
+            return torch.zeros(samples, dtype=torch.float64, device=HOST)
         return relative_l1(current[rows], reference[rows], scale=state.reference_scale(name))
 
     def input_change() -> torch.Tensor:
@@ -212,7 +215,7 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
         spent = 1.0 if state.step_index <= 1 else 0.0  # 1 before any finished step
         shared_budget = 0.0 if isinstance(budget, torch.Tensor) else 1.0 if budget is None else float(budget)
         shared = [time, 0.0, 0.0, spent, shared_budget] + [0.0] * (len(GROUP_FEATURES) * num_groups)
-        vector = torch.tensor(shared, dtype=torch.float64).expand(samples, -1).clone()
+        vector = torch.tensor(shared, dtype=torch.float64, device=HOST).expand(samples, -1).clone()
         torch.clamp(observation.signals["input_change"], 0, CHANGE_CAP, out=vector[:, 1])
         if state.probe_residual is not None:
             torch.clamp(observation.signals["probe_change"], 0, CHANGE_CAP, out=vector[:, 2])
@@ -223,9 +226,7 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
         since_columns = vector[:, len(GLOBAL_FEATURES) : len(GLOBAL_FEATURES) + num_groups]
         torch.div(since, SINCE_COMPUTE_SCALE, out=since_columns).clamp_(max=1.0)
         if state.probe_residual is not None:
-            gap_columns = vector[:, len(GLOBAL_FEATURES) + num_groups :]
-            for g in range(num_groups):
-                gap_columns[:, g] = _forecast_gap(state, g, rows, samples)
+            vector[:, len(GLOBAL_FEATURES) + num_groups :] = _forecast_gaps(state, rows, samples)
         return vector.to(torch.float32)
 
     thunks["features"] = features
@@ -240,30 +241,37 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
     return observation
 
 
-def _forecast_gap(state: GenerationState, group_index: int, rows: slice, samples: int) -> torch.Tensor:
-    """Probe change since the group's last compute minus the change its first-order forecast extrapolates.
+def _forecast_gaps(state: GenerationState, rows: slice, samples: int) -> torch.Tensor:
+    """``(samples, groups)``: per group, the probe change since its last compute minus the change its first-order
+    forecast extrapolates.
 
     The forecast's change is ``|t - t0| / |t0 - t1| * relL1(R0, R1)`` (exact for order 1): a ratio of scalars kept
-    when the residuals were stored, so no tensor is forecast just to build the observation.
+    when the residuals were stored, so no tensor is forecast just to build the observation. The probe changes of all
+    groups come back from the device in one copy.
     """
-    group = state.groups[group_index]
-    gap = torch.zeros(samples, dtype=torch.float64)
-    if state.probe_residual is None or group.probe_at_compute is None:
-        return gap
-    history = group.history
-    counts = history.counts[rows]
-    valid = counts >= 1
-    if not bool(valid.any()):
-        return gap
-    probe_moved = relative_l1(state.probe_residual[rows], group.probe_at_compute[rows])
-    predicted_moved = torch.zeros_like(probe_moved)
-    if len(history.slot_times) >= 2:
-        newest, older = history.slot_times[0][rows], history.slot_times[1][rows]
-        span = (newest - older).abs().clamp_min(1e-12)
-        predicted_moved = (state.time - newest).abs() / span * history.last_change[rows]
-        predicted_moved = torch.where(counts >= 2, predicted_moved, torch.zeros_like(predicted_moved))
-    gap = torch.where(valid, probe_moved - predicted_moved, gap)
-    return gap.clamp(-CHANGE_CAP, CHANGE_CAP)
+    gaps = torch.zeros(samples, len(state.groups), dtype=torch.float64, device=HOST)
+    if state.probe_residual is None:
+        return gaps
+    probe = state.probe_residual[rows]
+    measured = [
+        g
+        for g, group in enumerate(state.groups)
+        if group.probe_at_compute is not None and bool((group.history.counts[rows] >= 1).any())
+    ]
+    if not measured:
+        return gaps
+    moved = torch.stack([device_relative_l1(probe, state.groups[g].probe_at_compute[rows]) for g in measured], dim=1)
+    for column, probe_moved in zip(measured, to_host(moved).unbind(1), strict=True):
+        history = state.groups[column].history
+        counts = history.counts[rows]
+        predicted_moved = torch.zeros_like(probe_moved)
+        if len(history.slot_times) >= 2:
+            newest, older = history.slot_times[0][rows], history.slot_times[1][rows]
+            span = (newest - older).abs().clamp_min(1e-12)
+            predicted_moved = (state.time - newest).abs() / span * history.last_change[rows]
+            predicted_moved = torch.where(counts >= 2, predicted_moved, torch.zeros_like(predicted_moved))
+        gaps[:, column] = torch.where(counts >= 1, probe_moved - predicted_moved, 0.0)
+    return gaps.clamp_(-CHANGE_CAP, CHANGE_CAP)
 
 
 def _write_budgets(column: torch.Tensor, budgets: torch.Tensor) -> None:
