@@ -27,6 +27,15 @@ PSNR_SLACK_DB = 1.0
 """How much lower a bfloat16 cached run's PSNR (against float32 uncached) may be than :func:`combined_psnr`."""
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_cpu_thread():
+    """One torch thread, as the benchmark runs: on a shared CPU, a second thread mostly waits for the first."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def combined_psnr(*psnrs: float) -> float:
     """The PSNR of independent errors of these PSNRs added together (their mean squared errors add)."""
     return -10.0 * math.log10(sum(10.0 ** (-value / 10.0) for value in psnrs))
@@ -243,3 +252,30 @@ def test_half_precision_forecasts_are_rounded_once(dtype: torch.dtype, shared_ti
     assert forecast.dtype == dtype
     one_rounding = torch.finfo(dtype).eps * exact.abs().clamp_min(torch.finfo(dtype).tiny)
     assert bool(((forecast.double() - exact).abs() <= one_rounding).all())
+
+
+def test_gpu_check_script_runs_small_on_the_cpu(tmp_path: Path) -> None:
+    """``scripts/gpu_check.py --small`` on the CPU: every part runs and its correctness checks pass."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    out = tmp_path / "gpu-check.json"
+    report = gpu_check.main(["--device", "cpu", "--dtype", "float32", "--small", "--skip-explain", "--out", str(out)])
+
+    assert json.loads(out.read_text())["targets"] == report["targets"]
+    for family in ("dit", "flux"):
+        checks = report[family]
+        assert checks["always_compute_bit_exact"] and checks["fora_fraction_matches"], checks
+        assert checks["taylorseer_finite"] and checks["stored_residuals"] == ["float32@cpu"]
+    assert report["dit"]["flop_counts_match_float32"]
+    rows = {row["method"]: row for row in report["dit"]["speed"]}
+    assert list(rows) == ["FORA(3)", "TaylorSeer(4)", "learned, budget 0.33", "learned, budget 0.25"]
+    assert all(row["flops_speedup"] > 1.0 and row["wall_speedup"] > 0 for row in rows.values())
+    assert rows["learned, budget 0.25"]["flops_speedup"] >= rows["learned, budget 0.33"]["flops_speedup"]
+    compiled = report["compile"]
+    assert compiled["blocks_compiled"]["runs"], compiled
+    assert compiled["blocks_compiled"]["computed_fraction"] == report["dit"]["fora_computed_fraction"]
+    assert compiled["whole_transformer"] == {"skipped": "--skip-explain"}
