@@ -24,6 +24,7 @@ from .devices import HOST, accumulation_dtype, to_device
 from .forecast import (
     Residual,
     finite_row_mask,
+    read_slot_bounds,
     relative_l1,
     scalar_lagrange_weights,
     weighted_sum,
@@ -509,6 +510,7 @@ class CacheEngine:
         span = state.span_sums.get((first, last))
         if span is None or span.points != points:  # (a push to any member drops the span's sums)
             members = [state.groups[g].history for g in range(first, last + 1)]
+            read_slot_bounds(members, len(points))  # every member's bounds in one copy from the device
             everyone = self._every_row(state.rows, True)
             # a forecast's output is checked below; a reuse relies on the residuals being finite
             if action == Action.REUSE and any(history.latest_finite(everyone) is not None for history in members):

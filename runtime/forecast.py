@@ -25,12 +25,25 @@ def magnitude_bound(residual: Residual) -> float:
     """An upper bound of ``max|value|`` over all of the residual's streams: ``inf`` or ``nan`` if any is not finite.
 
     One ``aminmax`` pass per stream; the sum of the streams' ``|min| + |max|`` keeps the bound simple and lets a
-    non-finite value anywhere propagate into it. The streams' extremes come back to the host in one copy.
+    non-finite value anywhere propagate into it.
     """
-    extremes = [torch.stack(stream.aminmax()) for stream in residual if stream is not None and stream.numel()]
-    if not extremes:
-        return 0.0
-    return sum(abs(value) for value in torch.cat(extremes).tolist())
+    return magnitude_bounds([residual])[0]
+
+
+def magnitude_bounds(residuals: list[Residual]) -> list[float]:
+    """:func:`magnitude_bound` of each residual; all their extremes come back to the host in one copy."""
+    extremes, owners = [], []
+    for index, residual in enumerate(residuals):
+        for stream in residual:
+            if stream is not None and stream.numel():
+                extremes.append(torch.stack(stream.aminmax()).to(accumulation_dtype(stream.dtype)))
+                owners.append(index)
+    bounds = [0.0] * len(residuals)
+    if extremes:
+        values = torch.cat(extremes).tolist()
+        for position, owner in enumerate(owners):
+            bounds[owner] += abs(values[2 * position]) + abs(values[2 * position + 1])
+    return bounds
 
 
 def within_range(weights: list[float], bounds: list[float], dtype: torch.dtype) -> bool:
@@ -403,6 +416,20 @@ def finite_row_mask(residual: Residual) -> torch.Tensor | None:
     for stream in streams:
         finite &= torch.isfinite(stream).flatten(1).all(dim=1)
     return finite.to(HOST)
+
+
+def read_slot_bounds(histories: list[ResidualHistory], count: int) -> None:
+    """Computes the unknown magnitude bounds of the newest ``count`` slots of several histories with one copy to the
+    host, instead of one per slot (see :meth:`ResidualHistory.slot_bound`)."""
+    missing = [
+        (history, k)
+        for history in histories
+        for k in range(min(count, len(history.slots)))
+        if history._slot_bounds[k] is None
+    ]
+    if missing:
+        for (history, k), bound in zip(missing, magnitude_bounds([h.slots[k] for h, k in missing]), strict=True):
+            history._slot_bounds[k] = bound
 
 
 def _take(tensor: torch.Tensor, rows: torch.Tensor, everyone: bool) -> torch.Tensor:
