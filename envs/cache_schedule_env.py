@@ -27,19 +27,14 @@ class CacheScheduleEnv(gym.Env):
     if sent anyway, replaced by the nearest possible one (FORECAST → REUSE → COMPUTE).
 
     ## Observation Space
-    ``Box(5 + 2 * groups)`` float32, built by ``runtime.build_observation`` exactly as at inference:
-
-    | index | name | meaning | range |
-    |---|---|---|---|
-    | 0 | ``time`` | diffusion time of the step (timestep / 1000 or sigma), 1 = pure noise | [0, 1] |
-    | 1 | ``input_change`` | rel. L1 change of the first block's input since the last step computing a group | [0, 4] |
-    | 2 | ``probe_change`` | rel. L1 change of the probe blocks' residual since that step | [0, 4] |
-    | 3 | ``compute_spent`` | FLOPs used in the finished steps as a fraction of uncached (1 at the start) | [0, 1] |
-    | 4 | ``budget`` | target compute fraction of the episode (1 when not budget-conditioned) | [0, 1] |
-    | 5 … 4+G | ``since_compute_g`` | steps since group g computed, / 16, capped at 1 | [0, 1] |
-    | 5+G … 4+2G | ``forecast_gap_g`` | probe change since g computed minus the change g's forecast shows | [-4, 4] |
+    ``Box(F)`` float32, built by ``runtime.build_observation`` exactly as at inference: the columns of the features
+    ``config.features`` names (``runtime.feature_names(groups, features)``: the features shared by all groups,
+    then one column per group of each per-group feature). The table of every feature, its meaning and its range
+    is the docstring of :mod:`runtime.observations`; the space's bounds are those ranges.
 
     ## Rewards
+    In the vector environment with ``config.group_rollouts > 1``, each reward below is taken relative to the mean of
+    its group of rollouts of the same draw (see :class:`envs.CacheScheduleVecEnv`).
     Per step: ``-compute_cost * c_t / S`` (``c_t``: fraction of the transformer's FLOPs computed at the step, ``S``
     steps) plus potential-based shaping ``Φ(x_{t+1}) - Φ(x_t)`` with ``Φ(x) = -shaping * rmse(x, x_ref)``, the
     deviation of the latents from the uncached trajectory of the same condition and seed. At the last step:
