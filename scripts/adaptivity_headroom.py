@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--samples must be at least 1")
     if not all(0 < b <= 1 for b in args.budgets):
         parser.error("--budgets must lie in (0, 1]")
-    shipped = Path(__file__).resolve().parents[1] / "assets" / "policies" / f"{args.model}.safetensors"
-    policy = args.policy or str(shipped)
+    root = Path(__file__).resolve().parents[1]
+    policy = args.policy or str(root / "assets" / "policies" / f"{args.model}.safetensors")
     if not Path(policy).is_file():
         parser.error(f"--policy {policy}: no such file")
     arguments = {
@@ -200,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results, arguments)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = {"arguments": arguments, "seconds": time.perf_counter() - started, "results": results}
+    shown = Path(policy).resolve()
+    recorded = {**arguments, "policy": str(shown.relative_to(root)) if shown.is_relative_to(root) else shown.name}
+    summary = {"arguments": recorded, "seconds": time.perf_counter() - started, "results": results}
     (args.out / "results.json").write_text(json.dumps(summary, indent=1))
     (args.out / "results.md").write_text(text)
     print(f"wrote {args.out}/results.json and results.md in {summary['seconds']:.0f} s")
