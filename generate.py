@@ -17,7 +17,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from agents.evaluation import evaluate_policy, timed_generation, trained_steps_notice
+from agents.evaluation import evaluate_policy, timed_generation, trained_scheduler_notice, trained_steps_notice
 from agents.plots import image_grid
 from envs.pipelines import prepare_pipeline
 from policies import FORA, DeltaDiT, FirstBlockThreshold, Policy, PolicyFormatError, TaylorSeer, load_policy
@@ -152,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or defaults["num_inference_steps"].default
     guidance = args.guidance if args.guidance is not None else defaults["guidance_scale"].default
 
-    notice = trained_steps_notice(policy, steps)
-    if notice is not None:
-        print(f"notice: {notice}")
+    for notice in (trained_steps_notice(policy, steps), trained_scheduler_notice(policy, pipe.scheduler)):
+        if notice is not None:
+            print(f"notice: {notice}")
     reference = timed_generation(pipe, conditions, seeds, steps, guidance)
     (point,) = evaluate_policy(
         pipe,

@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from envs.config import ConfigError, EnvConfig, from_dict
+from envs.config import SCHEDULER_NAMES, ConfigError, EnvConfig, from_dict
+from envs.sampling import SamplingSetting
 
 ALGORITHMS = ("ppo", "maskable_ppo")
 ACTIVATIONS = ("tanh", "relu")
@@ -94,7 +95,12 @@ class WarmStartConfig:
             on all labelled states so far.
         dagger_epochs: Behaviour-cloning epochs of each DAgger round.
         schedules_from: An earlier run's folder or its ``teacher-schedules.json``: clone its searched schedules
-            instead of searching again (they must be for the same teacher, budgets and search samples).
+            instead of searching again (they must be for the same teacher, budgets, search samples and steps).
+        num_inference_steps: Denoising steps the teacher's schedules are searched and demonstrated at (a schedule
+            is a table of one row per step). ``None``: the environment's step count, or with a step range its
+            largest count; the policy is cloned at this one count and PPO then trains it across the range.
+        scheduler: Scheduler the teacher is searched and demonstrated with. ``None``: the environment's, or with
+            a list of schedulers the first.
     """
 
     enabled: bool = True
@@ -110,8 +116,14 @@ class WarmStartConfig:
     dagger_rounds: int = 0
     dagger_epochs: int = 100
     schedules_from: str | None = None
+    num_inference_steps: int | None = None
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
+        if self.num_inference_steps is not None and self.num_inference_steps < 2:
+            raise ConfigError(f"num_inference_steps={self.num_inference_steps}: use at least 2 (or null).")
+        if self.scheduler is not None and self.scheduler not in SCHEDULER_NAMES:
+            raise ConfigError(f"scheduler={self.scheduler!r}: use one of {list(SCHEDULER_NAMES)} (or null).")
         if self.teacher not in ("shared", "per_sample"):
             raise ConfigError(f"teacher={self.teacher!r}: use 'shared' or 'per_sample'.")
         if self.dagger_rounds < 0 or self.dagger_epochs < 1:
@@ -142,6 +154,10 @@ class EvalConfig:
         grid_samples: Samples in the uncached-vs-cached image grid logged to W&B.
         overspend_weight: The score of an evaluation is the mean capped PSNR minus this weight times the mean
             overspend (compute fraction above the budget, in percent points).
+        steps: Denoising step counts to evaluate at, each with every scheduler of ``env.scheduler``. ``None``: the
+            environment's step count, or with a step range ``[low, high]``. With more than one step count or
+            scheduler, metrics are logged as ``eval/<scheduler>_<steps>/budget_<b>/...`` and the score is the
+            mean over all of them.
     """
 
     every_timesteps: int = 40_000
@@ -149,10 +165,13 @@ class EvalConfig:
     budgets: list[float] = field(default_factory=lambda: [0.2, 0.25, 0.33, 0.5])
     grid_samples: int = 6
     overspend_weight: float = 1.0
+    steps: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.every_timesteps < 1 or self.num_samples < 1 or self.grid_samples < 0:
             raise ConfigError("every_timesteps and num_samples must be >= 1, grid_samples >= 0.")
+        if self.steps is not None and (not self.steps or any(s < 2 for s in self.steps)):
+            raise ConfigError(f"steps={self.steps}: give one or more step counts >= 2 (or null).")
         for budget in self.budgets:
             if not 0.0 < budget <= 1.0:
                 raise ConfigError(f"budgets: {budget} is not a compute fraction in (0, 1].")
@@ -206,6 +225,20 @@ class TrainConfig:
                 f"warm_start.budgets={warm.budgets}: a policy without a budget (env.budget_conditioned: false) can "
                 "follow one schedule only; give one budget, or set warm_start.enabled: false."
             )
+
+    def warm_start_setting(self) -> SamplingSetting:
+        """The scheduler and step count the warm start searches and demonstrates its teacher at."""
+        warm, env = self.warm_start, self.env
+        return SamplingSetting(
+            warm.scheduler if warm.scheduler is not None else env.scheduler_names[0],
+            warm.num_inference_steps if warm.num_inference_steps is not None else env.steps_range[1],
+        )
+
+    def evaluation_settings(self) -> list[SamplingSetting]:
+        """Every scheduler of the environment at every step count of ``eval.steps`` (default: the env's)."""
+        low, high = self.env.steps_range
+        steps = self.eval.steps if self.eval.steps is not None else [low, high]
+        return [SamplingSetting(name, count) for name in self.env.scheduler_names for count in dict.fromkeys(steps)]
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as plain data."""

@@ -32,6 +32,8 @@ class EvaluationPoint:
         replay_psnr: Mean PSNR of the policy's static replay (the majority schedule of its own decisions on these
             samples, played for all of them), when asked for: what the policy is worth as a fixed table.
         disagreement: Share of step × group cells where the samples' decisions differed, with ``replay_psnr``.
+        scheduler: The scheduler's name (``EnvConfig.scheduler``) when a training run evaluates several settings.
+        num_inference_steps: The step count it was measured at, with ``scheduler``.
         images: The cached images (not part of :meth:`to_dict`).
     """
 
@@ -44,6 +46,8 @@ class EvaluationPoint:
     class_acc: float | None
     replay_psnr: float | None = None
     disagreement: float | None = None
+    scheduler: str | None = None
+    num_inference_steps: int | None = None
     images: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,13 +58,36 @@ class EvaluationPoint:
 
 
 def trained_steps_notice(policy: Any, steps: int) -> str | None:
-    """A notice when the learned policy was trained with another number of denoising steps than this run's."""
-    trained = getattr(policy, "trained_steps", None)  # LearnedPolicy reads it from its manifest
-    if trained is None or trained == steps:
+    """A notice when this run's number of denoising steps lies outside those the learned policy was trained on."""
+    trained = getattr(policy, "trained_steps_range", None)  # LearnedPolicy reads it from its manifest
+    if trained is None or trained[0] <= steps <= trained[1]:
+        return None
+    low, high = trained
+    if low == high:
+        return (
+            f"the learned policy was trained with {low} denoising steps and this run uses {steps}, so it acts "
+            f"outside what it learned (--steps {low} matches its training)."
+        )
+    return (
+        f"the learned policy was trained with {low} to {high} denoising steps and this run uses {steps}, so it "
+        f"acts outside what it learned (--steps {low if steps < low else high} is the nearest it was trained on)."
+    )
+
+
+def trained_scheduler_notice(policy: Any, scheduler: Any) -> str | None:
+    """A notice when this run's scheduler is not one the learned policy was trained with.
+
+    Args:
+        policy: The policy (only a manifest's ``trained_on.schedulers``, or its ``scheduler``, is compared).
+        scheduler: The pipeline's scheduler, or its class name.
+    """
+    trained = getattr(policy, "trained_schedulers", None)
+    name = scheduler if isinstance(scheduler, str) else type(scheduler).__name__
+    if not trained or name in trained:
         return None
     return (
-        f"the learned policy was trained with {trained} denoising steps and this run uses {steps}, so it acts "
-        f"outside what it learned (--steps {trained} matches its training)."
+        f"the learned policy was trained with {', '.join(trained)} and this run samples with {name}, so it acts "
+        "outside what it learned."
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from tqdm.auto import tqdm
 import runtime
 from envs import CacheScheduleVecEnv
 from envs.pipelines import prepare_pipeline
+from envs.sampling import SamplingSetting, default_setting
+from envs.schedulers import SchedulerSwitch
 from policies import ActionRecorder, LearnedPolicy, export_policy, export_schedule, from_sb3
 
 from .callbacks import CheckpointCallback, EvaluationCallback, ProgressBarCallback
@@ -38,6 +41,8 @@ TEACHER_FILE = "teacher-schedules.json"
 HISTORY_FILE = "eval-history.json"
 CHECKPOINTS = "checkpoints"
 ALGORITHMS = {"ppo": PPO, "maskable_ppo": MaskablePPO}
+SETTING_FIELDS = ("budget", "scheduler", "num_inference_steps")
+"""Fields of an evaluation point that name where it was measured rather than what it measured."""
 ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
 
 
@@ -128,16 +133,15 @@ class Trainer:
             )
         )
 
-        self.eval_pipe = prepare_pipeline(config.env.model, config.env.scheduler)
+        self.eval_pipe = prepare_pipeline(config.env.model)
+        self.eval_schedulers = SchedulerSwitch(self.eval_pipe)
         self.eval_conditions, self.eval_seeds = self._evaluation_split()
+        self.eval_settings = config.evaluation_settings()
+        self.references: dict[SamplingSetting, tuple[torch.Tensor, float]] = {}
+        self.eval_schedulers.use(self.eval_settings[0].scheduler)
         timed_generation(self.eval_pipe, self.eval_conditions[:1], self.eval_seeds[:1], 2, config.env.guidance_scale)
-        self.reference = timed_generation(
-            self.eval_pipe,
-            self.eval_conditions,
-            self.eval_seeds,
-            config.env.num_inference_steps,
-            config.env.guidance_scale,
-        )
+        for setting in self.eval_settings:
+            self._reference(setting)
 
         checkpoint = CheckpointCallback(checkpoints, config.checkpoint.every_timesteps, lambda: dict(self.state))
 
@@ -176,16 +180,18 @@ class Trainer:
 
         search_split = split(0, warm.search_samples)
         per_sample = warm.teacher == "per_sample"
+        setting = config.warm_start_setting()
+        self.eval_schedulers.use(setting.scheduler)
         if warm.schedules_from is not None:
-            results = load_teacher(warm.schedules_from, warm, len(search_split[1]))
+            results = load_teacher(warm.schedules_from, warm, len(search_split[1]), setting.steps)
         else:
             results = search_schedules(
                 env_config.model,
                 warm.budgets,
-                scheduler=env_config.scheduler,
+                scheduler=setting.scheduler,
                 conditions=search_split[0],
                 seeds=search_split[1],
-                steps=env_config.num_inference_steps,
+                steps=setting.steps,
                 guidance=env_config.guidance_scale,
                 engine_options=self.engine_options,
                 sweeps=warm.sweeps,
@@ -201,7 +207,9 @@ class Trainer:
         # A per-sample teacher's schedules are played on the samples they were searched on.
         demo_split = search_split if per_sample else split(warm.search_samples, warm.demo_samples)
         episodes, conditioned = self.vec_env.episodes, env_config.budget_conditioned
-        demonstrations = record_demonstrations(episodes, schedules, *demo_split, budget_conditioned=conditioned)
+        demonstrations = record_demonstrations(
+            episodes, schedules, *demo_split, budget_conditioned=conditioned, setting=setting
+        )
         teacher = {}
         for budget, found in zip(warm.budgets, results, strict=True):
             found = found if per_sample else [found]
@@ -221,7 +229,12 @@ class Trainer:
         dataset = demonstrations
         for round_index in range(warm.dagger_rounds):
             visited = record_demonstrations(
-                episodes, schedules, *demo_split, budget_conditioned=conditioned, actor=model_actor(self.model)
+                episodes,
+                schedules,
+                *demo_split,
+                budget_conditioned=conditioned,
+                actor=model_actor(self.model),
+                setting=setting,
             )
             dataset = merge_demonstrations([dataset, visited])
             metrics = behaviour_clone(
@@ -243,7 +256,14 @@ class Trainer:
             # The cloned network reads features scaled by these statistics: letting PPO's exploration move them
             # would change the cloned policy's decisions without any gradient step. (Saved with the checkpoint.)
             normalizer.training = False
-        summary = {"clone": metrics, "teacher": warm.teacher, "budgets": teacher, "dagger": rounds}
+        summary = {
+            "clone": metrics,
+            "teacher": warm.teacher,
+            "scheduler": setting.scheduler,
+            "num_inference_steps": setting.steps,
+            "budgets": teacher,
+            "dagger": rounds,
+        }
         atomic_write(self.run_dir / TEACHER_FILE, lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
         logged = {f"warm_start/{key}": value for key, value in metrics.items()}
         for budget, entry in teacher.items():
@@ -289,13 +309,20 @@ class Trainer:
             engine_options=self.engine_options,
             budget_conditioned=env_config.budget_conditioned,
             model_family=env_config.model,
-            scheduler=type(self.eval_pipe.scheduler).__name__,
+            scheduler=self.scheduler_classes[0],
             training_config=self.config.to_dict(),
             trained_on={
                 "budget_range": list(env_config.budget_range) if env_config.budget_conditioned else None,
                 "num_inference_steps": env_config.num_inference_steps,
+                "schedulers": self.scheduler_classes,
             },
         )
+
+    @property
+    def scheduler_classes(self) -> list[str]:
+        """Class names of the schedulers the environment draws from, in the configured order."""
+        names = [type(self.eval_schedulers.scheduler(n)).__name__ for n in self.config.env.scheduler_names]
+        return list(dict.fromkeys(names))
 
     @property
     def engine_options(self) -> dict[str, Any]:
@@ -312,30 +339,52 @@ class Trainer:
         """Budgets the policy is evaluated at."""
         return list(self.config.eval.budgets) if self.config.env.budget_conditioned else [None]
 
+    def _reference(self, setting: SamplingSetting) -> tuple[torch.Tensor, float]:
+        """The uncached held-out generation at ``setting`` (computed once); leaves its scheduler in the pipeline."""
+        self.eval_schedulers.use(setting.scheduler)
+        if setting not in self.references:
+            env_config = self.config.env
+            self.references[setting] = timed_generation(
+                self.eval_pipe, self.eval_conditions, self.eval_seeds, setting.steps, env_config.guidance_scale
+            )
+        return self.references[setting]
+
     def evaluate(self, model: Any) -> None:
-        """Evaluates the current policy on the held-out split, logs it, and exports it when it is the best so far."""
+        """Evaluates the current policy on the held-out split, logs it, and exports it when it is the best so far.
+
+        With several evaluation settings (schedulers × ``eval.steps``) every one is evaluated, its metrics are
+        logged under ``eval/<scheduler>_<steps>/``, and the score is the mean over all of their points.
+        """
         env_config = self.config.env
         policy = self.learned_policy(model)
-        points = evaluate_policy(
-            self.eval_pipe,
-            policy,
-            conditions=self.eval_conditions,
-            seeds=self.eval_seeds,
-            steps=env_config.num_inference_steps,
-            guidance=env_config.guidance_scale,
-            budgets=self.budgets,
-            engine_options=self.engine_options,
-            reference=self.reference,
-            replay=True,
-        )
+        points = []
+        for setting in self.eval_settings:
+            reference = self._reference(setting)
+            measured = evaluate_policy(
+                self.eval_pipe,
+                policy,
+                conditions=self.eval_conditions,
+                seeds=self.eval_seeds,
+                steps=setting.steps,
+                guidance=env_config.guidance_scale,
+                budgets=self.budgets,
+                engine_options=self.engine_options,
+                reference=reference,
+                replay=True,
+            )
+            points += [
+                dataclasses.replace(p, scheduler=setting.scheduler, num_inference_steps=setting.steps)
+                for p in measured
+            ]
         step = int(model.num_timesteps)
         self.history.append((step, points))
         score = self._score(points)
         metrics: dict[str, Any] = {"eval/score": score, "global_step": step}
         for point in points:
-            prefix = "eval" if point.budget is None else f"eval/budget_{point.budget:g}"
+            prefix = "eval" if len(self.eval_settings) == 1 else f"eval/{point.scheduler}_{point.num_inference_steps}"
+            prefix = prefix if point.budget is None else f"{prefix}/budget_{point.budget:g}"
             for key, value in point.to_dict().items():
-                if key != "budget" and value is not None:
+                if key not in SETTING_FIELDS and value is not None:
                     metrics[f"{prefix}/{key}"] = value
         self.state["evaluations"] = self.state.get("evaluations", 0) + 1
         best = self.state.get("best_score")
@@ -365,8 +414,17 @@ class Trainer:
     def _export(self, policy: LearnedPolicy) -> None:
         export_policy(self.run_dir / POLICY_FILE, policy)
         budget = self.budgets[len(self.budgets) // 2]
+        setting = default_setting(self.config.env)  # the static table is for one scheduler and step count
+        self.eval_schedulers.use(setting.scheduler)
         schedule = record_schedule(
-            self.eval_pipe, policy, budget, self.eval_conditions, self.eval_seeds, self.config, self.engine_options
+            self.eval_pipe,
+            policy,
+            budget,
+            self.eval_conditions,
+            self.eval_seeds,
+            self.config,
+            self.engine_options,
+            steps=setting.steps,
         )
         export_schedule(
             self.run_dir / SCHEDULE_FILE,
@@ -385,19 +443,24 @@ class Trainer:
         import wandb
 
         series: dict[str, list[tuple[float, float]]] = {}
+        several = len(self.eval_settings) > 1
         for step, step_points in self.history:
-            series[f"{step} steps"] = [(p.flops_speedup, p.psnr) for p in step_points]
+            for p in step_points:
+                name = f"{step} steps" + (f", {p.scheduler} {p.num_inference_steps}" if several else "")
+                series.setdefault(name, []).append((p.flops_speedup, p.psnr))
         figures = {"eval/pareto": wandb.Image(pareto_plot(series, "held-out PSNR vs FLOP speedup"))}
         count = self.config.eval.grid_samples
         if count:
-            env_config = self.config.env
+            env_config, setting = self.config.env, self.eval_settings[0]  # the grid shows the first setting
             conditions, seeds = self.eval_conditions[:count], self.eval_seeds[:count]
-            rows, labels = [self.reference[0][:count]], ["uncached"]
+            rows, labels = [self._reference(setting)[0][:count]], ["uncached"]
             for point in points:
+                if (point.scheduler, point.num_inference_steps) != (setting.scheduler, setting.steps):
+                    continue
                 runtime.enable_cache(self.eval_pipe.transformer, policy, budget=point.budget, **self.engine_options)
                 try:
                     images, _ = timed_generation(
-                        self.eval_pipe, conditions, seeds, env_config.num_inference_steps, env_config.guidance_scale
+                        self.eval_pipe, conditions, seeds, setting.steps, env_config.guidance_scale
                     )
                 finally:
                     runtime.disable_cache(self.eval_pipe.transformer)
@@ -444,12 +507,14 @@ class Trainer:
         )
 
 
-def load_teacher(path: str | Path, warm: Any, samples: int) -> list[SearchResult] | list[list[SearchResult]]:
+def load_teacher(
+    path: str | Path, warm: Any, samples: int, steps: int | None = None
+) -> list[SearchResult] | list[list[SearchResult]]:
     """The searched schedules of an earlier run's ``teacher-schedules.json``, as ``search_schedules`` returns them.
 
     Raises:
-        ConfigError: If the file is missing, or was searched with another teacher, other budgets or, for a
-            per-sample teacher, another number of search samples.
+        ConfigError: If the file is missing, or was searched with another teacher, other budgets, another number
+            of steps than ``steps`` or, for a per-sample teacher, another number of search samples.
     """
     path = Path(path)
     if path.is_dir():
@@ -467,6 +532,12 @@ def load_teacher(path: str | Path, warm: Any, samples: int) -> list[SearchResult
     results: list[Any] = []
     for budget, key in zip(warm.budgets, budgets, strict=True):
         entry = saved["budgets"][key]
+        rows = np.shape(entry["schedule"])[-2]
+        if steps is not None and rows != steps:
+            raise ConfigError(
+                f"warm_start.schedules_from={str(path)!r} holds schedules of {rows} steps; this run's warm start "
+                f"searches at {steps} (warm_start.num_inference_steps)."
+            )
         if teacher == "shared":
             results.append(SearchResult(budget, np.asarray(entry["schedule"]), entry["psnr"], entry["start_psnr"], 0))
             continue
@@ -489,12 +560,17 @@ def record_schedule(
     seeds: list[int],
     config: TrainConfig,
     engine_options: dict[str, Any],
+    steps: int | None = None,
 ) -> torch.Tensor:
-    """The policy's deterministic decisions on the given samples, reduced to one static ``(steps, groups)`` table."""
+    """The policy's deterministic decisions on the given samples, reduced to one static ``(steps, groups)`` table.
+
+    ``steps`` defaults to the environment's step count (its largest with a range).
+    """
+    steps = steps if steps is not None else config.env.steps_range[1]
     recorder = ActionRecorder(policy)
     runtime.enable_cache(pipe.transformer, recorder, budget=budget, **engine_options)
     try:
-        timed_generation(pipe, conditions, seeds, config.env.num_inference_steps, config.env.guidance_scale)
+        timed_generation(pipe, conditions, seeds, steps, config.env.guidance_scale)
     finally:
         runtime.disable_cache(pipe.transformer)
     return recorder.static_replay()

@@ -20,6 +20,7 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 
 import runtime
 from envs.episodes import EpisodeBatch
+from envs.sampling import SamplingSetting
 
 
 @dataclass
@@ -54,6 +55,7 @@ def record_demonstrations(
     seeds: Sequence[int],
     budget_conditioned: bool = True,
     actor: Actor | None = None,
+    setting: SamplingSetting | None = None,
 ) -> Demonstrations:
     """Plays each budget's schedule in the environment on ``(conditions, seeds)`` and records what it saw.
 
@@ -66,6 +68,8 @@ def record_demonstrations(
         budget_conditioned: Whether the episodes are given the budget (as the environment's own episodes are).
         actor: When given, its actions are executed and the schedule's actions only recorded as labels (DAgger:
             the states are the actor's, the labels the teacher's).
+        setting: Scheduler and step count to play them at (default: the environment's); the schedules must have
+            one row per step.
     """
     rows: dict[str, list[np.ndarray]] = {"observations": [], "actions": [], "masks": [], "returns": []}
     psnr: dict[float, float] = {}
@@ -76,7 +80,7 @@ def record_demonstrations(
         tables = np.broadcast_to(schedule, (n, *np.shape(schedule)[-2:])) if np.ndim(schedule) == 2 else schedule
         if len(tables) != n:
             raise ValueError(f"{len(tables)} per-sample schedules for {n} samples at budget {budget}.")
-        observation = episodes.begin(conditions, seeds, [budget] * n if budget_conditioned else None)
+        observation = episodes.begin(conditions, seeds, [budget] * n if budget_conditioned else None, setting)
         observations, actions, masks, rewards = [], [], [], []
         for step in range(tables.shape[1]):
             mask = episodes.action_masks()

@@ -9,7 +9,7 @@ import numpy as np
 
 from .config import EnvConfig, from_dict
 from .episodes import EpisodeBatch
-from .sampling import draw_episode
+from .sampling import draw_episode, draw_setting
 
 
 class CacheScheduleEnv(gym.Env):
@@ -49,10 +49,17 @@ class CacheScheduleEnv(gym.Env):
 
     ## Episode End
     Terminates after ``num_inference_steps`` steps; never truncated. The final ``info`` carries ``psnr``,
-    ``ssim``, ``compute_fraction``, ``flops_speedup``, ``budget``, ``condition``, ``seed`` and the images.
+    ``ssim``, ``compute_fraction``, ``flops_speedup``, ``budget``, ``condition``, ``seed``,
+    ``num_inference_steps``, ``scheduler`` and the images.
+
+    ## Step counts and schedulers
+    ``num_inference_steps: [low, high]`` draws each episode's step count (a whole number, inclusive) and a list of
+    schedulers draws each episode's scheduler, both from the episode's seed; the reset ``info`` then names them too
+    and ``reset(options={"num_inference_steps", "scheduler"})`` fixes them. The per-step compute cost is divided by
+    the episode's own step count, and references are kept per scheduler and step count.
 
     ## Arguments
-    - ``config``: an :class:`envs.config.EnvConfig` or a dict of its fields (model, scheduler, steps, guidance,
+    - ``config``: an :class:`envs.config.EnvConfig` or a dict of its fields (model, scheduler(s), steps, guidance,
       groups, probe blocks, forecast order, splits, budget range, reward coefficients).
     - ``pipe``: an already loaded pipeline to use instead of ``config.model``.
     - ``split``: ``"train"`` (default) or ``"eval"``, the split episodes are drawn from.
@@ -76,11 +83,15 @@ class CacheScheduleEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
+        setting = draw_setting(self.np_random, self.config, options)
         spec = draw_episode(self.np_random, self.config, self.split, options)
         budgets = None if spec.budget is None else [spec.budget]
-        observations = self.episodes.begin([spec.condition], [spec.seed], budgets)
+        observations = self.episodes.begin([spec.condition], [spec.seed], budgets, setting)
         self._done = False
-        return observations[0], {"condition": spec.condition, "seed": spec.seed, "budget": spec.budget}
+        info = {"condition": spec.condition, "seed": spec.seed, "budget": spec.budget}
+        if not self.config.fixed_sampling:
+            info.update(num_inference_steps=setting.steps, scheduler=setting.scheduler)
+        return observations[0], info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self._done:

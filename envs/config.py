@@ -10,6 +10,9 @@ from typing import Any
 
 from runtime.observations import DEFAULT_FEATURES, FEATURES
 
+SCHEDULER_NAMES = ("default", "ddim", "dpmsolver++", "euler")
+"""Scheduler names an environment accepts (``"default"``: the pipeline's own)."""
+
 
 class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or out of range; the message names the field."""
@@ -60,8 +63,10 @@ class EnvConfig:
 
     Attributes:
         model: A shipped model name (``mini-dit-digits``, ``mini-flow-digits``), a local folder or a hub id.
-        scheduler: ``"default"`` (the pipeline's), ``"ddim"``, ``"dpmsolver++"`` or ``"euler"``.
-        num_inference_steps: Denoising steps per episode (one env step each).
+        scheduler: ``"default"`` (the pipeline's), ``"ddim"``, ``"dpmsolver++"`` or ``"euler"``; or a list of them,
+            one drawn per batch of episodes (per episode in the single environment).
+        num_inference_steps: Denoising steps per episode (one env step each); or ``[low, high]``, a whole number
+            drawn per batch of episodes (per episode in the single environment) from ``low`` to ``high`` inclusive.
         guidance_scale: Classifier-free guidance scale.
         groups: Block groups (one action each per step).
         probe_blocks: Always-computed front blocks.
@@ -80,8 +85,8 @@ class EnvConfig:
     """
 
     model: str = "mini-dit-digits"
-    scheduler: str = "default"
-    num_inference_steps: int = 50
+    scheduler: str | list[str] = "default"
+    num_inference_steps: int | list[int] = 50
     guidance_scale: float = 2.0
     groups: int = 4
     probe_blocks: int = 0
@@ -100,10 +105,7 @@ class EnvConfig:
     def __post_init__(self) -> None:
         if isinstance(self.reward, dict):
             self.reward = from_dict(RewardConfig, self.reward, prefix="reward.")
-        if self.num_inference_steps < 2:
-            raise ConfigError(f"num_inference_steps={self.num_inference_steps}: use at least 2.")
-        if self.scheduler not in ("default", "ddim", "dpmsolver++", "euler"):
-            raise ConfigError(f"scheduler={self.scheduler!r}: use 'default', 'ddim', 'dpmsolver++' or 'euler'.")
+        self._check_sampling()
         if not 1 <= self.forecast_order <= 3:
             raise ConfigError(f"forecast_order={self.forecast_order}: use 1, 2 or 3.")
         if self.groups < 1 or self.probe_blocks < 0:
@@ -134,6 +136,40 @@ class EnvConfig:
         low, high = self.budget_range
         if not 0.0 < low <= high <= 1.0:
             raise ConfigError(f"budget_range={self.budget_range}: need 0 < low <= high <= 1.")
+
+    @property
+    def steps_range(self) -> tuple[int, int]:
+        """``(low, high)`` denoising steps episodes are drawn with (``low == high`` for a fixed count)."""
+        steps = self.num_inference_steps
+        return (steps, steps) if isinstance(steps, int) else (steps[0], steps[1])
+
+    @property
+    def scheduler_names(self) -> list[str]:
+        """The schedulers episodes are drawn with, in the configured order."""
+        return [self.scheduler] if isinstance(self.scheduler, str) else list(self.scheduler)
+
+    @property
+    def fixed_sampling(self) -> bool:
+        """Whether every episode uses one step count and one scheduler (nothing is drawn)."""
+        low, high = self.steps_range
+        return low == high and len(self.scheduler_names) == 1
+
+    def _check_sampling(self) -> None:
+        steps = self.num_inference_steps
+        if isinstance(steps, list):
+            if len(steps) != 2 or not 2 <= steps[0] <= steps[1]:
+                raise ConfigError(
+                    f"num_inference_steps={steps}: give a step count, or [low, high] with 2 <= low <= high."
+                )
+        elif steps < 2:
+            raise ConfigError(f"num_inference_steps={steps}: use at least 2.")
+        names = self.scheduler_names
+        unknown = [name for name in names if name not in SCHEDULER_NAMES]
+        if unknown or not names or len(set(names)) != len(names):
+            raise ConfigError(
+                f"scheduler={self.scheduler!r}: use one of {list(SCHEDULER_NAMES)}, or a list naming each of them at "
+                "most once."
+            )
 
 
 def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,8 @@ from runtime.observations import feature_names, feature_of
 from .config import EnvConfig
 from .pipelines import describe, generate, prepare_pipeline, weights_fingerprint
 from .references import Reference, ReferenceStore
+from .sampling import SamplingSetting, default_setting
+from .schedulers import SchedulerSwitch
 from .session import BridgePolicy, Decision, DenoisingSession, Finished
 
 
@@ -37,6 +40,9 @@ class StepResult:
 class EpisodeBatch:
     """Runs ``N`` episodes (conditions, seeds, budgets) as one batched denoising run through the cache engine.
 
+    Each batch runs with one :class:`~envs.sampling.SamplingSetting` (scheduler and step count); references are
+    kept per setting.
+
     Args:
         config: Environment configuration.
         pipe: A loaded pipeline to use instead of loading ``config.model`` (its transformer gets the engine).
@@ -44,7 +50,8 @@ class EpisodeBatch:
 
     def __init__(self, config: EnvConfig, pipe: Any = None) -> None:
         self.config = config
-        self.pipe = prepare_pipeline(pipe if pipe is not None else config.model, config.scheduler)
+        self.pipe = prepare_pipeline(pipe if pipe is not None else config.model)
+        self.schedulers = SchedulerSwitch(self.pipe)
         self.bridge = BridgePolicy(config.forecast_order, feature_names(config.groups, tuple(config.features)))
         self.engine = runtime.enable_cache(
             self.pipe.transformer,
@@ -53,16 +60,10 @@ class EpisodeBatch:
             probe_blocks=config.probe_blocks,
             forecast_order=config.forecast_order,
         )
-        self.references = ReferenceStore(
-            self._generate_references,
-            {
-                **describe(self.pipe),
-                "weights": weights_fingerprint(self.pipe.transformer),
-                "steps": config.num_inference_steps,
-                "guidance": config.guidance_scale,
-            },
-            config.reference_cache_dir,
-        )
+        self._weights = weights_fingerprint(self.pipe.transformer)
+        self._stores: dict[SamplingSetting, ReferenceStore] = {}
+        self.setting = default_setting(config)
+        self.references = self._references(self.setting)
         names = self.engine.feature_names
         low = np.array([feature_of(n)[0].low for n in names], dtype=np.float32)
         high = np.array([feature_of(n)[0].high for n in names], dtype=np.float32)
@@ -77,9 +78,18 @@ class EpisodeBatch:
         """Observation features, in vector order."""
         return self.engine.feature_names
 
-    def begin(self, conditions: Sequence[int], seeds: Sequence[int], budgets: Sequence[float] | None) -> np.ndarray:
-        """Starts the episodes; returns their first observations ``(N, F)``."""
+    def begin(
+        self,
+        conditions: Sequence[int],
+        seeds: Sequence[int],
+        budgets: Sequence[float] | None,
+        setting: SamplingSetting | None = None,
+    ) -> np.ndarray:
+        """Starts the episodes with ``setting`` (default: the configured one); returns the first observations."""
         self.abort()
+        self.engine.reset()  # an abandoned generation must not read as the start of one whose first time is lower
+        self.setting = setting if setting is not None else default_setting(self.config)
+        self.references = self._references(self.setting)
         references = self.references.get(conditions, seeds)
         budget_tensor = None if budgets is None else torch.tensor(list(budgets), dtype=torch.float64)
         self.engine.set_budget(budget_tensor)
@@ -91,6 +101,7 @@ class EpisodeBatch:
             "potential": np.zeros(len(conditions)),
             "spent": np.zeros(len(conditions)),
             "step": 0,
+            "steps": self.setting.steps,
         }
         self.session = DenoisingSession(self.bridge, self._generate_cached)
         message = self.session.start()
@@ -122,7 +133,7 @@ class EpisodeBatch:
         latents = self.session.latents[step]
         reference_latents = torch.stack([r.latents[step] for r in references])
         potential = -reward_config.shaping * rmse(latents, reference_latents).numpy()
-        rewards = -reward_config.compute_cost * cost / self.config.num_inference_steps
+        rewards = -reward_config.compute_cost * cost / episode["steps"]
         rewards = rewards + potential - episode["potential"]
         episode["potential"] = potential
         episode["step"] = step + 1
@@ -164,7 +175,7 @@ class EpisodeBatch:
         capped = capped_psnr(images, reference_images, reward_config.psnr_cap).double()
         terminal = -reward_config.ssim_weight * (1 - ssim_values)
         terminal = terminal - reward_config.psnr_weight * (reward_config.psnr_cap - capped) / reward_config.psnr_cap
-        fraction = episode["spent"] / self.config.num_inference_steps
+        fraction = episode["spent"] / episode["steps"]
         terminal = terminal.numpy()
         if episode["budgets"] is not None:
             overspend = np.maximum(0.0, fraction - np.asarray(episode["budgets"]))
@@ -180,6 +191,8 @@ class EpisodeBatch:
                     "budget": None if episode["budgets"] is None else float(episode["budgets"][i]),
                     "condition": episode["conditions"][i],
                     "seed": episode["seeds"][i],
+                    "num_inference_steps": episode["steps"],
+                    "scheduler": self.setting.scheduler,
                     "image": images[i],
                     "reference_image": reference_images[i],
                 }
@@ -193,13 +206,27 @@ class EpisodeBatch:
             self.pipe,
             episode["conditions"],
             episode["seeds"],
-            self.config.num_inference_steps,
+            episode["steps"],
             self.config.guidance_scale,
             callback,
         )
 
+    def _references(self, setting: SamplingSetting) -> ReferenceStore:
+        """Switches the pipeline to ``setting``'s scheduler; returns the setting's references (one store each)."""
+        self.schedulers.use(setting.scheduler)
+        if setting not in self._stores:
+            identity = {
+                **describe(self.pipe),
+                "weights": self._weights,
+                "steps": setting.steps,
+                "guidance": self.config.guidance_scale,
+            }
+            generate_setting = functools.partial(self._generate_references, steps=setting.steps)
+            self._stores[setting] = ReferenceStore(generate_setting, identity, self.config.reference_cache_dir)
+        return self._stores[setting]
+
     def _generate_references(
-        self, conditions: Sequence[int], seeds: Sequence[int]
+        self, conditions: Sequence[int], seeds: Sequence[int], steps: int
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         latents: list[torch.Tensor] = []
 
@@ -208,7 +235,5 @@ class EpisodeBatch:
             return {}
 
         with torch.inference_mode(), self.engine.uncached():
-            images = generate(
-                self.pipe, conditions, seeds, self.config.num_inference_steps, self.config.guidance_scale, record
-            )
+            images = generate(self.pipe, conditions, seeds, steps, self.config.guidance_scale, record)
         return latents, images

@@ -1,4 +1,5 @@
-"""Drawing an episode's condition, seed and budget from the configured train or eval split."""
+"""Drawing an episode's condition, seed and budget from the configured train or eval split, and the step count and
+scheduler a batch of episodes is generated with."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError, EnvConfig
+from .config import SCHEDULER_NAMES, ConfigError, EnvConfig
 
 SPLITS = ("train", "eval")
-OPTION_KEYS = ("condition", "seed", "budget", "split")
+SETTING_KEYS = ("num_inference_steps", "scheduler")
+OPTION_KEYS = ("condition", "seed", "budget", "split", *SETTING_KEYS)
 
 
 @dataclass(frozen=True)
@@ -51,3 +53,49 @@ def draw_episode(
     elif options.get("budget") is not None:
         raise ConfigError("budget was given but the environment is not budget-conditioned (budget_conditioned=false).")
     return EpisodeSpec(condition, seed, budget)
+
+
+@dataclass(frozen=True)
+class SamplingSetting:
+    """How a batch of episodes is generated: the ``scheduler`` (a name of ``EnvConfig.scheduler``) and ``steps``."""
+
+    scheduler: str
+    steps: int
+
+    @property
+    def label(self) -> str:
+        """``<scheduler>_<steps>``, e.g. ``ddim_20``."""
+        return f"{self.scheduler}_{self.steps}"
+
+
+def draw_setting(
+    rng: np.random.Generator, config: EnvConfig, options: dict[str, Any] | None = None
+) -> SamplingSetting:
+    """Draws the step count (uniform whole number in ``[low, high]``) and the scheduler (uniform over the list).
+
+    Nothing is drawn from ``rng`` for a fixed step count or a single scheduler, so a configuration without ranges
+    draws its episodes exactly as before ranges existed. ``options`` may fix ``num_inference_steps`` (any count
+    >= 2) and ``scheduler`` (any known name).
+
+    Raises:
+        ConfigError: For a fixed step count below 2 or an unknown scheduler.
+    """
+    options = options or {}
+    low, high = config.steps_range
+    names = config.scheduler_names
+    steps = options.get("num_inference_steps")
+    if steps is None:
+        steps = low if low == high else int(rng.integers(low, high + 1))
+    elif isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
+        raise ConfigError(f"num_inference_steps={steps!r}: a reset option fixing the steps must be a count >= 2.")
+    scheduler = options.get("scheduler")
+    if scheduler is None:
+        scheduler = names[0] if len(names) == 1 else names[int(rng.integers(len(names)))]
+    elif scheduler not in SCHEDULER_NAMES:
+        raise ConfigError(f"scheduler={scheduler!r}: a reset option fixing it must be one of {list(SCHEDULER_NAMES)}.")
+    return SamplingSetting(str(scheduler), int(steps))
+
+
+def default_setting(config: EnvConfig) -> SamplingSetting:
+    """The configured setting when nothing is drawn; with ranges, the largest step count and the first scheduler."""
+    return SamplingSetting(config.scheduler_names[0], config.steps_range[1])

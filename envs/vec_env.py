@@ -10,7 +10,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 
 from .config import EnvConfig, from_dict
 from .episodes import EpisodeBatch
-from .sampling import draw_episode
+from .sampling import SETTING_KEYS, draw_episode, draw_setting
 
 
 class CacheScheduleVecEnv(VecEnv):
@@ -21,6 +21,13 @@ class CacheScheduleVecEnv(VecEnv):
     together after ``num_inference_steps`` steps; the next batch starts at once (auto-reset), and each episode's
     last observation is in ``info["terminal_observation"]``. Spaces, rewards and infos are those of
     :class:`envs.CacheScheduleEnv`.
+
+    With a step range or a list of schedulers in the config, each batch draws its step count and scheduler once,
+    for all its sub-environments (they are one batched generation), from the environment's seed, before the
+    episodes' draws; ``reset_infos`` and the final infos carry ``num_inference_steps`` and ``scheduler``.
+    ``set_options`` may fix them, with the same values for every sub-environment. SB3's rollout buffer takes
+    episodes of any length: a rollout of ``n_steps`` may end inside an episode, whose return is then bootstrapped
+    from the critic as usual.
 
     With ``config.group_rollouts = G > 1`` the batch holds ``num_envs / G`` draws, each run by ``G`` consecutive
     sub-environments (the same condition, seed and budget), and each step's reward is the episode's reward minus
@@ -68,15 +75,38 @@ class CacheScheduleVecEnv(VecEnv):
 
     def reset(self) -> np.ndarray:
         g = self.group_rollouts
+        setting = draw_setting(self._rng, self.config, self._setting_options())
         draws = [
             draw_episode(self._rng, self.config, self.split, self._options[i]) for i in range(0, self.num_envs, g)
         ]
         specs = [spec for spec in draws for _ in range(g)]
         budgets = None if specs[0].budget is None else [s.budget for s in specs]
-        observations = self.episodes.begin([s.condition for s in specs], [s.seed for s in specs], budgets)
-        self.reset_infos = [{"condition": s.condition, "seed": s.seed, "budget": s.budget} for s in specs]
+        observations = self.episodes.begin([s.condition for s in specs], [s.seed for s in specs], budgets, setting)
+        self.reset_infos = [
+            {
+                "condition": s.condition,
+                "seed": s.seed,
+                "budget": s.budget,
+                "num_inference_steps": setting.steps,
+                "scheduler": setting.scheduler,
+            }
+            for s in specs
+        ]
         self._reset_options()  # set_options applies to the next reset only, as in SB3's DummyVecEnv
         return observations
+
+    def _setting_options(self) -> dict[str, Any]:
+        """The step count and scheduler the reset options fix: one value for the whole batch, or none."""
+        fixed: dict[str, Any] = {}
+        for key in SETTING_KEYS:
+            values = {options.get(key) for options in self._options}
+            if len(values) > 1:
+                raise ValueError(
+                    f"set_options gives the sub-environments different {key} values {sorted(map(str, values))}: a "
+                    "batch is one generation, with one step count and one scheduler."
+                )
+            fixed[key] = values.pop()
+        return fixed
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = np.asarray(actions)

@@ -21,8 +21,11 @@ key                        value
 ``scheduler``              e.g. ``"DDIMScheduler"``, or null
 ``training_config_sha256`` SHA-256 of the training config (canonical JSON of a mapping), or null
 ``created_with``           package versions, e.g. ``{"torch": "2.13.0", "stable-baselines3": "2.9.2"}``
-``trained_on``             optional: ``{"budget_range": [low, high] or null, "num_inference_steps": int}``; the
-                           engine warns when a budget outside ``budget_range`` is asked for
+``trained_on``             optional: ``{"budget_range": [low, high] or null, "num_inference_steps": int or
+                           [low, high], "schedulers": [class names]}`` (``schedulers`` may be absent, as in files
+                           written before it existed); the engine warns when a budget outside ``budget_range`` is
+                           asked for, ``generate.py`` and ``benchmark.py`` when the steps or the scheduler are not
+                           among those trained on
 =========================  ===========================================================================================
 
 Reading checks the file's header by hand before safetensors touches it and never unpickles anything; every problem

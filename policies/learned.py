@@ -175,9 +175,38 @@ class LearnedPolicy(Policy):
 
     @property
     def trained_steps(self) -> int | None:
-        """Denoising steps the policy was trained with, if its manifest records them."""
+        """Denoising steps the policy was trained with, if its manifest records one count (not a range)."""
         value = self._trained_on("num_inference_steps")
         return int(value) if _is_int(value) and value > 0 else None
+
+    @property
+    def trained_steps_range(self) -> tuple[int, int] | None:
+        """``(low, high)``: the denoising step counts the policy was trained on (``low == high`` for one count).
+
+        Read from the manifest's ``trained_on.num_inference_steps``, an int or ``[low, high]``; ``None`` when it
+        is missing or malformed.
+        """
+        value = self._trained_on("num_inference_steps")
+        if _is_int(value):
+            return (int(value), int(value)) if value > 0 else None
+        if (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all(_is_int(v) for v in value)
+            and 0 < value[0] <= value[1]
+        ):
+            return int(value[0]), int(value[1])
+        return None
+
+    @property
+    def trained_schedulers(self) -> tuple[str, ...] | None:
+        """Scheduler class names the policy was trained with: ``trained_on.schedulers``, else the manifest's
+        ``scheduler``; ``None`` when neither names one."""
+        value = self._trained_on("schedulers")
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        single = self.manifest.get("scheduler")
+        return (single,) if isinstance(single, str) and single else None
 
     def _trained_on(self, key: str) -> Any:
         """``manifest["trained_on"][key]``, or ``None`` when the record (a mapping) or its key is missing."""

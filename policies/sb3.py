@@ -48,8 +48,9 @@ def from_sb3(
         model_family: Model family it was trained on, e.g. ``"dit"``.
         scheduler: Noise scheduler class it was trained with.
         training_config: The training config, hashed into the manifest.
-        trained_on: What training covered, kept in the manifest: ``budget_range`` ``[low, high]`` and
-            ``num_inference_steps``; the engine warns when a budget outside that range is asked for.
+        trained_on: What training covered, kept in the manifest: ``budget_range`` ``[low, high]``,
+            ``num_inference_steps`` (a count or ``[low, high]``) and ``schedulers`` (class names); the engine warns
+            when a budget outside that range is asked for.
 
     Returns:
         The policy, ready for ``policies.export_policy`` or ``runtime.enable_cache``.

@@ -54,3 +54,25 @@ def test_the_learned_policy_at_other_steps_than_trained_gets_a_notice(
     printed = capsys.readouterr().out
     assert "notice: the learned policy was trained with 50 denoising steps and this run uses 4" in printed
     assert "at budget 0.3" in printed and out.is_file()
+
+
+def test_a_scheduler_the_policy_was_not_trained_with_gets_a_notice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from policies import export_policy, load_policy
+
+    policy = load_policy(Path(__file__).resolve().parents[1] / "assets" / "policies" / "mini-dit-digits.safetensors")
+    policy.manifest["trained_on"] = {
+        **policy.manifest["trained_on"],
+        "num_inference_steps": [3, 6],
+        "schedulers": ["DPMSolverMultistepScheduler"],
+    }
+    path = export_policy(tmp_path / "dpm-only.safetensors", policy)
+    out = tmp_path / "grid.png"
+    assert generate.main(["--policy", str(path), "--steps", "4", "--classes", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "denoising steps" not in printed  # 4 steps lie inside the trained range
+    assert (
+        "notice: the learned policy was trained with DPMSolverMultistepScheduler and this run samples with "
+        "DDIMScheduler" in printed
+    )

@@ -14,7 +14,7 @@ from envs.config import ConfigError, EnvConfig
 from policies import PolicyFormatError, load_policy
 from runtime.allocator import keep_freed_memory
 
-from ..evaluation import trained_steps_notice
+from ..evaluation import trained_scheduler_notice, trained_steps_notice
 from ..outputs import output_folder_problem
 from .config import (
     REPO_ROOT,
@@ -251,10 +251,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     problem = output_folder_problem(out_dir)
     if problem is not None:
         parser.error(f"--out {out_dir}: {problem}; give a folder the results can be written to.")
-    steps_notice = trained_steps_notice(policy, make_settings(pipe, config).steps)
-    if steps_notice is not None:
-        print(f"notice: {steps_notice}")
-        notes.append(steps_notice)
+    steps = make_settings(pipe, config).steps
+    for training_notice in (trained_steps_notice(policy, steps), trained_scheduler_notice(policy, pipe.scheduler)):
+        if training_notice is not None:
+            print(f"notice: {training_notice}")
+            notes.append(training_notice)
     methods = build_methods(config, policy)
     results = run_benchmark(
         pipe, config, methods, model_name=str(config.model), progress=not args.no_progress, notes=notes

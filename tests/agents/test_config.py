@@ -48,3 +48,28 @@ def test_warm_start_without_budget_conditioning_takes_one_budget() -> None:
         load_config(CONFIGS / "default.yaml", ["env.budget_conditioned=false"])
     config = load_config(CONFIGS / "default.yaml", ["env.budget_conditioned=false", "warm_start.budgets=[0.3]"])
     assert config.warm_start.budgets == [0.3]
+
+
+def test_any_steps_config_differs_from_the_default_only_in_steps_schedulers_and_what_they_need() -> None:
+    ranged, default = (
+        load_config(CONFIGS / "any-steps.yaml").to_dict(),
+        load_config(CONFIGS / "default.yaml").to_dict(),
+    )
+    assert ranged["env"]["num_inference_steps"] == [20, 50]
+    assert ranged["env"]["scheduler"] == ["ddim", "dpmsolver++"]
+    assert {"step_size", "time_since_compute"} <= set(ranged["env"]["features"])
+    changed = {
+        f"{section}.{key}"
+        for section, fields in ranged.items()
+        for key, value in fields.items()
+        if default[section][key] != value
+    }
+    assert changed == {
+        "env.num_inference_steps",
+        "env.scheduler",
+        "env.features",
+        "warm_start.num_inference_steps",
+        "warm_start.scheduler",
+        "eval.steps",
+        "wandb.tags",
+    }

@@ -389,3 +389,36 @@ def test_a_budget_outside_the_trained_range_warns(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="budget 0.8 lies outside"):
         runtime.enable_cache(model, loaded, budget=0.8)
     runtime.disable_cache(model)
+
+
+def test_step_ranges_and_schedulers_in_the_manifest_drive_the_notices(tmp_path: Path) -> None:
+    from agents.evaluation import trained_scheduler_notice, trained_steps_notice
+
+    policy = hand_policy([0.0, 1.0, 0.0], groups=2)
+    policy.manifest["trained_on"] = {
+        "budget_range": [0.15, 0.5],
+        "num_inference_steps": [20, 50],
+        "schedulers": ["DDIMScheduler", "DPMSolverMultistepScheduler"],
+    }
+    loaded = load_policy(export_policy(tmp_path / "any-steps.safetensors", policy))
+    assert loaded.trained_steps_range == (20, 50)
+    assert loaded.trained_steps is None  # a range is not one count
+    assert loaded.trained_schedulers == ("DDIMScheduler", "DPMSolverMultistepScheduler")
+    for steps in (20, 33, 50):
+        assert trained_steps_notice(loaded, steps) is None
+    assert "trained with 20 to 50 denoising steps and this run uses 12" in trained_steps_notice(loaded, 12)
+    assert "--steps 50 is the nearest" in trained_steps_notice(loaded, 80)
+    assert trained_scheduler_notice(loaded, "DPMSolverMultistepScheduler") is None
+    notice = trained_scheduler_notice(loaded, "EulerDiscreteScheduler")
+    assert "trained with DDIMScheduler, DPMSolverMultistepScheduler and this run samples with Euler" in notice
+
+    old = hand_policy([0.0, 1.0, 0.0], groups=2)  # a manifest of before ranges: one count, one scheduler
+    old.manifest.update(scheduler="DDIMScheduler", trained_on={"num_inference_steps": 50})
+    assert old.trained_steps_range == (50, 50) and old.trained_steps == 50
+    assert trained_steps_notice(old, 50) is None and "trained with 50 denoising steps" in trained_steps_notice(old, 20)
+    assert trained_scheduler_notice(old, "DDIMScheduler") is None
+    assert "samples with EulerDiscreteScheduler" in trained_scheduler_notice(old, "EulerDiscreteScheduler")
+    for malformed in ([50, 20], [0, 5], "20-50", [20.0, 50]):
+        old.manifest["trained_on"] = {"num_inference_steps": malformed}
+        assert old.trained_steps_range is None and trained_steps_notice(old, 7) is None
+    assert trained_scheduler_notice(hand_policy([0.0, 1.0, 0.0]), "DDIMScheduler") is None  # no record: no notice
