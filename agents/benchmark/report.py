@@ -9,6 +9,9 @@ fast); past its fastest point the method does not reach the target ("n/a").
 Each target also gets the learned policy's wall ÷ FLOP speedup (1 when the wall-clock gain matches the FLOPs
 saved), linearly interpolated in FLOP speedup between the knobs around the target; the spread of that ratio over the
 timing rounds, and the AlwaysCompute row's (which computes everything), show how noisy the machine's timing was.
+
+The learned policy's static replay and the per-sample oracle are neither side of that comparison; they have their
+own lines (see :mod:`.adaptivity`).
 """
 
 from __future__ import annotations
