@@ -3,8 +3,11 @@
 ``python benchmark.py`` runs it (see :mod:`agents.benchmark.cli`); :func:`run_benchmark` is the programmatic entry.
 """
 
+from .adaptivity import adaptivity_summary
 from .config import BenchmarkConfig, load_config, parse_budgets, parse_classes, parse_seeds
 from .methods import EngineMethod, Method, Settings, build_methods
+from .oracle import PerSampleOracle, build_upper_bounds
+from .replay import RecordedLearnedMethod, StaticReplayMethod
 from .report import pareto_front, psnr_at, summarize, write_results
 from .runner import count_flops, flops_cross_check, run_benchmark
 
@@ -12,8 +15,13 @@ __all__ = [
     "BenchmarkConfig",
     "EngineMethod",
     "Method",
+    "PerSampleOracle",
+    "RecordedLearnedMethod",
     "Settings",
+    "StaticReplayMethod",
+    "adaptivity_summary",
     "build_methods",
+    "build_upper_bounds",
     "count_flops",
     "flops_cross_check",
     "load_config",

@@ -26,10 +26,24 @@ from .config import (
     parse_seeds,
 )
 from .methods import build_methods
+from .oracle import build_upper_bounds
 from .report import TABLE_COLUMNS, headline_wall_ratio, write_results
 from .runner import make_settings, run_benchmark
 
 WANDB_MODES = ("online", "offline", "disabled")
+ADAPTIVITY_KEYS = (
+    "minus_replay",
+    "minus_replay_p10",
+    "minus_best",
+    "minus_best_p10",
+    "disagreement",
+    "learned_wall_ratio",
+    "replay_wall_ratio",
+    "wall_ratio_vs_replay",
+    "oracle_psnr",
+    "oracle_learned_psnr",
+)
+"""Figures of the adaptivity summary (``results["adaptivity"]``) logged to the W&B run summary."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,7 +202,7 @@ def log_to_wandb(
     run = start_run(project=project, config=results["config"], mode=mode, out_dir=out_dir, job_type="benchmark")
     try:
         table = wandb.Table(
-            columns=list(TABLE_COLUMNS), data=[[row[c] for c in TABLE_COLUMNS] for row in results["rows"]]
+            columns=list(TABLE_COLUMNS), data=[[row.get(c) for c in TABLE_COLUMNS] for row in results["rows"]]
         )
         run.log({"benchmark/results": table, "benchmark/pareto": wandb.Image(str(paths["png"]))})
         for entry in results["summary"]:
@@ -199,6 +213,11 @@ def log_to_wandb(
             ratio = headline_wall_ratio(entry)
             if ratio is not None:
                 run.summary[f"benchmark/learned_wall_ratio@{target}"] = ratio
+        for entry in results.get("adaptivity") or []:
+            target = f"{entry['target_speedup']:g}x"
+            for key in ADAPTIVITY_KEYS:
+                if entry[key] is not None:
+                    run.summary[f"benchmark/adaptivity/{key}@{target}"] = entry[key]
         safe_name = "".join(c if c.isalnum() or c in "-_." else "-" for c in results["model"])
         artifact = wandb.Artifact(f"benchmark-{safe_name}", type="benchmark")
         artifact.add_file(str(paths["json"]))
@@ -258,13 +277,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             notes.append(training_notice)
     methods = build_methods(config, policy)
     results = run_benchmark(
-        pipe, config, methods, model_name=str(config.model), progress=not args.no_progress, notes=notes
+        pipe,
+        config,
+        methods,
+        model_name=str(config.model),
+        progress=not args.no_progress,
+        notes=notes,
+        upper_bounds=build_upper_bounds(config, policy),
     )
     benchmarked = policy_path is not None and bool(config.methods.learned.budgets)  # no budgets: no learned rows
     results["policy"] = _shown_path(policy_path) if benchmarked else None
     results["freed_memory_kept"] = kept
     paths = write_results(results, out_dir)
-    for entry in results["summary"]:
+    for entry in [*results["summary"], *results["adaptivity"]]:
         print(entry["line"])
     print(
         f"{len(results['rows'])} rows in {results['seconds']:.0f} s; wrote {', '.join(str(p) for p in paths.values())}"

@@ -217,14 +217,44 @@ class LearnedGrid:
         budgets: Compute budgets (target compute fractions) to evaluate it at.
         shared_decisions: Also evaluate it with one decision per group for the whole batch (the samples'
             majority), which turns saved FLOPs into saved time on models whose blocks cost mostly per call.
+        static_replay: Also evaluate its static replay at each budget: the majority schedule of its own decisions on
+            the benchmark's samples, played for all of them (see ``agents.benchmark.replay``).
     """
 
     policy: str | None = None
     budgets: list[float] = field(default_factory=lambda: [0.2, 0.25, 0.33, 0.5])
     shared_decisions: bool = False
+    static_replay: bool = True
 
     def __post_init__(self) -> None:
         if any(not 0.0 < b <= 1.0 for b in self.budgets):
+            raise ConfigError(f"budgets={self.budgets}: every budget is a compute fraction in (0, 1].")
+
+
+@dataclass
+class OracleConfig:
+    """The per-sample oracle: a schedule searched for each of the first ``samples`` samples alone, against its
+    uncached output (an upper bound, not a causal policy; see ``agents.benchmark.oracle``).
+
+    Attributes:
+        samples: Samples it is searched on, the benchmark's first ones (0: no oracle rows).
+        budgets: Compute budgets (``None``: the learned policy's).
+        sweeps: Passes of the search (``ScheduleSearch.search_per_sample``).
+        workers: Processes searching the budgets in parallel (after the timing rounds, so they do not disturb them).
+    """
+
+    samples: int = 0
+    budgets: list[float] | None = None
+    sweeps: int = 2
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.samples < 0 or self.sweeps < 1 or self.workers < 1:
+            raise ConfigError(
+                f"samples={self.samples}, sweeps={self.sweeps}, workers={self.workers}: need samples >= 0 (0: off), "
+                "sweeps >= 1 and workers >= 1."
+            )
+        if self.budgets is not None and any(not 0.0 < b <= 1.0 for b in self.budgets):
             raise ConfigError(f"budgets={self.budgets}: every budget is a compute fraction in (0, 1].")
 
 
@@ -284,6 +314,7 @@ class BenchmarkConfig:
             computed steps, which spreads their wall-clock ratio by ±5–10% from one process to the next.
         wandb_project: W&B project the results are logged to.
         methods: Methods and knob grids.
+        oracle: The per-sample oracle rows (off unless ``oracle.samples`` is set).
     """
 
     model: str = "mini-dit-digits"
@@ -303,6 +334,7 @@ class BenchmarkConfig:
     keep_freed_memory: bool = True
     wandb_project: str = "cachepilot"
     methods: MethodsConfig = field(default_factory=MethodsConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
 
     def __post_init__(self) -> None:
         parse_seeds(self.seeds, "seeds")

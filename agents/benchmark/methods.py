@@ -21,8 +21,15 @@ from policies import FORA, AlwaysCompute, DeltaDiT, FirstBlockThreshold, TaylorS
 
 from .config import BenchmarkConfig, MethodsConfig
 
-FAMILIES = ("learned", "baseline", "diffusers")
-"""Row families: the learned policy, the engine's hand-designed policies, and diffusers' own caches."""
+FAMILIES = ("learned", "baseline", "diffusers", "oracle")
+"""Row families: the learned policy (and its static replay), the engine's hand-designed policies, diffusers' own
+caches, and the per-sample oracle (an upper bound no causal policy reaches, see :mod:`.oracle`)."""
+
+LEARNED_NAME = "CachePilot (learned)"
+"""Method name of the learned policy deciding per sample."""
+
+SHARED_NAME = "CachePilot (learned, shared)"
+"""Method name of the learned policy with one decision per group for the whole batch."""
 
 
 @dataclass(frozen=True)
@@ -196,20 +203,32 @@ def engine_methods(methods: MethodsConfig, engine_options: dict[str, Any]) -> li
     return out
 
 
-def learned_methods(policy: Any, budgets: Sequence[float], shared: bool = False) -> list[Method]:
+def learned_methods(
+    policy: Any, budgets: Sequence[float], shared: bool = False, static_replay: bool = False
+) -> list[Method]:
     """The exported learned policy (loaded with ``policies.load_policy``) at each budget (family ``"learned"``);
     engine options come from the policy.
 
-    With ``shared``, the same budgets again with one decision per group for the whole batch.
+    With ``shared``, the same budgets again with one decision per group for the whole batch. With
+    ``static_replay``, the per-sample policy's decisions are recorded at each budget (its rows then carry
+    ``disagreement``), and the majority schedule of them is played for every sample as one more method (see
+    :mod:`.replay`).
     """
-    variants = [("CachePilot (learned)", {})]
+    if static_replay:
+        from .replay import RecordedLearnedMethod, with_static_replays
+
+        recorded = [RecordedLearnedMethod(LEARNED_NAME, f"budget={_fmt(b)}", policy, b) for b in budgets]
+        methods = with_static_replays(recorded)
+    else:
+        methods = [
+            EngineMethod(LEARNED_NAME, "learned", f"budget={_fmt(b)}", lambda: policy, budget=b) for b in budgets
+        ]
     if shared:
-        variants.append(("CachePilot (learned, shared)", {"shared_decisions": True}))
-    return [
-        EngineMethod(name, "learned", f"budget={_fmt(b)}", lambda: policy, options, budget=b)
-        for name, options in variants
-        for b in budgets
-    ]
+        methods += [
+            EngineMethod(SHARED_NAME, "learned", f"budget={_fmt(b)}", lambda: policy, {"shared_decisions": True}, b)
+            for b in budgets
+        ]
+    return methods
 
 
 def build_methods(config: BenchmarkConfig, policy: Any | None) -> list[Method]:
@@ -218,7 +237,8 @@ def build_methods(config: BenchmarkConfig, policy: Any | None) -> list[Method]:
 
     methods: list[Method] = []
     if policy is not None and config.methods.learned.budgets:
-        methods += learned_methods(policy, config.methods.learned.budgets, config.methods.learned.shared_decisions)
+        learned = config.methods.learned
+        methods += learned_methods(policy, learned.budgets, learned.shared_decisions, learned.static_replay)
     methods += engine_methods(config.methods, {"groups": config.groups, "probe_blocks": config.probe_blocks})
     methods += diffusers_methods(config.methods, config)
     return methods

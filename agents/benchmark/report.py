@@ -9,6 +9,9 @@ fast); past its fastest point the method does not reach the target ("n/a").
 Each target also gets the learned policy's wall ÷ FLOP speedup (1 when the wall-clock gain matches the FLOPs
 saved), linearly interpolated in FLOP speedup between the knobs around the target; the spread of that ratio over the
 timing rounds, and the AlwaysCompute row's (which computes everything), show how noisy the machine's timing was.
+
+The learned policy's static replay and the per-sample oracle are neither side of that comparison; they have their
+own lines (see :mod:`.adaptivity`).
 """
 
 from __future__ import annotations
@@ -24,12 +27,28 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-FAMILY_ORDER = ("learned", "baseline", "diffusers")
-TABLE_COLUMNS = ("family", "method", "knob", "flops_speedup", "wall_speedup", "psnr", "ssim", "class_acc", "fd")
+FAMILY_ORDER = ("learned", "baseline", "diffusers", "oracle")
+TABLE_COLUMNS = (
+    "family",
+    "method",
+    "knob",
+    "flops_speedup",
+    "wall_speedup",
+    "psnr",
+    "psnr_p10",
+    "ssim",
+    "class_acc",
+    "fd",
+)
 _MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "h", "p", "d")
 _LINESTYLES = ("-", "--", "-.", ":")
 _LEARNED_STYLES = (("*", "-"), ("P", "--"), ("X", ":"))
 """Marker and line of the first, second, ... learned method (all drawn in red)."""
+_SPECIAL_STYLES: dict[str, dict[str, Any]] = {
+    "replay": {"color": "darkred", "marker": "D", "linestyle": "-.", "linewidth": 2.0, "markersize": 8, "zorder": 9},
+    "oracle": {"color": "black", "marker": "*", "linestyle": ":", "linewidth": 1.6, "markersize": 12, "zorder": 8},
+}
+"""Styles of the learned policy's static replay and of the per-sample oracle (their markers drawn hollow)."""
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -94,6 +113,9 @@ def headline_wall_ratio(entry: dict[str, Any]) -> float | None:
 def summarize(rows: Sequence[dict[str, Any]], targets: Sequence[float]) -> list[dict[str, Any]]:
     """Learned PSNR minus the best non-learned PSNR at each target FLOP speedup.
 
+    The learned policy's static replay (rows with ``replay_of``) is neither a learned method here nor a non-learned
+    one, and the per-sample oracle (family ``"oracle"``) is no non-learned method: see :mod:`.adaptivity` for both.
+
     Args:
         rows: Benchmark rows (``method``, ``family``, ``flops_speedup``, ``psnr``).
         targets: FLOP speedups to compare at.
@@ -111,9 +133,10 @@ def summarize(rows: Sequence[dict[str, Any]], targets: Sequence[float]) -> list[
     for row in rows:
         rows_of.setdefault(row["method"], []).append(row)
         family_of[row["method"]] = row["family"]
+    replays = {row["method"] for row in rows if row.get("replay_of")}  # the learned policy's schedule, not itself
     series = {m: [(float(r["flops_speedup"]), float(r["psnr"])) for r in group] for m, group in rows_of.items()}
-    learned = [m for m in series if family_of[m] == "learned"]
-    others = [m for m in series if family_of[m] != "learned"]
+    learned = [m for m in series if family_of[m] == "learned" and m not in replays]
+    others = [m for m in series if family_of[m] not in ("learned", "oracle")]
     summary = []
     for target in targets:
         per_method = {m: psnr_at(series[m], target) for m in series}
@@ -222,13 +245,14 @@ def markdown(results: dict[str, Any]) -> str:
         for method in results["summary"][0]["per_method"]:
             values = [_cell(entry["per_method"][method]) for entry in results["summary"]]
             lines.append(f"| {method} | " + " | ".join(values) + " |")
+    lines += adaptivity_markdown(results)
     lines += wall_section(results)
     lines += [
         "",
         "## Results",
         "",
-        "| family | method | knob | FLOP × | wall × | PSNR (dB) | SSIM | class acc | FD |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| family | method | knob | FLOP × | wall × | PSNR (dB) | p10 PSNR | SSIM | class acc | FD |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in sorted_rows(results["rows"]):
         cells = [
@@ -238,6 +262,7 @@ def markdown(results: dict[str, Any]) -> str:
             _cell(row["flops_speedup"]),
             _cell(row["wall_speedup"]),
             _cell(row["psnr"]),
+            _cell(row.get("psnr_p10")),
             _cell(row["ssim"], 3),
             _cell(row["class_acc"], 3),
             _cell(row["fd"], 1),
@@ -248,6 +273,14 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "## Failed", "", "These raised on this model and have no row:", ""]
         lines += [f"- {f['method']} ({f['knob']}): `{f['error']}`" for f in failures]
     return "\n".join(lines) + "\n"
+
+
+def adaptivity_markdown(results: dict[str, Any]) -> list[str]:
+    """The ``results.md`` section on the learned policy against its static replay and the oracle (see
+    :func:`.adaptivity.adaptivity_section`)."""
+    from .adaptivity import adaptivity_section  # it reads this module's fronts
+
+    return adaptivity_section(results)
 
 
 def wall_section(results: dict[str, Any]) -> list[str]:
@@ -278,8 +311,9 @@ def pareto_figure(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
     """Writes ``pareto.png``: PSNR against FLOP speedup (left) and wall speedup (right).
 
     Every method has its own marker and line style; its points are drawn faintly and its upper Pareto front as a
-    line. The learned policy is drawn in red, thick and on top. The AlwaysCompute reference (1×, capped PSNR) is
-    left out so the axis shows the methods' range.
+    line. The learned policy is drawn in red, thick and on top; its static replay in dark red with open diamonds,
+    the per-sample oracle (an upper bound, untimed: left panel only) in black with open stars. The AlwaysCompute
+    reference (1×, capped PSNR) is left out so the axis shows the methods' range.
     """
     methods: dict[str, list[dict[str, Any]]] = {}  # in the order the methods were run: stable styles
     for row in rows:
@@ -289,7 +323,8 @@ def pareto_figure(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
     colors = plt.get_cmap("tab10")
     learned_seen = 0  # a second learned variant (e.g. shared decisions) is red too, with its own marker and line
     for index, (method, method_rows) in enumerate(methods.items()):
-        learned = method_rows[0]["family"] == "learned"
+        special = _SPECIAL_STYLES.get("replay" if method_rows[0].get("replay_of") else method_rows[0]["family"])
+        learned = method_rows[0]["family"] == "learned" and special is None
         variant = learned_seen % len(_LEARNED_STYLES)
         learned_seen += learned
         style = {
@@ -299,14 +334,19 @@ def pareto_figure(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
             "linewidth": 2.8 if learned else 1.3,
             "markersize": 11 if learned else 6,
             "zorder": 10 if learned else 2,
+            **(special or {}),
         }
+        hollow = special is not None
         for axis, key in zip(axes, ("flops_speedup", "wall_speedup"), strict=True):
-            points = [(r[key], r["psnr"]) for r in method_rows]
+            points = [(r[key], r["psnr"]) for r in method_rows if r.get(key) is not None]
+            if not points:
+                continue
             axis.scatter(
                 [p[0] for p in points],
                 [p[1] for p in points],
                 marker=style["marker"],
-                color=style["color"],
+                color="none" if hollow else style["color"],
+                edgecolors=style["color"],
                 alpha=0.35,
                 s=style["markersize"] ** 2,
                 zorder=style["zorder"],
@@ -316,6 +356,7 @@ def pareto_figure(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
                 [p[0] for p in front],
                 [p[1] for p in front],
                 label=method,
+                markerfacecolor="none" if hollow else style["color"],
                 **style,
             )
     for axis, xlabel in zip(axes, ("FLOP speedup (×)", "wall-clock speedup (×)"), strict=True):

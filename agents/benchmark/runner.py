@@ -23,7 +23,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from agents.evaluation import class_accuracy, fidelity, timed_generation
+from zoo.metrics import capped_psnr
 
+from .adaptivity import adaptivity_summary, tenth_percentile
 from .config import BenchmarkConfig
 from .methods import EngineMethod, Method, Settings
 from .report import summarize
@@ -175,6 +177,7 @@ def make_row(timing: _Timing, settings: Settings, reference: Reference, psnr_cap
     method = timing.method
     psnr_value, ssim_value = fidelity(timing.images, reference.images, psnr_cap)
     speedup = timing.own_speedup if timing.own_speedup is not None else timing.counted_speedup
+    per_sample = [float(value) for value in capped_psnr(timing.images, reference.images, psnr_cap)]
     return {
         "method": method.name,
         "family": method.family,
@@ -183,6 +186,8 @@ def make_row(timing: _Timing, settings: Settings, reference: Reference, psnr_cap
         "wall_speedup": float(statistics.median(timing.ratios)),
         "wall_speedups": [float(ratio) for ratio in timing.ratios],
         "psnr": psnr_value,
+        "psnr_p10": tenth_percentile(per_sample),
+        "psnr_per_sample": per_sample,
         "ssim": ssim_value,
         "class_acc": class_accuracy(timing.images, settings.conditions),
         "fd": fd(timing.images),
@@ -221,9 +226,10 @@ def measure_all(
         tick: Called after each preparation and each timed method run (for a progress bar).
 
     Returns:
-        The rows: ``method``, ``family``, ``knob``, ``flops_speedup``, ``wall_speedup``, ``psnr``, ``ssim``,
-        ``class_acc``, ``fd``, plus ``wall_speedups`` (the ratio of each round), ``flops_source``, ``seconds``,
-        ``uncached_seconds`` and method details.
+        The rows: ``method``, ``family``, ``knob``, ``flops_speedup``, ``wall_speedup``, ``psnr`` (the mean over
+        the samples), ``psnr_p10`` (their 10th percentile), ``psnr_per_sample``, ``ssim``, ``class_acc``, ``fd``,
+        plus ``wall_speedups`` (the ratio of each round), ``flops_source``, ``seconds``, ``uncached_seconds`` and
+        method details.
     """
     timings: list[_Timing] = []
     for method in methods:
@@ -293,6 +299,7 @@ def run_benchmark(
     progress: bool = True,
     notes: Sequence[str] = (),
     echo: Callable[[str], None] | None = None,
+    upper_bounds: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Runs the whole benchmark and returns the results (as written to ``results.json``).
 
@@ -304,10 +311,13 @@ def run_benchmark(
         progress: Show a tqdm bar over methods × knobs.
         notes: Remarks added to the results.
         echo: Where per-row lines go (default: ``tqdm.write``).
+        upper_bounds: Untimed rows measured after the timed ones, e.g. ``oracle.PerSampleOracle``: objects with
+            ``name``, ``family``, ``knob`` and ``rows(pipe, settings, reference, psnr_cap, echo)``.
 
     Returns:
-        ``{"model", "scheduler", "steps", "guidance", "n_samples", "seeds", "classes", "rows", "summary", ...}``;
-        ``failures`` lists the methods that raised (method, family, knob, error), which have no row.
+        ``{"model", "scheduler", "steps", "guidance", "n_samples", "seeds", "classes", "rows", "summary",
+        "adaptivity", ...}``; ``failures`` lists the methods that raised (method, family, knob, error), which have
+        no row.
     """
     echo = echo or tqdm.write
     started = time.perf_counter()
@@ -342,6 +352,18 @@ def run_benchmark(
             f"wall {row['wall_speedup']:5.2f}×  PSNR {row['psnr']:6.2f} dB  SSIM {row['ssim']:.3f}"
         )
     bar.close()
+    for bound in upper_bounds:
+        try:  # the timed rows are measured: a failing bound must not lose them
+            found = bound.rows(pipe, settings, reference, config.psnr_cap, echo)
+        except Exception as error:
+            record_failure(bound, error)
+            continue
+        rows += found
+        for row in found:
+            echo(
+                f"{row['method']:<26} {row['knob']:<18} FLOPs {row['flops_speedup']:5.2f}×  (untimed)  "
+                f"PSNR {row['psnr']:6.2f} dB  p10 {row['psnr_p10']:6.2f} dB  on {row['samples']} samples"
+            )
 
     check = None
     measured = {(row["method"], row["knob"]) for row in rows}
@@ -376,6 +398,7 @@ def run_benchmark(
         "rows": rows,
         "failures": failures,
         "summary": summarize(rows, config.targets),
+        "adaptivity": adaptivity_summary(rows, config.targets),
         "flops_check": check,
         "notes": list(notes),
         "seconds": time.perf_counter() - started,

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -623,3 +624,188 @@ def test_a_method_failing_in_a_later_round_loses_only_its_row(monkeypatch: pytes
     assert rows[0]["wall_speedup"] == pytest.approx(2.0)
     assert runs == {"U": 6, "a": 3, "b": 2}  # round 3 times only "a", still between two uncached runs
     assert pipe.attached is None
+
+
+REPLAY = "CachePilot (learned, static replay)"
+
+
+def test_static_replay_rows_play_the_learned_policys_own_schedule(benchmark_run: tuple[dict[str, Any], Path]) -> None:
+    results = benchmark_run[0]
+    learned = rows_of(results, "CachePilot (learned)")
+    replay = rows_of(results, REPLAY)
+    assert [row["knob"] for row in replay] == [row["knob"] for row in learned] == ["budget=0.25", "budget=0.5"]
+    assert [row["flops_speedup"] for row in replay] == pytest.approx([row["flops_speedup"] for row in learned])
+    for mine, its in zip(learned, replay, strict=True):
+        # The policy is a static table: its samples agree, so the replay is the policy, sample by sample.
+        assert mine["disagreement"] == its["disagreement"] == 0.0
+        assert its["family"] == "learned" and its["replay_of"] == "CachePilot (learned)"
+        assert its["psnr_per_sample"] == mine["psnr_per_sample"]
+        assert its["wall_speedup"] > 0 and len(its["wall_speedups"]) == results["repeats"]
+    for entry in results["summary"]:  # the replay is neither the learned line's policy nor its best non-learned
+        assert REPLAY not in (entry["learned_method"], entry["best_method"])
+
+
+def test_every_row_keeps_per_sample_psnr(benchmark_run: tuple[dict[str, Any], Path]) -> None:
+    results = benchmark_run[0]
+    for row in results["rows"]:
+        values = row["psnr_per_sample"]
+        assert len(values) == results["n_samples"], row["method"]
+        assert row["psnr"] == pytest.approx(sum(values) / len(values))
+        assert min(values) - 1e-9 <= row["psnr_p10"] <= row["psnr"] + 1e-9, row["method"]
+    fora = rows_of(results, "FORA")[-1]
+    assert fora["psnr_p10"] < fora["psnr"]  # a cache that errs differs between samples: the tail lies below the mean
+
+
+def test_adaptivity_lines_compare_learned_with_its_replay(benchmark_run: tuple[dict[str, Any], Path]) -> None:
+    from agents.benchmark.adaptivity import adaptivity_summary
+
+    results, out = benchmark_run
+    entries = results["adaptivity"]
+    assert [entry["target_speedup"] for entry in entries] == [2.0, 3.0, 4.0, 5.0]
+    reached = [entry for entry in entries if entry["learned_psnr"] is not None]
+    assert reached, "the learned knobs reach at least one target"
+    for entry in reached:
+        assert entry["minus_replay"] == pytest.approx(0.0) and entry["minus_replay_p10"] == pytest.approx(0.0)
+        assert entry["minus_best"] == pytest.approx(entry["learned_psnr"] - entry["best_psnr"])
+        assert entry["best_method"] not in ("CachePilot (learned)", REPLAY)
+        assert entry["learned_psnr_p10"] <= entry["learned_psnr"] + 1e-9
+        assert "learned − static replay = +0.00 dB mean, +0.00 dB p10" in entry["line"]
+    for entry in entries:  # read between the learned knobs (this policy's all reach the same speedup), else n/a
+        if entry["disagreement"] is None:
+            assert "samples disagree on n/a of cells" in entry["line"] and "learned n/a, replay n/a" in entry["line"]
+            continue
+        assert entry["disagreement"] == 0.0 and "samples disagree on 0.0% of cells" in entry["line"]
+        assert entry["wall_ratio_vs_replay"] == pytest.approx(entry["learned_wall_ratio"] / entry["replay_wall_ratio"])
+    learned_rows = rows_of(results, "CachePilot (learned)")
+    at_knob = adaptivity_summary(results["rows"], [learned_rows[0]["flops_speedup"]])[0]
+    assert at_knob["disagreement"] == 0.0 and at_knob["wall_ratio_vs_replay"] == pytest.approx(
+        at_knob["learned_wall_ratio"] / at_knob["replay_wall_ratio"]
+    )
+    assert f"learned ÷ replay {at_knob['wall_ratio_vs_replay']:.2f}" in at_knob["line"]
+    assert all(entry["oracle_samples"] is None and "oracle" not in entry["line"] for entry in entries)
+    assert not [row for row in results["rows"] if row["family"] == "oracle"]
+    text = (out / "results.md").read_text()
+    assert "## Learned vs its static replay" in text and "| replay PSNR | replay p10 |" in text
+    for entry in entries:
+        assert entry["line"] in text
+    written = json.loads((out / "results.json").read_text())
+    assert [entry["line"] for entry in written["adaptivity"]] == [entry["line"] for entry in entries]
+
+
+def _row(method: str, family: str, flops: float, per_sample: list[float], **extra: Any) -> dict[str, Any]:
+    return {
+        "method": method,
+        "family": family,
+        "knob": f"{flops:g}",
+        "flops_speedup": flops,
+        "psnr": sum(per_sample) / len(per_sample),
+        "psnr_p10": float(np.percentile(per_sample, 10)),
+        "psnr_per_sample": per_sample,
+        **extra,
+    }
+
+
+def test_adaptivity_summary_reads_each_front_and_excludes_replay_and_oracle() -> None:
+    from agents.benchmark.adaptivity import adaptivity_summary, tenth_percentile
+
+    assert tenth_percentile([10.0, 20.0, 30.0]) == pytest.approx(12.0)
+    learned = "learned"
+    rows = [
+        _row(learned, "learned", 2.0, [40.0, 34.0, 30.0, 28.0], disagreement=0.2, wall_speedup=1.8),
+        _row(learned, "learned", 4.0, [30.0, 28.0, 26.0, 24.0], disagreement=0.4, wall_speedup=3.2),
+        _row("replay", "learned", 2.0, [38.0, 29.0, 19.0, 6.0], replay_of=learned, disagreement=0.2, wall_speedup=2.0),
+        _row("replay", "learned", 4.0, [28.0, 25.0, 22.0, 9.0], replay_of=learned, disagreement=0.4, wall_speedup=4.0),
+        _row("FORA", "baseline", 2.0, [50.0, 20.0, 20.0, 10.0], wall_speedup=1.9),
+        _row("FORA", "baseline", 4.0, [20.0, 20.0, 20.0, 20.0], wall_speedup=3.9),
+        _row("oracle", "oracle", 2.0, [45.0, 35.0], samples=2, causal=False, wall_speedup=None),
+        _row("oracle", "oracle", 4.0, [60.0, 60.0], samples=2, causal=False, wall_speedup=None),
+    ]
+    summary = {entry["target_speedup"]: entry for entry in adaptivity_summary(rows, [3.0, 5.0])}
+    at3 = summary[3.0]
+    assert (at3["learned_method"], at3["replay_method"]) == (learned, "replay")
+    assert at3["learned_psnr"] == pytest.approx((33.0 + 27.0) / 2)
+    assert at3["minus_replay"] == pytest.approx(30.0 - (23.0 + 21.0) / 2)
+    p10 = {m: [(r["flops_speedup"], r["psnr_p10"]) for r in rows if r["method"] == m] for m in (learned, "replay")}
+    assert at3["minus_replay_p10"] == pytest.approx(psnr_at(p10[learned], 3.0) - psnr_at(p10["replay"], 3.0))
+    assert at3["learned_psnr_p10"] == pytest.approx((28.6 + 24.6) / 2)  # numpy's percentile: 28 + 0.3 × 2
+    # FORA is the best non-learned in the mean; the oracle (60 dB at 4×) and the replay are not candidates.
+    assert at3["best_method"] == "FORA" and at3["minus_best"] == pytest.approx(30.0 - 22.5)
+    assert at3["minus_best_p10"] == pytest.approx(at3["learned_psnr_p10"] - at3["best_psnr_p10"])
+    assert at3["disagreement"] == pytest.approx(0.3)
+    assert at3["learned_wall_ratio"] == pytest.approx((0.9 + 0.8) / 2)
+    assert at3["replay_wall_ratio"] == pytest.approx(1.0)
+    assert at3["wall_ratio_vs_replay"] == pytest.approx(0.85)
+    # The oracle against the learned policy on the oracle's two samples.
+    assert at3["oracle_samples"] == 2 and at3["oracle_psnr"] == pytest.approx(60.0)
+    assert at3["oracle_learned_psnr"] == pytest.approx(((40.0 + 34.0) / 2 + (30.0 + 28.0) / 2) / 2)
+    assert at3["oracle_psnr_p10"] <= at3["oracle_psnr"]
+    assert at3["line"].startswith("3×: learned − static replay = +8.00 dB mean, ")
+    assert "learned − best non-learned = +7.50 dB mean (FORA)" in at3["line"]
+    assert "samples disagree on 30.0% of cells" in at3["line"]
+    assert "wall ÷ FLOP speedup learned 0.85, replay 1.00 (learned ÷ replay 0.85)" in at3["line"]
+    assert "per-sample oracle (not causal, 2 samples) 60.00 dB mean" in at3["line"]
+    assert "vs learned 33.00 dB" in at3["line"]
+    at5 = summary[5.0]  # past every knob
+    assert at5["learned_psnr"] is None and at5["minus_replay"] is None and at5["disagreement"] is None
+    assert "learned − static replay = n/a mean" in at5["line"]
+    assert adaptivity_summary([r for r in rows if "replay_of" not in r], [3.0]) == []  # no replay: no lines
+
+
+def test_oracle_rows_only_when_configured(tmp_path: Path) -> None:
+    from agents.benchmark.methods import build_methods
+    from agents.benchmark.oracle import build_upper_bounds
+    from agents.benchmark.report import write_results
+    from agents.benchmark.runner import run_benchmark
+    from agents.schedule_search import ScheduleSearch
+    from envs.pipelines import generate
+    from policies import StaticSchedulePolicy
+
+    table = torch.ones(STEPS, 4, dtype=torch.int64)
+    table[0] = 0
+    policy = load_policy(export_schedule(tmp_path / "policy.safetensors", table))
+    assert build_upper_bounds(load_config(quick=True), policy) == []  # --quick: no oracle
+    assert build_upper_bounds(load_config(), None) == []  # nothing to bound
+    assert len(build_upper_bounds(load_config(), policy)) == 1  # the full run's config has one
+    with pytest.raises(ConfigError, match="oracle.samples=-1"):
+        load_config(overrides={"oracle": {"samples": -1}})
+
+    only = {"always_compute": False, "first_block": {"thresholds": []}, "teacache": {"thresholds": []}}
+    grids = {"taylorseer": {"intervals": []}, "delta_dit": {"intervals": []}, "fora": {"intervals": [2]}}
+    off = {"diffusers_first_block": {"thresholds": []}, "diffusers_taylorseer": {"intervals": []}}
+    methods = {**only, **grids, **off, "diffusers_magcache": {"thresholds": []}, "learned": {"budgets": [0.5]}}
+    overrides = {"seeds": "1000000-1000002", "steps": STEPS, "repeats": 1, "warmup_steps": 1, "flops_check": False}
+    oracle_config = {"samples": 2, "sweeps": 1, "budgets": None, "workers": 1}  # the learned budgets, in this process
+    config = load_config(overrides={**overrides, "targets": [1.5], "methods": methods, "oracle": oracle_config})
+    pipe = tiny_pipeline()
+    bounds = build_upper_bounds(config, policy)
+    results = run_benchmark(
+        pipe, config, build_methods(config, policy), model_name="tiny", progress=False, echo=print, upper_bounds=bounds
+    )
+    assert runtime.get_engine(pipe.transformer) is None
+    (oracle,) = [row for row in results["rows"] if row["family"] == "oracle"]
+    assert (oracle["knob"], oracle["causal"], oracle["samples"], oracle["wall_speedup"]) == (
+        "budget=0.5",
+        False,
+        2,
+        None,
+    )
+    assert len(oracle["psnr_per_sample"]) == 2 and oracle["psnr_p10"] <= oracle["psnr"]
+    assert oracle["psnr"] == pytest.approx(oracle["search_psnr"], abs=1e-3)  # the engine plays what was searched
+
+    # Its FLOPs are those of the shared schedule the search starts from (moves keep the cells per group).
+    samples = ([7, 8], [1000000, 1000001])
+    search = ScheduleSearch(pipe, *samples, STEPS, config.guidance, policy.engine_options)
+    start = StaticSchedulePolicy(search.evenly_spaced(0.5), engine_options=policy.engine_options)
+    engine = runtime.enable_cache(pipe.transformer, start)
+    try:
+        with torch.inference_mode():
+            generate(pipe, *samples, STEPS, config.guidance)
+        assert oracle["flops_speedup"] == pytest.approx(engine.summary()["flops_speedup"], rel=1e-6)
+    finally:
+        runtime.disable_cache(pipe.transformer)
+    (entry,) = results["adaptivity"]
+    assert entry["oracle_psnr"] == pytest.approx(oracle["psnr"])  # below its one knob's speedup: that knob's PSNR
+    assert entry["oracle_samples"] == 2 and "per-sample oracle (not causal, 2 samples)" in entry["line"]
+    assert entry["best_method"] == "FORA"  # neither the oracle nor the replay
+    paths = write_results(results, tmp_path / "out")
+    assert "per-sample oracle (not causal)" in paths["md"].read_text() and paths["png"].stat().st_size > 0
