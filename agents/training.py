@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 import runtime
 from envs import CacheScheduleVecEnv
-from envs.pipelines import prepare_pipeline
+from envs.conditions import condition_label
+from envs.pipelines import make_sampler
 from policies import LearnedPolicy, export_policy, export_schedule, from_sb3, schedule_from_actions
 
 from .callbacks import CheckpointCallback, EvaluationCallback, ProgressBarCallback
@@ -128,7 +129,7 @@ class Trainer:
             )
         )
 
-        self.eval_pipe = prepare_pipeline(config.env.model, config.env.scheduler)
+        self.eval_pipe = make_sampler(config.env)  # unhooked: evaluation attaches its own engine
         self.eval_conditions, self.eval_seeds = self._evaluation_split()
         timed_generation(self.eval_pipe, self.eval_conditions[:1], self.eval_seeds[:1], 2, config.env.guidance_scale)
         self.reference = timed_generation(
@@ -168,7 +169,7 @@ class Trainer:
         config, warm = self.config, self.config.warm_start
         env_config = config.env
         seeds_from = env_config.train_seeds[0]
-        classes = env_config.train_classes
+        classes = env_config.conditions("train")
 
         def split(first: int, count: int) -> tuple[list[int], list[int]]:
             conditions = [classes[(first + i) % len(classes)] for i in range(count)]
@@ -186,9 +187,10 @@ class Trainer:
             engine_options=self.engine_options,
             sweeps=warm.sweeps,
             per_group=warm.per_group,
-            workers=warm.workers,
+            workers=warm.workers if env_config.device == "cpu" else 1,  # one copy of the model per accelerator
             pipe=self.eval_pipe,
             log=tqdm.write,
+            env_config=env_config,
         )
         schedules = {float(budget): found.schedule for budget, found in zip(warm.budgets, results, strict=True)}
         demo_split = split(warm.search_samples, warm.demo_samples)
@@ -371,12 +373,16 @@ class Trainer:
                     runtime.disable_cache(self.eval_pipe.transformer)
                 rows.append(images)
                 labels.append(f"budget {point.budget}\n{point.flops_speedup:.1f}x" if point.budget else "cached")
-            figures["eval/samples"] = wandb.Image(image_grid(rows, labels, [f"class {c}" for c in conditions]))
+            figures["eval/samples"] = wandb.Image(
+                image_grid(
+                    rows, labels, [condition_label(c) if isinstance(c, str) else f"class {c}" for c in conditions]
+                )
+            )
         return figures
 
-    def _evaluation_split(self) -> tuple[list[int], list[int]]:
+    def _evaluation_split(self) -> tuple[list[int | str], list[int]]:
         env_config, count = self.config.env, self.config.eval.num_samples
-        classes = env_config.eval_classes
+        classes = env_config.conditions("eval")
         start, stop = env_config.eval_seeds
         if count > stop - start:
             raise ValueError(f"eval.num_samples={count} exceeds the {stop - start} held-out seeds of env.eval_seeds.")
@@ -429,7 +435,7 @@ def record_schedule(
     pipe: Any,
     policy: Any,
     budget: float | None,
-    conditions: list[int],
+    conditions: list[int | str],
     seeds: list[int],
     config: TrainConfig,
     engine_options: dict[str, Any],

@@ -44,7 +44,7 @@ class Demonstrations:
 def record_demonstrations(
     episodes: EpisodeBatch,
     schedules: Mapping[float, np.ndarray],
-    conditions: Sequence[int],
+    conditions: Sequence[int | str],
     seeds: Sequence[int],
     budget_conditioned: bool = True,
 ) -> Demonstrations:
@@ -53,7 +53,7 @@ def record_demonstrations(
     Args:
         episodes: The training environment's episode batch.
         schedules: ``budget -> (steps, groups)`` actions.
-        conditions: One class per episode.
+        conditions: One condition (class label or prompt) per episode.
         seeds: One seed per episode.
         budget_conditioned: Whether the episodes are given the budget (as the environment's own episodes are).
     """

@@ -13,8 +13,9 @@ from gymnasium import spaces
 import runtime
 from runtime.observations import CHANGE_CAP, GLOBAL_FEATURES
 
+from .conditions import Condition
 from .config import EnvConfig
-from .pipelines import describe, generate, prepare_pipeline, weights_fingerprint
+from .pipelines import describe, make_sampler, weights_fingerprint
 from .references import Reference, ReferenceStore
 from .session import BridgePolicy, Decision, DenoisingSession, Finished
 
@@ -49,12 +50,14 @@ class EpisodeBatch:
 
     Args:
         config: Environment configuration.
-        pipe: A loaded pipeline to use instead of loading ``config.model`` (its transformer gets the engine).
+        pipe: A loaded pipeline (or ``envs.pipelines.Sampler``) to use instead of loading ``config.model`` (its
+            transformer gets the engine).
     """
 
     def __init__(self, config: EnvConfig, pipe: Any = None) -> None:
         self.config = config
-        self.pipe = prepare_pipeline(pipe if pipe is not None else config.model, config.scheduler)
+        self.sampler = make_sampler(config, pipe)
+        self.pipe = self.sampler.pipe
         self.bridge = BridgePolicy(config.forecast_order)
         self.engine = runtime.enable_cache(
             self.pipe.transformer,
@@ -62,17 +65,22 @@ class EpisodeBatch:
             groups=config.groups,
             probe_blocks=config.probe_blocks,
             forecast_order=config.forecast_order,
+            cfg_layout=self.sampler.family.layout(config.guidance_scale),
         )
-        self.references = ReferenceStore(
-            self._generate_references,
-            {
-                **describe(self.pipe),
-                "weights": weights_fingerprint(self.pipe.transformer),
-                "steps": config.num_inference_steps,
-                "guidance": config.guidance_scale,
-            },
-            config.reference_cache_dir,
-        )
+        identity = {
+            **describe(self.pipe),
+            "weights": weights_fingerprint(self.pipe.transformer),
+            "steps": config.num_inference_steps,
+            "guidance": config.guidance_scale,
+        }
+        if self.sampler.family.takes_prompts or config.dtype != "float32" or config.device != "cpu":
+            identity.update(
+                call=self.sampler.call_kwargs,
+                negative_prompt=self.sampler.negative_prompt,
+                dtype=config.dtype,
+                device=torch.device(config.device).type,
+            )
+        self.references = ReferenceStore(self._generate_references, identity, config.reference_cache_dir)
         names = self.engine.feature_names
         low = np.array([FEATURE_BOUNDS[_base(n)][0] for n in names], dtype=np.float32)
         high = np.array([FEATURE_BOUNDS[_base(n)][1] for n in names], dtype=np.float32)
@@ -87,7 +95,9 @@ class EpisodeBatch:
         """Observation features, in vector order."""
         return self.engine.feature_names
 
-    def begin(self, conditions: Sequence[int], seeds: Sequence[int], budgets: Sequence[float] | None) -> np.ndarray:
+    def begin(
+        self, conditions: Sequence[Condition], seeds: Sequence[int], budgets: Sequence[float] | None
+    ) -> np.ndarray:
         """Starts the episodes; returns their first observations ``(N, F)``."""
         self.abort()
         references = self.references.get(conditions, seeds)
@@ -157,18 +167,26 @@ class EpisodeBatch:
     # -- internals -------------------------------------------------------------------------------------------
 
     def _last_step_cost(self) -> np.ndarray:
-        state = self.engine.current_state()
-        per_row = state.last_step_fraction
-        per_sample = torch.zeros(state.samples, dtype=torch.float64).index_add(0, state.row_samples, per_row)
-        return (per_sample / (state.rows // state.samples)).numpy()
+        """Per sample, the fraction of an uncached step's FLOPs the last step spent, over all its passes (one per
+        cache context when guidance runs as separate passes)."""
+        per_sample, rows_per_sample = None, 0
+        for state in self.engine.state_manager.states().values():
+            if state.last_step_fraction is None:
+                continue
+            spent = torch.zeros(state.samples, dtype=torch.float64).index_add(
+                0, state.row_samples, state.last_step_fraction.double().cpu()
+            )
+            per_sample = spent if per_sample is None else per_sample + spent
+            rows_per_sample += state.rows // state.samples
+        return (per_sample / rows_per_sample).numpy()
 
     def _finish(self, message: Finished) -> tuple[np.ndarray, list[dict[str, Any]]]:
         from zoo.metrics import capped_psnr, psnr, ssim
 
         episode, reward_config = self._episode, self.config.reward
         references: list[Reference] = episode["references"]
-        reference_images = torch.stack([r.image for r in references]).to(message.images.dtype)
-        images = message.images.clamp(0, 1)
+        reference_images = torch.stack([r.image for r in references]).float()
+        images = message.images.float().clamp(0, 1)
         psnr_values = psnr(images, reference_images).double()
         ssim_values = ssim(images, reference_images).double()
         capped = capped_psnr(images, reference_images, reward_config.psnr_cap).double()
@@ -197,29 +215,23 @@ class EpisodeBatch:
         self.session = None
         return terminal, infos
 
-    def _generate_cached(self, callback: Any) -> torch.Tensor:
+    def _generate_cached(self, latents: list[torch.Tensor]) -> torch.Tensor:
         episode = self._episode
-        return generate(
-            self.pipe,
+        return self.sampler(
             episode["conditions"],
             episode["seeds"],
             self.config.num_inference_steps,
             self.config.guidance_scale,
-            callback,
+            latents,
         )
 
     def _generate_references(
-        self, conditions: Sequence[int], seeds: Sequence[int]
+        self, conditions: Sequence[Condition], seeds: Sequence[int]
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         latents: list[torch.Tensor] = []
-
-        def record(pipe: Any, step: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict:
-            latents.append(tensors["latents"].detach().clone())
-            return {}
-
         with torch.inference_mode(), self.engine.uncached():
-            images = generate(
-                self.pipe, conditions, seeds, self.config.num_inference_steps, self.config.guidance_scale, record
+            images = self.sampler(
+                conditions, seeds, self.config.num_inference_steps, self.config.guidance_scale, latents
             )
         return latents, images
 
