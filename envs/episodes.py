@@ -112,6 +112,7 @@ class EpisodeBatch:
             "spent": np.zeros(len(conditions)),
             "step": 0,
         }
+        self._step_costs: list[np.ndarray] = []
         self.session = DenoisingSession(self.bridge, self._generate_cached)
         message = self.session.start()
         if not isinstance(message, Decision):
@@ -136,7 +137,7 @@ class EpisodeBatch:
         message = self.session.send(actions)
         episode, reward_config = self._episode, self.config.reward
         step = episode["step"]
-        cost = self._last_step_cost()
+        cost = self._step_costs[step]
         episode["spent"] += cost
         references: list[Reference] = episode["references"]
         latents = self.session.latents[step]
@@ -223,6 +224,7 @@ class EpisodeBatch:
             self.config.num_inference_steps,
             self.config.guidance_scale,
             latents,
+            on_step=lambda: self._step_costs.append(self._last_step_cost()),
         )
 
     def _generate_references(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +203,7 @@ class Sampler:
         num_inference_steps: int,
         guidance_scale: float,
         latents: list[torch.Tensor] | None = None,
+        on_step: Callable[[], None] | None = None,
     ) -> torch.Tensor:
         """Generates one sample per ``(condition, seed)``, each from its own CPU generator.
 
@@ -212,6 +213,7 @@ class Sampler:
             num_inference_steps: Denoising steps.
             guidance_scale: Guidance scale (for guidance-distilled FLUX, its guidance embedding).
             latents: If given, each step's latents ``(samples, ...)`` are appended to it.
+            on_step: Called after each step's scheduler update (every transformer pass of the step has run).
 
         Returns:
             Images ``(samples, C, H, W)`` or videos ``(samples, F, C, H, W)`` in [0, 1], float32 on the CPU.
@@ -220,7 +222,7 @@ class Sampler:
             raise ValueError(f"give one seed per condition: {len(conditions)} conditions, {len(seeds)} seeds.")
         generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
         kwargs = {**self.condition_kwargs(conditions, guidance_scale), **self.call_kwargs}
-        with record_latents(self.pipe.scheduler, len(seeds), latents):
+        with record_latents(self.pipe.scheduler, len(seeds), latents, on_step):
             output = self.pipe(
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,
@@ -233,14 +235,20 @@ class Sampler:
 
 
 @contextlib.contextmanager
-def record_latents(scheduler: Any, samples: int, latents: list[torch.Tensor] | None) -> Iterator[None]:
+def record_latents(
+    scheduler: Any,
+    samples: int,
+    latents: list[torch.Tensor] | None,
+    on_step: Callable[[], None] | None = None,
+) -> Iterator[None]:
     """Within this context, every ``scheduler.step`` appends its ``prev_sample`` (first ``samples`` rows) to
-    ``latents``: per-step latents of any pipeline, with or without ``callback_on_step_end``.
+    ``latents`` and then calls ``on_step``: per-step latents of any pipeline, with or without
+    ``callback_on_step_end``.
 
     Pipelines that step the doubled guidance batch (``DiTPipeline``) hold the same latents in both halves; the first
     ``samples`` rows are the samples'.
     """
-    if latents is None:
+    if latents is None and on_step is None:
         yield
         return
     step = scheduler.step
@@ -249,7 +257,10 @@ def record_latents(scheduler: Any, samples: int, latents: list[torch.Tensor] | N
     def recording_step(*args: Any, **kwargs: Any) -> Any:
         output = step(*args, **kwargs)
         sample = output[0] if isinstance(output, tuple) else output.prev_sample
-        latents.append(sample[:samples].detach().to("cpu", torch.float32).clone())
+        if latents is not None:
+            latents.append(sample[:samples].detach().to("cpu", torch.float32).clone())
+        if on_step is not None:
+            on_step()
         return output
 
     scheduler.step = recording_step
