@@ -1,8 +1,9 @@
 """Shared test fixtures: tiny, offline, deterministic diffusers pipelines and models.
 
-Every pipeline is built from a config with ``torch.manual_seed(0)`` (no downloads) and is called unmodified, with
-prompt embeddings passed directly so that no text encoder or tokenizer is needed. On an idle CPU one 4-step call
-takes well under 0.1 s.
+Every pipeline is built from a config with ``torch.manual_seed(0)`` (no downloads, see :mod:`tests.tiny_pipelines`)
+and is called unmodified, with prompt embeddings passed directly so that no text encoder or tokenizer is needed. On an
+idle CPU one 4-step call takes well under 0.1 s. Pipelines with tiny text encoders and tokenizers, called with prompts,
+are :func:`tests.tiny_pipelines.build_text_pipeline`'s.
 
 Families and how their pipelines run the transformer:
 
@@ -29,202 +30,30 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DiffusionPipeline,
-    DiTPipeline,
-    DiTTransformer2DModel,
-    FlowMatchEulerDiscreteScheduler,
-    FluxPipeline,
-    FluxTransformer2DModel,
-    PixArtAlphaPipeline,
-    PixArtTransformer2DModel,
-    SD3Transformer2DModel,
-    StableDiffusion3Pipeline,
+from diffusers import DiffusionPipeline, DiTPipeline, FluxPipeline, PixArtAlphaPipeline, StableDiffusion3Pipeline
+
+from tests.tiny_pipelines import (
+    _DIT_LATENT_SIZE,
+    _FLUX_IMAGE_SIZE,
+    _FLUX_JOINT_DIM,
+    _FLUX_POOLED_DIM,
+    _PIXART_CAPTION_CHANNELS,
+    _PIXART_IMAGE_SIZE,
+    _SD3_IMAGE_SIZE,
+    _SD3_JOINT_DIM,
+    _SD3_POOLED_DIM,
+    build_dit_pipeline,
+    build_flux_pipeline,
+    build_pixart_pipeline,
+    build_sd3_pipeline,
 )
 
 FAMILIES: tuple[str, ...] = ("dit", "pixart", "sd3", "flux")
 """The model families every engine contract test runs over."""
 
-# Sizes shared by the builders and the runners below.
-_DIT_LATENT_SIZE = 8
-_PIXART_IMAGE_SIZE = 8
-_PIXART_CAPTION_CHANNELS = 32
-_SD3_IMAGE_SIZE = 8
-_SD3_JOINT_DIM = 32
-_SD3_POOLED_DIM = 64
-_FLUX_IMAGE_SIZE = 16
-_FLUX_JOINT_DIM = 32
-_FLUX_POOLED_DIM = 32
+# Sizes of the runners' conditioning.
 _TEXT_LENGTH = 6
 _EMBEDDING_SEED_OFFSET = 10_000
-
-
-def _tiny_vae(
-    latent_channels: int, shift_factor: float | None = None, scaling_factor: float = 0.18215
-) -> AutoencoderKL:
-    """Builds a one-level VAE (no down-sampling, so the image is as large as the latent).
-
-    Args:
-        latent_channels: Channels of the latent space; must match the transformer's input.
-        shift_factor: Latent shift used by the flow-matching pipelines (SD3, Flux), or None.
-        scaling_factor: Latent scale.
-
-    Returns:
-        The VAE in eval mode, with weights drawn from ``torch.manual_seed(0)``.
-    """
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4,),
-        layers_per_block=1,
-        latent_channels=latent_channels,
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=shift_factor,
-        scaling_factor=scaling_factor,
-    ).eval()
-
-
-def build_dit_pipeline(num_layers: int = 4) -> DiTPipeline:
-    """Builds a DiT pipeline with a class-conditioned transformer (1000 classes plus the null class).
-
-    Args:
-        num_layers: Number of transformer blocks.
-
-    Returns:
-        The pipeline, progress bar disabled.
-    """
-    torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=4,
-        out_channels=8,
-        num_layers=num_layers,
-        sample_size=_DIT_LATENT_SIZE,
-        patch_size=2,
-        num_embeds_ada_norm=1000,
-    ).eval()
-    pipe = DiTPipeline(transformer=transformer, vae=_tiny_vae(latent_channels=4), scheduler=DDIMScheduler())
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def build_pixart_pipeline(num_layers: int = 4) -> PixArtAlphaPipeline:
-    """Builds a PixArt-Alpha pipeline with no text encoder or tokenizer.
-
-    Args:
-        num_layers: Number of transformer blocks.
-
-    Returns:
-        The pipeline, progress bar disabled.
-    """
-    torch.manual_seed(0)
-    transformer = PixArtTransformer2DModel(
-        sample_size=_PIXART_IMAGE_SIZE,
-        num_layers=num_layers,
-        patch_size=2,
-        attention_head_dim=8,
-        num_attention_heads=3,
-        caption_channels=_PIXART_CAPTION_CHANNELS,
-        in_channels=4,
-        cross_attention_dim=24,
-        out_channels=8,
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
-    ).eval()
-    pipe = PixArtAlphaPipeline(
-        tokenizer=None,
-        text_encoder=None,
-        vae=_tiny_vae(latent_channels=4),
-        transformer=transformer,
-        scheduler=DDIMScheduler(),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def build_sd3_pipeline(num_layers: int = 4) -> StableDiffusion3Pipeline:
-    """Builds a Stable Diffusion 3 pipeline with no text encoders or tokenizers.
-
-    Args:
-        num_layers: Number of joint transformer blocks (the last one updates only the image stream).
-
-    Returns:
-        The pipeline, progress bar disabled.
-    """
-    torch.manual_seed(0)
-    transformer = SD3Transformer2DModel(
-        sample_size=_SD3_IMAGE_SIZE,
-        patch_size=1,
-        in_channels=4,
-        num_layers=num_layers,
-        attention_head_dim=8,
-        num_attention_heads=4,
-        caption_projection_dim=32,
-        joint_attention_dim=_SD3_JOINT_DIM,
-        pooled_projection_dim=_SD3_POOLED_DIM,
-        out_channels=4,
-    ).eval()
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=_tiny_vae(latent_channels=4, shift_factor=0.0609, scaling_factor=1.5035),
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        text_encoder_3=None,
-        tokenizer_3=None,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def build_flux_pipeline(num_layers: int = 2, num_single_layers: int = 2) -> FluxPipeline:
-    """Builds a Flux pipeline whose transformer is guidance-distilled like FLUX.1-dev (a guidance embedding).
-
-    Args:
-        num_layers: Number of double-stream blocks (``transformer_blocks``).
-        num_single_layers: Number of single-stream blocks (``single_transformer_blocks``).
-
-    Returns:
-        The pipeline, progress bar disabled.
-    """
-    torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        num_layers=num_layers,
-        num_single_layers=num_single_layers,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=_FLUX_JOINT_DIM,
-        pooled_projection_dim=_FLUX_POOLED_DIM,
-        guidance_embeds=True,
-        axes_dims_rope=[4, 4, 8],
-    ).eval()
-    # Flux packs 2x2 latent patches, so the VAE has in_channels / 4 latent channels.
-    pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=_tiny_vae(latent_channels=1, shift_factor=0.0609, scaling_factor=1.5035),
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=transformer,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _embedding_generator(seed: int) -> torch.Generator:
