@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [args.first_seed + i for i in range(len(conditions))]
     num_classes = getattr(pipe, "num_classes", None)
     if num_classes is not None and not all(0 <= c < num_classes for c in classes):
-        parser.error(f"--classes {args.classes}: {args.model} draws classes 0..{num_classes - 1}.")
+        parser.error(f"--classes {','.join(map(str, classes))}: {args.model} draws classes 0..{num_classes - 1}.")
     steps = args.steps or sampler.default("num_inference_steps")
     guidance = args.guidance if args.guidance is not None else sampler.default("guidance_scale")
 

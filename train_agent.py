@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"policy: {result.policy_path}")
     print(f"static schedule: {result.schedule_path}")
-    print("validation (held-out classes and seeds; it picked the exported checkpoint):")
+    print("validation (held-out conditions and seeds; it picked the exported checkpoint):")
     for point in result.points:
         budget = "policy" if point.budget is None else f"budget {point.budget:.2f}"
         accuracy = "" if point.class_acc is None else f", class accuracy {100 * point.class_acc:.0f}%"

@@ -173,8 +173,8 @@ class PromptEncoder:
             if not Path(embeddings).is_file():
                 raise FileNotFoundError(f"embeddings file {embeddings} does not exist.")
             for key, tensor in load_file(str(embeddings)).items():
-                prompt, _, argument = key.rpartition("/")
-                if not prompt or not argument:
+                prompt, slash, argument = key.rpartition("/")  # "" is the empty (negative) prompt
+                if not slash or not argument:
                     raise ValueError(f"{embeddings}: tensor {key!r} is not named '<prompt>/<argument>'.")
                 self._memory.setdefault(prompt, {})[argument] = tensor.unsqueeze(0)
 

@@ -107,6 +107,11 @@ def register_family(family: PipelineFamily, replace: bool = False) -> PipelineFa
     return family
 
 
+def unregister_family(name: str) -> None:
+    """Removes a family from the registry (a no-op for an unknown name)."""
+    _FAMILIES.pop(name, None)
+
+
 def families() -> list[PipelineFamily]:
     """The registered families, most recently registered first."""
     return list(reversed(_FAMILIES.values()))
