@@ -31,7 +31,7 @@ from agents.config import ConfigError, load_config  # noqa: F401 (load_config is
 from agents.outputs import output_folder_problem
 from agents.training import CHECKPOINTS, CONFIG_FILE, Trainer
 from envs.config import DTYPES
-from envs.pipelines import call_defaults
+from envs.pipelines import call_defaults, check_conditioning
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 RESUMABLE_FIELDS = ("agent.total_timesteps",)
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"--out {run_dir} already holds a training run; continue it with --resume {run_dir}, or choose "
                     "another --out (nothing was changed)."
                 )
+            check_conditioning(config.env)
             problem = output_folder_problem(run_dir)
             if problem is not None:
                 raise ConfigError(f"--out {run_dir}: {problem}; give a folder for the run (nothing was changed).")

@@ -123,13 +123,18 @@ def family_of(pipe: Any) -> PipelineFamily:
     Raises:
         ValueError: For a pipeline no family covers, naming the supported ones and how to register a new one.
     """
-    for cls in type(pipe).__mro__:
+    return family_of_class(type(pipe))
+
+
+def family_of_class(pipeline_class: type) -> PipelineFamily:
+    """The family of a pipeline class (see :func:`family_of`)."""
+    for cls in pipeline_class.__mro__:
         for family in families():
             if cls.__name__ in family.pipelines:
                 return family
     supported = ", ".join(f"{f.name} ({', '.join(f.pipelines)})" for f in reversed(families()))
     raise ValueError(
-        f"{type(pipe).__name__} is not a supported pipeline. Supported families: {supported}. To add one, call "
+        f"{pipeline_class.__name__} is not a supported pipeline. Supported families: {supported}. To add one, call "
         "envs.families.register_family(PipelineFamily(name=..., pipelines=('YourPipeline',), conditioning=..., "
         "guidance=..., cfg_layout=..., encode=...)) before building the environment (see envs/families.py)."
     )

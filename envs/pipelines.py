@@ -98,9 +98,9 @@ def weights_fingerprint(module: torch.nn.Module, samples_per_tensor: int = 4096)
     return digest.hexdigest()
 
 
-def call_defaults(model: str) -> dict[str, Any]:
-    """``num_inference_steps`` and ``guidance_scale`` defaults of a model's pipeline class, read from its
-    ``model_index.json`` without loading weights (``{}`` when the class cannot be found)."""
+def pipeline_class(model: str) -> type | None:
+    """A model's pipeline class, read from its ``model_index.json`` without loading weights (``None`` when there is
+    no index to read, e.g. a hub id offline, or the class is unknown)."""
     import diffusers
 
     from zoo.registry import PIPELINE_CLASSES, SHIPPED_MODELS, model_path
@@ -108,12 +108,54 @@ def call_defaults(model: str) -> dict[str, Any]:
     try:
         folder = model_path(model) if model in SHIPPED_MODELS else model
         name = DiffusionPipeline.load_config(str(folder)).get("_class_name", "")
-    except Exception:  # noqa: BLE001 - no index to read (offline hub id, ...): the configuration's values stay
+    except Exception:  # noqa: BLE001 - no index to read: the caller's defaults stay
+        return None
+    return PIPELINE_CLASSES.get(name) or getattr(diffusers, name, None)
+
+
+def check_conditioning(config: Any) -> None:
+    """Checks, before loading any weights, that a configuration gives the conditions its model takes.
+
+    Raises:
+        ConfigError: For a pipeline no family covers, a text model without prompts, or prompts for a
+            class-conditional model (naming the flag that fixes it).
+    """
+    from .config import ConfigError
+    from .families import family_of_class
+
+    found = pipeline_class(str(config.model))
+    if found is None:
+        return  # checked again once the pipeline is loaded (make_sampler)
+    try:
+        family = family_of_class(found)
+    except ValueError as error:
+        raise ConfigError(f"model {config.model}: {error}") from None
+    check_prompts(f"{found.__name__} ({family.name})", family, config.prompts)
+
+
+def check_prompts(name: str, family: PipelineFamily, prompts: Any) -> None:
+    """Raises a ``ConfigError`` naming the fix when ``prompts`` (``None`` or splits) do not suit ``family``."""
+    from .config import ConfigError
+
+    if family.takes_prompts and prompts is None:
+        raise ConfigError(
+            f"prompts: {name} is conditioned on text, so it needs prompts: pass --prompts prompts.txt (one a line) or "
+            "set env.prompts (a file, a list, or {train: ..., eval: ..., test: ...})."
+        )
+    if not family.takes_prompts and prompts is not None:
+        raise ConfigError(
+            f"prompts: {name} is conditioned on class labels, not prompts: drop --prompts / env.prompts and set "
+            "env.train_classes / env.eval_classes."
+        )
+
+
+def call_defaults(model: str) -> dict[str, Any]:
+    """``num_inference_steps`` and ``guidance_scale`` defaults of a model's pipeline class, read from its
+    ``model_index.json`` without loading weights (``{}`` when the class cannot be found)."""
+    found = pipeline_class(model)
+    if found is None:
         return {}
-    pipeline_class = PIPELINE_CLASSES.get(name) or getattr(diffusers, name, None)
-    if pipeline_class is None:
-        return {}
-    parameters = inspect.signature(pipeline_class.__call__).parameters
+    parameters = inspect.signature(found.__call__).parameters
     return {
         key: parameters[key].default
         for key in ("num_inference_steps", "guidance_scale")
@@ -304,17 +346,7 @@ def make_sampler(config: Any, pipe: Any = None) -> Sampler:
             embedding_cache_dir=config.embedding_cache_dir,
             embeddings=config.embeddings,
         )
-    name = f"{type(sampler.pipe).__name__} ({sampler.family.name})"
-    if sampler.family.takes_prompts and config.prompts is None:
-        raise ConfigError(
-            f"prompts: {name} is conditioned on text, so it needs prompts: pass --prompts prompts.txt (one a line) or "
-            "set env.prompts (a file, a list, or {train: ..., eval: ..., test: ...})."
-        )
-    if not sampler.family.takes_prompts and config.prompts is not None:
-        raise ConfigError(
-            f"prompts: {name} is conditioned on class labels, not prompts: drop --prompts / env.prompts and set "
-            "env.train_classes / env.eval_classes."
-        )
+    check_prompts(f"{type(sampler.pipe).__name__} ({sampler.family.name})", sampler.family, config.prompts)
     return sampler
 
 
