@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
 from diffusers import DiffusionPipeline
 
 from zoo.pipelines import MiniDiTPipeline, MiniFlowPipeline
@@ -33,49 +30,6 @@ def model_path(name: str) -> Path:
 
 
 PIPELINE_CLASSES: dict[str, type[DiffusionPipeline]] = {cls.__name__: cls for cls in SHIPPED_MODELS.values()}
-
-
-@contextlib.contextmanager
-def _fp32_modules_without_accelerate(dtype: Any) -> Iterator[Callable[[DiffusionPipeline], None]]:
-    """Lets diffusers load models that keep some modules in float32 (``_keep_in_fp32_modules``, e.g. Wan's) when
-    ``accelerate`` is not installed: diffusers then refuses to load them at all. Without ``accelerate``, the list is
-    set aside while loading and those parameters are cast back to float32 afterwards, as diffusers would keep them.
-
-    Yields:
-        A function to call with the loaded pipeline.
-    """
-    from diffusers.models.modeling_utils import ModelMixin
-    from diffusers.utils import is_accelerate_available
-
-    if is_accelerate_available():
-        yield lambda pipe: None
-        return
-    kept = {cls: cls._keep_in_fp32_modules for cls in _subclasses(ModelMixin) if "_keep_in_fp32_modules" in vars(cls)}
-    kept = {cls: names for cls, names in kept.items() if names}
-    for cls in kept:
-        cls._keep_in_fp32_modules = None
-
-    def restore_float32(pipe: DiffusionPipeline) -> None:
-        if dtype in (None, torch.float32):
-            return
-        for module in pipe.components.values():
-            names = kept.get(type(module)) if isinstance(module, torch.nn.Module) else None
-            for name, parameter in module.named_parameters() if names else ():
-                if any(part in name.split(".") for part in names):
-                    parameter.data = parameter.data.float()
-
-    try:
-        yield restore_float32
-    finally:
-        for cls, names in kept.items():
-            cls._keep_in_fp32_modules = names
-
-
-def _subclasses(cls: type) -> list[type]:
-    found = []
-    for sub in cls.__subclasses__():
-        found += [sub, *_subclasses(sub)]
-    return found
 
 
 def _pipeline_class(folder: Path) -> type[DiffusionPipeline]:
@@ -112,10 +66,7 @@ def load_pipeline(name_or_path: str | os.PathLike, **kwargs: Any) -> DiffusionPi
             )
         return SHIPPED_MODELS[name].from_pretrained(str(folder), **kwargs)
     if Path(name).is_dir():
-        with _fp32_modules_without_accelerate(kwargs.get("torch_dtype")) as keep:
-            pipe = _pipeline_class(Path(name)).from_pretrained(name, **kwargs)
-        keep(pipe)
-        return pipe
+        return _pipeline_class(Path(name)).from_pretrained(name, **kwargs)
     hint = f"Shipped models: {', '.join(list_models())}; otherwise pass an existing folder or a hub model id."
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise FileNotFoundError(
@@ -123,10 +74,7 @@ def load_pipeline(name_or_path: str | os.PathLike, **kwargs: Any) -> DiffusionPi
             f"is set, so the hub is not tried). {hint}"
         )
     try:
-        with _fp32_modules_without_accelerate(kwargs.get("torch_dtype")) as keep:
-            pipe = DiffusionPipeline.from_pretrained(name, **kwargs)
-        keep(pipe)
-        return pipe
+        return DiffusionPipeline.from_pretrained(name, **kwargs)
     except Exception as err:
         cause = str(err).replace(" Please check out the root cause in the stacktrace above.", "").strip()
         raise ValueError(f"Could not load {name!r} from the hub or the local cache ({cause}). {hint}") from err
