@@ -81,10 +81,20 @@ class WarmStartConfig:
             training seeds).
         sweeps: Local-search passes over whole steps and again over single groups' cells.
         per_group: Also move single groups' computed cells.
-        demo_samples: Training samples each schedule is played on to record observations (the next seeds).
+        demo_samples: Training samples each schedule is played on to record observations (the next seeds);
+            unused with the ``per_sample`` teacher, whose schedules are played on the samples they were searched on.
         workers: Processes the budgets are searched in (one torch thread each).
         epochs: Behaviour-cloning epochs over the demonstrations.
         learning_rate: Behaviour-cloning Adam learning rate.
+        teacher: ``"shared"``: one schedule per budget, searched on all search samples together; ``"per_sample"``:
+            one per search sample and budget, searched on that sample alone (a privileged teacher: it sees the
+            sample's uncached output, which the policy must infer from its observations).
+        dagger_rounds: Rounds of DAgger after cloning: the policy runs on the search samples, every state it
+            visits is labelled with the teacher's action for that sample and step, and the policy is fitted again
+            on all labelled states so far.
+        dagger_epochs: Behaviour-cloning epochs of each DAgger round.
+        schedules_from: An earlier run's folder or its ``teacher-schedules.json``: clone its searched schedules
+            instead of searching again (they must be for the same teacher, budgets and search samples).
     """
 
     enabled: bool = True
@@ -96,8 +106,19 @@ class WarmStartConfig:
     workers: int = 2
     epochs: int = 300
     learning_rate: float = 1e-3
+    teacher: str = "shared"
+    dagger_rounds: int = 0
+    dagger_epochs: int = 100
+    schedules_from: str | None = None
 
     def __post_init__(self) -> None:
+        if self.teacher not in ("shared", "per_sample"):
+            raise ConfigError(f"teacher={self.teacher!r}: use 'shared' or 'per_sample'.")
+        if self.dagger_rounds < 0 or self.dagger_epochs < 1:
+            raise ConfigError(
+                f"dagger_rounds={self.dagger_rounds}, dagger_epochs={self.dagger_epochs}: "
+                "need rounds >= 0 and epochs >= 1."
+            )
         if not self.budgets:
             raise ConfigError("budgets: give at least one budget to search a schedule for.")
         for budget in self.budgets:

@@ -6,12 +6,14 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 import runtime
 from envs.pipelines import generate
+from policies import ActionRecorder, StaticSchedulePolicy, load_policy
 
 
 @dataclass
@@ -27,6 +29,9 @@ class EvaluationPoint:
         ssim: Mean SSIM against the uncached images.
         class_acc: Fraction of images the digits classifier assigns to the requested class (``None`` if the
             pipeline is not a digits model).
+        replay_psnr: Mean PSNR of the policy's static replay (the majority schedule of its own decisions on these
+            samples, played for all of them), when asked for: what the policy is worth as a fixed table.
+        disagreement: Share of step × group cells where the samples' decisions differed, with ``replay_psnr``.
         images: The cached images (not part of :meth:`to_dict`).
     """
 
@@ -37,6 +42,8 @@ class EvaluationPoint:
     psnr: float
     ssim: float
     class_acc: float | None
+    replay_psnr: float | None = None
+    disagreement: float | None = None
     images: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +103,7 @@ def evaluate_policy(
     engine_options: dict[str, Any] | None = None,
     repeats: int = 1,
     reference: tuple[torch.Tensor, float] | None = None,
+    replay: bool = False,
 ) -> list[EvaluationPoint]:
     """Runs ``policy`` through the engine in ``pipe`` at each budget and compares with the uncached pipeline.
 
@@ -109,6 +117,8 @@ def evaluate_policy(
         repeats: Timed repetitions; the wall speedup is the median of interleaved uncached/cached pairs.
         reference: Already computed uncached ``(images, seconds)`` for these settings (its images are the
             fidelity reference; the timing is always taken afresh, interleaved with the cached runs).
+        replay: Also measure the policy's static replay and how often its samples disagree (one more generation
+            per budget, untimed).
 
     Returns:
         One point per budget.
@@ -119,11 +129,15 @@ def evaluate_policy(
         reference = timed_generation(pipe, conditions, seeds, steps, guidance)
     reference_images = reference[0]
     points = []
+    if isinstance(policy, (str, Path)):
+        policy = load_policy(policy)
     for budget in budgets:
         ratios, images, summary = [], None, {}
+        recorder = ActionRecorder(policy)
         for _ in range(repeats):
             _, uncached_seconds = timed_generation(pipe, conditions, seeds, steps, guidance)
-            engine = runtime.enable_cache(pipe.transformer, policy, budget=budget, **engine_options)
+            recorder.actions.clear()
+            engine = runtime.enable_cache(pipe.transformer, recorder, budget=budget, **engine_options)
             try:
                 timed_generation(pipe, conditions, seeds, 2, guidance)  # measures FLOPs, outside the timing
                 engine.reset()
@@ -133,6 +147,16 @@ def evaluate_policy(
                 runtime.disable_cache(pipe.transformer)
             ratios.append(uncached_seconds / cached_seconds)
         psnr_value, ssim_value = fidelity(images, reference_images)
+        replay_psnr = disagreement = None
+        if replay:
+            options = {**(getattr(policy, "engine_options", None) or {}), **engine_options}  # what the policy ran with
+            static = StaticSchedulePolicy(recorder.static_replay(), engine_options=options or None)
+            runtime.enable_cache(pipe.transformer, static, **engine_options)
+            try:
+                replay_images, _ = timed_generation(pipe, conditions, seeds, steps, guidance)
+            finally:
+                runtime.disable_cache(pipe.transformer)
+            replay_psnr, disagreement = fidelity(replay_images, reference_images)[0], recorder.disagreement()
         points.append(
             EvaluationPoint(
                 budget=budget,
@@ -142,6 +166,8 @@ def evaluate_policy(
                 psnr=psnr_value,
                 ssim=ssim_value,
                 class_acc=class_accuracy(images, conditions),
+                replay_psnr=replay_psnr,
+                disagreement=disagreement,
                 images=images,
             )
         )

@@ -98,6 +98,7 @@ class ScheduleSearch:
         self.psnr_cap = psnr_cap
         self.tables_per_batch = max(1, tables_per_batch)
         self.evaluations = 0
+        self.sample_evaluations = np.zeros(len(self.seeds), dtype=np.int64)
         with torch.inference_mode():
             self.reference = generate(pipe, self.conditions, self.seeds, steps, guidance)
 
@@ -121,28 +122,46 @@ class ScheduleSearch:
 
     def evaluate(self, tables: Sequence[np.ndarray]) -> np.ndarray:
         """Mean PSNR of each schedule over the search samples."""
+        n = len(self.seeds)
         scores: list[float] = []
         for start in range(0, len(tables), self.tables_per_batch):
             chunk = tables[start : start + self.tables_per_batch]
-            scores.extend(self._evaluate_batch(chunk))
+            pairs = self._psnr_of_pairs([t for t in chunk for _ in range(n)], list(range(n)) * len(chunk))
+            scores.extend(float(v) for v in pairs.view(len(chunk), n).mean(dim=1))
         self.evaluations += len(tables)
         return np.asarray(scores)
 
-    def _evaluate_batch(self, tables: Sequence[np.ndarray]) -> list[float]:
-        n = len(self.seeds)
-        per_sample = torch.as_tensor(np.repeat(np.stack(tables), n, axis=0), dtype=torch.int64)
-        policy = _TablePolicy(per_sample, int(self.engine_options["forecast_order"]))
+    def evaluate_per_sample(self, tables: Sequence[np.ndarray], samples: Sequence[int]) -> np.ndarray:
+        """PSNR of each ``(table, sample)`` pair: ``tables[i]`` played on search sample ``samples[i]`` alone.
+
+        Pairs are evaluated ``tables_per_batch * samples`` to a generation, the batch :meth:`evaluate` runs.
+        """
+        if len(tables) != len(samples):
+            raise ValueError(f"Give one search sample per table: got {len(tables)} tables, {len(samples)} samples.")
+        rows = self.tables_per_batch * len(self.seeds)
+        scores = [
+            self._psnr_of_pairs(tables[i : i + rows], samples[i : i + rows]) for i in range(0, len(tables), rows)
+        ]
+        np.add.at(self.sample_evaluations, np.asarray(samples, dtype=np.int64), 1)
+        return torch.cat(scores).double().numpy() if scores else np.zeros(0)
+
+    def _psnr_of_pairs(self, tables: Sequence[np.ndarray], samples: Sequence[int]) -> torch.Tensor:
+        """One batched generation playing ``tables[i]`` on sample ``samples[i]``; capped PSNR per pair."""
+        per_row = torch.as_tensor(np.stack(tables), dtype=torch.int64)
+        policy = _TablePolicy(per_row, int(self.engine_options["forecast_order"]))
         runtime.enable_cache(self.pipe.transformer, policy, **self.engine_options)
         try:
             with torch.inference_mode():
                 images = generate(
-                    self.pipe, self.conditions * len(tables), self.seeds * len(tables), self.steps, self.guidance
+                    self.pipe,
+                    [self.conditions[s] for s in samples],
+                    [self.seeds[s] for s in samples],
+                    self.steps,
+                    self.guidance,
                 )
         finally:
             runtime.disable_cache(self.pipe.transformer)
-        reference = self.reference.repeat(len(tables), *[1] * (self.reference.ndim - 1))
-        psnr = capped_psnr(images, reference, self.psnr_cap)
-        return [float(v) for v in psnr.view(len(tables), n).mean(dim=1)]
+        return capped_psnr(images, self.reference[list(samples)], self.psnr_cap)
 
     def search(
         self,
@@ -191,6 +210,70 @@ class ScheduleSearch:
                     break
         return SearchResult(budget, best_table, best, start_psnr, self.evaluations - first)
 
+    def search_per_sample(
+        self,
+        budget: float,
+        sweeps: int = 3,
+        moves: Sequence[int] = (-2, -1, 1, 2),
+        cell_moves: Sequence[int] = (-1, 1),
+        per_group: bool = True,
+        warps: Sequence[float] = (0.9, 1.0, 1.1, 1.2, 1.3),
+        log: Callable[[str], None] | None = None,
+    ) -> list[SearchResult]:
+        """:meth:`search` run for each search sample on its own, all samples' candidates in the same generations.
+
+        The result for sample ``i`` is, up to rounding, the schedule :meth:`search` finds on a search set of sample
+        ``i`` alone: a per-sample oracle, chosen against that sample's uncached output. It costs what :meth:`search`
+        costs on all samples: each candidate is played on one sample instead of all of them.
+
+        Returns:
+            One result per search sample, in order; ``psnr`` and ``start_psnr`` are that sample's.
+        """
+        n = len(self.seeds)
+        first = self.sample_evaluations.copy()
+        starts = [self.evenly_spaced(budget, warp) for warp in warps]
+        scores = self.evaluate_per_sample([t for t in starts for _ in range(n)], list(range(n)) * len(starts))
+        scores = scores.reshape(len(starts), n)
+        start_psnr = scores[list(warps).index(1.0) if 1.0 in warps else 0]
+        tables = [starts[int(i)].copy() for i in scores.argmax(axis=0)]
+        best = scores.max(axis=0)
+        phases = [False, True] if per_group and self.groups > 1 else [False]
+        for cells in phases:
+            active = np.ones(n, dtype=bool)
+            for sweep in range(sweeps):
+                improved = np.zeros(n, dtype=bool)
+                units = [self._units(tables[s], cells) if active[s] else [] for s in range(n)]
+                for k in range(max(len(u) for u in units)):
+                    candidates: list[np.ndarray] = []
+                    owners: list[int] = []
+                    for s in range(n):
+                        if k < len(units[s]):
+                            found = self._moves(tables[s], units[s][k], cell_moves if cells else moves)
+                            candidates += found
+                            owners += [s] * len(found)
+                    if not candidates:
+                        continue
+                    values = self.evaluate_per_sample(candidates, owners)
+                    for s in set(owners):
+                        mine = [i for i, owner in enumerate(owners) if owner == s]
+                        top = mine[int(np.argmax(values[mine]))]
+                        if values[top] > best[s] + 1e-4:
+                            tables[s], best[s], improved[s] = candidates[top], float(values[top]), True
+                active &= improved
+                if log is not None:
+                    kind = "cells" if cells else "steps"
+                    log(
+                        f"budget {budget:g} per sample: {kind} pass {sweep + 1}: {best.mean():.2f} dB "
+                        f"(start {start_psnr.mean():.2f} dB, {int(active.sum())} of {n} samples still improving)"
+                    )
+                if not active.any():
+                    break
+        evaluations = self.sample_evaluations - first
+        return [
+            SearchResult(budget, tables[s], float(best[s]), float(start_psnr[s]), int(evaluations[s]))
+            for s in range(n)
+        ]
+
     def _units(self, table: np.ndarray, cells: bool) -> list[tuple[int, int | None]]:
         computed = table == int(Action.COMPUTE)
         if not cells:
@@ -234,8 +317,10 @@ def _start_worker(
     _WORKER["search"] = ScheduleSearch(pipe, **arguments)
 
 
-def _search_in_worker(budget: float, options: dict[str, Any]) -> SearchResult:
-    return _WORKER["search"].search(budget, **options, log=lambda line: print(line, flush=True))
+def _search_in_worker(budget: float, options: dict[str, Any], per_sample: bool) -> SearchResult | list[SearchResult]:
+    search = _WORKER["search"]
+    method = search.search_per_sample if per_sample else search.search
+    return method(budget, **options, log=lambda line: print(line, flush=True))
 
 
 def search_schedules(
@@ -253,8 +338,9 @@ def search_schedules(
     workers: int = 1,
     pipe: Any = None,
     log: Callable[[str], None] | None = None,
+    per_sample: bool = False,
     env_config: EnvConfig | None = None,
-) -> list[SearchResult]:
+) -> list[SearchResult] | list[list[SearchResult]]:
     """Searches one schedule per budget, in ``workers`` processes (one torch thread each) when above 1.
 
     Args:
@@ -268,11 +354,12 @@ def search_schedules(
         workers: Processes; 1 searches here, in ``pipe`` (or a pipeline loaded from ``model``).
         pipe: An unhooked pipeline to search in when ``workers == 1``.
         log: Progress lines (worker processes print theirs).
+        per_sample: Search a schedule for each sample on its own (:meth:`ScheduleSearch.search_per_sample`).
         env_config: The environment configuration the worker processes build their sampler from (prompts, device,
             dtype, call arguments); ``None``: ``model`` and ``scheduler`` only.
 
     Returns:
-        One result per budget, in the order given.
+        One result per budget, in the order given; with ``per_sample``, one list of per-sample results per budget.
     """
     arguments = {
         "conditions": list(conditions),
@@ -286,7 +373,8 @@ def search_schedules(
         if pipe is None:
             pipe = make_sampler(env_config) if env_config is not None else prepare_pipeline(model, scheduler)
         search = ScheduleSearch(pipe, **arguments)
-        return [search.search(budget, **options, log=log) for budget in budgets]
+        method = search.search_per_sample if per_sample else search.search
+        return [method(budget, **options, log=log) for budget in budgets]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
         workers,
@@ -296,5 +384,5 @@ def search_schedules(
     ) as pool:
         # Larger budgets have more computed cells to move: start them first.
         order = sorted(range(len(budgets)), key=lambda i: -budgets[i])
-        futures = {i: pool.submit(_search_in_worker, budgets[i], options) for i in order}
+        futures = {i: pool.submit(_search_in_worker, budgets[i], options, per_sample) for i in order}
         return [futures[i].result() for i in range(len(budgets))]

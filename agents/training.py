@@ -21,16 +21,16 @@ import runtime
 from envs import CacheScheduleVecEnv
 from envs.conditions import condition_label
 from envs.pipelines import make_sampler
-from policies import LearnedPolicy, export_policy, export_schedule, from_sb3, schedule_from_actions
+from policies import ActionRecorder, LearnedPolicy, export_policy, export_schedule, from_sb3
 
 from .callbacks import CheckpointCallback, EvaluationCallback, ProgressBarCallback
 from .checkpoints import MODEL_FILE, NORMALIZATION_FILE, atomic_write, read_state
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .evaluation import EvaluationPoint, evaluate_policy, timed_generation
 from .plots import image_grid, pareto_plot
-from .schedule_search import search_schedules
+from .schedule_search import SearchResult, search_schedules
 from .tracking import WandbOutputFormat, start_run
-from .warm_start import behaviour_clone, record_demonstrations
+from .warm_start import behaviour_clone, merge_demonstrations, model_actor, record_demonstrations
 
 CONFIG_FILE = "config.yaml"
 POLICY_FILE = "policy.safetensors"
@@ -176,45 +176,76 @@ class Trainer:
             return conditions, [seeds_from + first + i for i in range(count)]
 
         search_split = split(0, warm.search_samples)
-        results = search_schedules(
-            env_config.model,
-            warm.budgets,
-            scheduler=env_config.scheduler,
-            conditions=search_split[0],
-            seeds=search_split[1],
-            steps=env_config.num_inference_steps,
-            guidance=env_config.guidance_scale,
-            engine_options=self.engine_options,
-            sweeps=warm.sweeps,
-            per_group=warm.per_group,
-            workers=warm.workers if env_config.device == "cpu" else 1,  # one copy of the model per accelerator
-            pipe=self.eval_pipe,
-            log=tqdm.write,
-            env_config=env_config,
-        )
-        schedules = {float(budget): found.schedule for budget, found in zip(warm.budgets, results, strict=True)}
-        demo_split = split(warm.search_samples, warm.demo_samples)
-        demonstrations = record_demonstrations(
-            self.vec_env.episodes, schedules, *demo_split, budget_conditioned=env_config.budget_conditioned
-        )
-        teacher = {
-            f"{budget:g}": {
-                "psnr": found.psnr,
-                "start_psnr": found.start_psnr,
+        per_sample = warm.teacher == "per_sample"
+        if warm.schedules_from is not None:
+            results = load_teacher(warm.schedules_from, warm, len(search_split[1]))
+        else:
+            results = search_schedules(
+                env_config.model,
+                warm.budgets,
+                scheduler=env_config.scheduler,
+                conditions=search_split[0],
+                seeds=search_split[1],
+                steps=env_config.num_inference_steps,
+                guidance=env_config.guidance_scale,
+                engine_options=self.engine_options,
+                sweeps=warm.sweeps,
+                per_group=warm.per_group,
+                workers=warm.workers if env_config.device == "cpu" else 1,  # one model copy per accelerator
+                pipe=self.eval_pipe,
+                log=tqdm.write,
+                per_sample=per_sample,
+                env_config=env_config,
+            )
+        schedules = {}
+        for budget, found in zip(warm.budgets, results, strict=True):
+            schedules[float(budget)] = np.stack([r.schedule for r in found]) if per_sample else found.schedule
+        # A per-sample teacher's schedules are played on the samples they were searched on.
+        demo_split = search_split if per_sample else split(warm.search_samples, warm.demo_samples)
+        episodes, conditioned = self.vec_env.episodes, env_config.budget_conditioned
+        demonstrations = record_demonstrations(episodes, schedules, *demo_split, budget_conditioned=conditioned)
+        teacher = {}
+        for budget, found in zip(warm.budgets, results, strict=True):
+            found = found if per_sample else [found]
+            teacher[f"{budget:g}"] = {
+                "psnr": float(np.mean([r.psnr for r in found])),
+                "start_psnr": float(np.mean([r.start_psnr for r in found])),
                 "compute_fraction": demonstrations.compute_fraction[float(budget)],  # FLOPs, as the engine counts
-                "schedule": found.schedule.tolist(),
+                "schedule": found[0].schedule.tolist() if not per_sample else [r.schedule.tolist() for r in found],
             }
-            for budget, found in zip(warm.budgets, results, strict=True)
-        }
+            if per_sample:
+                teacher[f"{budget:g}"]["sample_psnr"] = [r.psnr for r in found]
+                teacher[f"{budget:g}"]["sample_start_psnr"] = [r.start_psnr for r in found]
         metrics = behaviour_clone(
             self.model, demonstrations, epochs=warm.epochs, learning_rate=warm.learning_rate, seed=config.agent.seed
         )
+        rounds = []
+        dataset = demonstrations
+        for round_index in range(warm.dagger_rounds):
+            visited = record_demonstrations(
+                episodes, schedules, *demo_split, budget_conditioned=conditioned, actor=model_actor(self.model)
+            )
+            dataset = merge_demonstrations([dataset, visited])
+            metrics = behaviour_clone(
+                self.model,
+                dataset,
+                epochs=warm.dagger_epochs,
+                learning_rate=warm.learning_rate,
+                seed=config.agent.seed + round_index + 1,
+                update_normalization=False,
+            )
+            rounds.append({"policy_psnr": visited.psnr, "policy_fraction": visited.compute_fraction, **metrics})
+            tqdm.write(
+                f"DAgger round {round_index + 1}: the policy's own rollouts scored "
+                f"{np.mean(list(visited.psnr.values())):.2f} dB; refitted on {len(dataset.actions)} states, "
+                f"{metrics['accuracy']:.1%} of the teacher's labels matched"
+            )
         normalizer = self.model.get_vec_normalize_env()
         if normalizer is not None:
             # The cloned network reads features scaled by these statistics: letting PPO's exploration move them
             # would change the cloned policy's decisions without any gradient step. (Saved with the checkpoint.)
             normalizer.training = False
-        summary = {"clone": metrics, "budgets": teacher}
+        summary = {"clone": metrics, "teacher": warm.teacher, "budgets": teacher, "dagger": rounds}
         atomic_write(self.run_dir / TEACHER_FILE, lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
         logged = {f"warm_start/{key}": value for key, value in metrics.items()}
         for budget, entry in teacher.items():
@@ -297,6 +328,7 @@ class Trainer:
             budgets=self.budgets,
             engine_options=self.engine_options,
             reference=self.reference,
+            replay=True,
         )
         step = int(model.num_timesteps)
         self.history.append((step, points))
@@ -418,17 +450,41 @@ class Trainer:
         )
 
 
-class _Recorder:
-    """Wraps a policy and keeps the actions it takes, per step."""
+def load_teacher(path: str | Path, warm: Any, samples: int) -> list[SearchResult] | list[list[SearchResult]]:
+    """The searched schedules of an earlier run's ``teacher-schedules.json``, as ``search_schedules`` returns them.
 
-    def __init__(self, policy: Any) -> None:
-        self.policy = policy
-        self.actions: list[torch.Tensor] = []
-
-    def act(self, observation: Any) -> torch.Tensor:
-        actions = torch.as_tensor(self.policy.act(observation))
-        self.actions.append(actions)
-        return actions
+    Raises:
+        ConfigError: If the file is missing, or was searched with another teacher, other budgets or, for a
+            per-sample teacher, another number of search samples.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / TEACHER_FILE
+    if not path.is_file():
+        raise ConfigError(f"warm_start.schedules_from={str(path)!r}: no such file (a run's {TEACHER_FILE}).")
+    saved = json.loads(path.read_text())
+    teacher = saved.get("teacher", "shared")
+    budgets = [f"{b:g}" for b in warm.budgets]
+    if teacher != warm.teacher or sorted(saved["budgets"]) != sorted(budgets):
+        raise ConfigError(
+            f"warm_start.schedules_from={str(path)!r} holds a {teacher!r} teacher for budgets "
+            f"{list(saved['budgets'])}; this run asks for a {warm.teacher!r} teacher for budgets {budgets}."
+        )
+    results: list[Any] = []
+    for budget, key in zip(warm.budgets, budgets, strict=True):
+        entry = saved["budgets"][key]
+        if teacher == "shared":
+            results.append(SearchResult(budget, np.asarray(entry["schedule"]), entry["psnr"], entry["start_psnr"], 0))
+            continue
+        tables = entry["schedule"]
+        if len(tables) != samples:
+            raise ConfigError(
+                f"warm_start.schedules_from={str(path)!r} has {len(tables)} per-sample schedules at budget {key}; "
+                f"warm_start.search_samples={samples}."
+            )
+        scores = zip(tables, entry["sample_psnr"], entry["sample_start_psnr"], strict=True)
+        results.append([SearchResult(budget, np.asarray(t), p, q, 0) for t, p, q in scores])
+    return results
 
 
 def record_schedule(
@@ -441,10 +497,10 @@ def record_schedule(
     engine_options: dict[str, Any],
 ) -> torch.Tensor:
     """The policy's deterministic decisions on the given samples, reduced to one static ``(steps, groups)`` table."""
-    recorder = _Recorder(policy)
+    recorder = ActionRecorder(policy)
     runtime.enable_cache(pipe.transformer, recorder, budget=budget, **engine_options)
     try:
         timed_generation(pipe, conditions, seeds, config.env.num_inference_steps, config.env.guidance_scale)
     finally:
         runtime.disable_cache(pipe.transformer)
-    return schedule_from_actions(recorder.actions)
+    return recorder.static_replay()

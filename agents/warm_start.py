@@ -1,14 +1,16 @@
 """Warm start: behaviour-clone searched schedules into the actor (and their returns into the critic) before PPO.
 
 PPO alone explores a 3^groups action space for 50 steps from scratch and settles on schedules a good static one beats.
-So training first searches one static schedule per budget on training samples (:mod:`agents.schedule_search`),
-plays each in the training environment (same observations, normalisation and rewards as PPO sees), and fits the
-policy network to those actions and returns. PPO then refines that policy per sample.
+So training first searches schedules on training samples (:mod:`agents.schedule_search`) — one per budget shared by
+all samples, or one per sample and budget (a privileged teacher) —, plays each in the training environment (same
+observations, normalisation and rewards as PPO sees), and fits the policy network to those actions and returns.
+With a per-sample teacher, DAgger rounds then run the policy itself and label the states it visits with its
+teacher's actions, so that it learns to act from the states its own decisions lead to. PPO then refines the policy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,35 +43,48 @@ class Demonstrations:
     compute_fraction: dict[float, float]
 
 
+Actor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""Maps raw observations ``(samples, F)`` and masks ``(samples, groups * 3)`` to ``(samples, groups)`` actions."""
+
+
 def record_demonstrations(
     episodes: EpisodeBatch,
     schedules: Mapping[float, np.ndarray],
     conditions: Sequence[int | str],
     seeds: Sequence[int],
     budget_conditioned: bool = True,
+    actor: Actor | None = None,
 ) -> Demonstrations:
     """Plays each budget's schedule in the environment on ``(conditions, seeds)`` and records what it saw.
 
     Args:
         episodes: The training environment's episode batch.
-        schedules: ``budget -> (steps, groups)`` actions.
+        schedules: ``budget -> (steps, groups)`` actions for every sample, or ``(samples, steps, groups)``, one
+            table per sample.
         conditions: One condition (class label or prompt) per episode.
         seeds: One seed per episode.
         budget_conditioned: Whether the episodes are given the budget (as the environment's own episodes are).
+        actor: When given, its actions are executed and the schedule's actions only recorded as labels (DAgger:
+            the states are the actor's, the labels the teacher's).
     """
     rows: dict[str, list[np.ndarray]] = {"observations": [], "actions": [], "masks": [], "returns": []}
     psnr: dict[float, float] = {}
     fraction: dict[float, float] = {}
     groups = episodes.engine.num_groups
+    n = len(seeds)
     for budget, schedule in schedules.items():
-        observation = episodes.begin(conditions, seeds, [budget] * len(seeds) if budget_conditioned else None)
+        tables = np.broadcast_to(schedule, (n, *np.shape(schedule)[-2:])) if np.ndim(schedule) == 2 else schedule
+        if len(tables) != n:
+            raise ValueError(f"{len(tables)} per-sample schedules for {n} samples at budget {budget}.")
+        observation = episodes.begin(conditions, seeds, [budget] * n if budget_conditioned else None)
         observations, actions, masks, rewards = [], [], [], []
-        for step in range(len(schedule)):
+        for step in range(tables.shape[1]):
             mask = episodes.action_masks()
-            wanted = torch.as_tensor(schedule[step], dtype=torch.int64).expand(len(seeds), groups)
-            executed = runtime.safe_actions(wanted, torch.as_tensor(mask).reshape(len(seeds), groups, -1))
+            per_group_mask = torch.as_tensor(mask).reshape(n, groups, -1)
+            wanted = runtime.safe_actions(torch.as_tensor(np.ascontiguousarray(tables[:, step])), per_group_mask)
+            executed = wanted if actor is None else torch.as_tensor(actor(observation, mask), dtype=torch.int64)
             observations.append(observation)
-            actions.append(executed.numpy())
+            actions.append(wanted.numpy())
             masks.append(mask)
             result = episodes.step(executed.numpy())
             rewards.append(result.rewards)
@@ -92,6 +107,27 @@ def record_demonstrations(
     )
 
 
+def merge_demonstrations(parts: Sequence[Demonstrations]) -> Demonstrations:
+    """All rows of ``parts`` together (the aggregated dataset of DAgger); ``psnr`` and fractions of the last."""
+    fields = ("observations", "actions", "masks", "returns")
+    merged = {key: np.concatenate([getattr(part, key) for part in parts]) for key in fields}
+    return Demonstrations(**merged, psnr=parts[-1].psnr, compute_fraction=parts[-1].compute_fraction)
+
+
+def model_actor(model: Any) -> Actor:
+    """The deterministic actions of an SB3 (Maskable)PPO model, on raw observations (normalised as PPO does)."""
+    normalizer = model.get_vec_normalize_env()
+    maskable = isinstance(model.policy, MaskableActorCriticPolicy)
+
+    def act(observations: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        scaled = normalizer.normalize_obs(observations) if normalizer is not None else observations
+        extra = {"action_masks": masks} if maskable else {}
+        actions, _ = model.predict(scaled, deterministic=True, **extra)
+        return np.asarray(actions, dtype=np.int64)
+
+    return act
+
+
 def behaviour_clone(
     model: Any,
     demonstrations: Demonstrations,
@@ -101,11 +137,12 @@ def behaviour_clone(
     learning_rate: float = 1e-3,
     value_weight: float = 0.5,
     seed: int = 0,
+    update_normalization: bool = True,
 ) -> dict[str, float]:
     """Fits an SB3 (Maskable)PPO policy to the demonstrations: cross-entropy on actions, MSE on returns.
 
-    Observations go through the model's ``VecNormalize`` (its statistics are first updated with them), exactly as
-    PPO will feed them.
+    Observations go through the model's ``VecNormalize`` (its statistics are first updated with them, unless
+    ``update_normalization`` is false), exactly as PPO will feed them.
 
     Returns:
         ``accuracy`` (share of group decisions matching the teacher), ``loss_actor`` and ``loss_value`` of the
@@ -114,7 +151,8 @@ def behaviour_clone(
     normalizer = model.get_vec_normalize_env()
     raw = demonstrations.observations
     if normalizer is not None:
-        normalizer.obs_rms.update(raw)
+        if update_normalization:
+            normalizer.obs_rms.update(raw)
         raw = normalizer.normalize_obs(raw)
     policy = model.policy
     observations = torch.as_tensor(raw, dtype=torch.float32)

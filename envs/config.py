@@ -8,6 +8,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.observations import DEFAULT_FEATURES, FEATURES
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -66,6 +68,8 @@ class EnvConfig:
         groups: Block groups (one action each per step).
         probe_blocks: Always-computed front blocks.
         forecast_order: Taylor order of FORECAST (1 to 3).
+        features: Observation features the policy reads (names of ``runtime.observations.FEATURES``; a per-group
+            feature gives one column per group).
         train_classes / eval_classes: Disjoint class labels for training and evaluation (class-conditional models).
         prompts: Prompts of a text-to-image or text-to-video model: a ``.txt`` file (one a line), a YAML list file,
             a list, or ``{train: ..., eval: ..., test: ...}`` (each a file or list; ``test`` defaults to ``eval``).
@@ -82,6 +86,9 @@ class EnvConfig:
         train_seeds / eval_seeds: Disjoint ``[start, stop)`` seed ranges.
         budget_conditioned: Draw a target compute fraction per episode and show it to the policy.
         budget_range: ``[low, high]`` the budget is drawn from, inside (0, 1].
+        group_rollouts: Episodes per draw in a batch of the vector environment (GRPO-style groups): each batch holds
+            ``num_envs / group_rollouts`` draws of condition, seed and budget, each run ``group_rollouts`` times,
+            and with more than one every step's reward is taken relative to the mean of its group.
         reference_cache_dir: Folder to keep uncached reference trajectories on disk across runs, or ``None``.
         reward: Reward coefficients.
     """
@@ -93,12 +100,14 @@ class EnvConfig:
     groups: int = 4
     probe_blocks: int = 0
     forecast_order: int = 1
+    features: list[str] = field(default_factory=lambda: list(DEFAULT_FEATURES))
     train_classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6])
     eval_classes: list[int] = field(default_factory=lambda: [7, 8, 9])
     train_seeds: list[int] = field(default_factory=lambda: [0, 64])
     eval_seeds: list[int] = field(default_factory=lambda: [2_000_000, 2_000_100])
     budget_conditioned: bool = True
     budget_range: list[float] = field(default_factory=lambda: [0.15, 0.5])
+    group_rollouts: int = 1
     reference_cache_dir: str | None = None
     prompts: str | list[str] | dict[str, Any] | None = None
     negative_prompt: str | None = None
@@ -122,6 +131,13 @@ class EnvConfig:
             raise ConfigError(
                 f"groups={self.groups}, probe_blocks={self.probe_blocks}: need groups >= 1, probes >= 0."
             )
+        if not self.features or len(set(self.features)) != len(self.features):
+            raise ConfigError(f"features={self.features}: name each observation feature once, at least one.")
+        unknown = [name for name in self.features if name not in FEATURES]
+        if unknown:
+            raise ConfigError(f"features: unknown {unknown}; the engine builds {list(FEATURES)}.")
+        if self.group_rollouts < 1:
+            raise ConfigError(f"group_rollouts={self.group_rollouts}: use 1 (no groups) or more.")
         if not self.train_classes or not self.eval_classes:
             raise ConfigError("train_classes and eval_classes must each name at least one condition.")
         shared = sorted(set(self.train_classes) & set(self.eval_classes))

@@ -11,23 +11,13 @@ import torch
 from gymnasium import spaces
 
 import runtime
-from runtime.observations import CHANGE_CAP, GLOBAL_FEATURES
+from runtime.observations import feature_names, feature_of
 
 from .conditions import Condition
 from .config import EnvConfig
 from .pipelines import describe, make_sampler, weights_fingerprint
 from .references import Reference, ReferenceStore
 from .session import BridgePolicy, Decision, DenoisingSession, Finished
-
-FEATURE_BOUNDS = {
-    "time": (0.0, 1.0),
-    "input_change": (0.0, CHANGE_CAP),
-    "probe_change": (0.0, CHANGE_CAP),
-    "compute_spent": (0.0, 1.0),
-    "budget": (0.0, 1.0),
-    "since_compute": (0.0, 1.0),
-    "forecast_gap": (-CHANGE_CAP, CHANGE_CAP),
-}
 
 
 def rmse(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -58,7 +48,7 @@ class EpisodeBatch:
         self.config = config
         self.sampler = make_sampler(config, pipe)
         self.pipe = self.sampler.pipe
-        self.bridge = BridgePolicy(config.forecast_order)
+        self.bridge = BridgePolicy(config.forecast_order, feature_names(config.groups, tuple(config.features)))
         self.engine = runtime.enable_cache(
             self.pipe.transformer,
             self.bridge,
@@ -82,8 +72,8 @@ class EpisodeBatch:
             )
         self.references = ReferenceStore(self._generate_references, identity, config.reference_cache_dir)
         names = self.engine.feature_names
-        low = np.array([FEATURE_BOUNDS[_base(n)][0] for n in names], dtype=np.float32)
-        high = np.array([FEATURE_BOUNDS[_base(n)][1] for n in names], dtype=np.float32)
+        low = np.array([feature_of(n)[0].low for n in names], dtype=np.float32)
+        high = np.array([feature_of(n)[0].high for n in names], dtype=np.float32)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.action_space = spaces.MultiDiscrete([runtime.NUM_ACTIONS] * self.engine.num_groups)
         self.session: DenoisingSession | None = None
@@ -236,9 +226,3 @@ class EpisodeBatch:
                 conditions, seeds, self.config.num_inference_steps, self.config.guidance_scale, latents
             )
         return latents, images
-
-
-def _base(name: str) -> str:
-    if name in GLOBAL_FEATURES:
-        return name
-    return name.rsplit("_", 1)[0]

@@ -42,10 +42,16 @@ class Finished:
 
 
 class BridgePolicy:
-    """A policy whose decisions come from another thread (the environment)."""
+    """A policy whose decisions come from another thread (the environment).
 
-    def __init__(self, forecast_order: int) -> None:
+    Args:
+        forecast_order: Taylor order of FORECAST.
+        feature_names: Observation feature columns the engine builds for it (``None``: the default ones).
+    """
+
+    def __init__(self, forecast_order: int, feature_names: tuple[str, ...] | None = None) -> None:
         self.forecast_order = forecast_order
+        self.feature_names = feature_names
         self.outbox: queue.Queue = queue.Queue()
         self.inbox: queue.Queue = queue.Queue()
         self._last: tuple[int, torch.Tensor] | None = None  # (step index, actions) of the step's first pass

@@ -22,6 +22,11 @@ class CacheScheduleVecEnv(VecEnv):
     last observation is in ``info["terminal_observation"]``. Spaces, rewards and infos are those of
     :class:`envs.CacheScheduleEnv`.
 
+    With ``config.group_rollouts = G > 1`` the batch holds ``num_envs / G`` draws, each run by ``G`` consecutive
+    sub-environments (the same condition, seed and budget), and each step's reward is the episode's reward minus
+    the mean over its group: a group-relative advantage (GRPO) that leaves out how hard the sample is, so that
+    only what the actions changed is rewarded. ``info["reward"]`` keeps the episode's own reward.
+
     Args:
         num_envs: Samples per batch.
         config: An :class:`EnvConfig` or a dict of its fields.
@@ -41,6 +46,12 @@ class CacheScheduleVecEnv(VecEnv):
         self.config = config if isinstance(config, EnvConfig) else from_dict(EnvConfig, config, prefix="env.")
         self.split = split
         self.render_mode = None
+        self.group_rollouts = self.config.group_rollouts
+        if num_envs % self.group_rollouts:
+            raise ValueError(
+                f"num_envs={num_envs} is not a multiple of env.group_rollouts={self.group_rollouts}: each draw runs "
+                "group_rollouts times in one batch."
+            )
         self.episodes = EpisodeBatch(self.config, pipe)
         super().__init__(num_envs, self.episodes.observation_space, self.episodes.action_space)
         self._rng = np.random.default_rng(seed)
@@ -56,7 +67,11 @@ class CacheScheduleVecEnv(VecEnv):
         return [seed] * self.num_envs
 
     def reset(self) -> np.ndarray:
-        specs = [draw_episode(self._rng, self.config, self.split, self._options[i]) for i in range(self.num_envs)]
+        g = self.group_rollouts
+        draws = [
+            draw_episode(self._rng, self.config, self.split, self._options[i]) for i in range(0, self.num_envs, g)
+        ]
+        specs = [spec for spec in draws for _ in range(g)]
         budgets = None if specs[0].budget is None else [s.budget for s in specs]
         observations = self.episodes.begin([s.condition for s in specs], [s.seed for s in specs], budgets)
         self.reset_infos = [{"condition": s.condition, "seed": s.seed, "budget": s.budget} for s in specs]
@@ -68,13 +83,18 @@ class CacheScheduleVecEnv(VecEnv):
 
     def step_wait(self) -> VecEnvStepReturn:
         result = self.episodes.step(self._actions)
-        observations, infos = result.observations, result.infos
+        observations, infos, rewards = result.observations, result.infos, result.rewards
+        if self.group_rollouts > 1:
+            for info, reward in zip(infos, rewards, strict=True):
+                info["reward"] = float(reward)
+            grouped = rewards.reshape(-1, self.group_rollouts)
+            rewards = (grouped - grouped.mean(axis=1, keepdims=True)).reshape(-1).astype(np.float32)
         dones = np.full(self.num_envs, result.done)
         if result.done:
             for info, observation in zip(infos, observations, strict=True):
                 info["terminal_observation"] = observation
             observations = self.reset()
-        return observations, result.rewards, dones, infos
+        return observations, rewards, dones, infos
 
     def action_masks(self) -> np.ndarray:
         """``(num_envs, groups * 3)`` possible actions."""

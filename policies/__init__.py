@@ -7,12 +7,14 @@ from .export import PolicyFormatError, export_policy, export_schedule, load_poli
 from .first_block import FirstBlockThreshold
 from .fora import FORA
 from .learned import LearnedPolicy
+from .recording import ActionRecorder
 from .sb3 import from_sb3
 from .schedule import StaticSchedulePolicy, schedule_from_actions
 from .taylorseer import TaylorSeer
 
 __all__ = [
     "FORA",
+    "ActionRecorder",
     "AlwaysCompute",
     "DeltaDiT",
     "FirstBlockThreshold",

@@ -30,7 +30,7 @@ from .forecast import (
 )
 from .hooks import BLOCK_HOOK, ROOT_HOOK, BlockHook, RootHook
 from .layout import batch_layout, layout_class_name, resolve_cfg_layout
-from .observations import Observation, build_observation, feature_names
+from .observations import Observation, build_observation, check_feature_names, feature_names
 from .state import DEFAULT_CONTEXT, ContextStateManager, GenerationState, SpanSum, StepDecision
 
 DEFAULT_GROUPS = 4
@@ -115,6 +115,9 @@ class CacheEngine:
         self._all_rows = torch.arange(0)
         self._no_rows = torch.zeros(0, dtype=torch.int64)
         self._track_accumulation = "accumulated_input_change" in getattr(policy, "required_signals", ())
+        names = getattr(policy, "feature_names", None)
+        self._feature_names = feature_names(self.num_groups) if names is None else tuple(names)
+        self._track_forecast_error = any(name.startswith("forecast_error_") for name in self._feature_names)
         self._policy_masks_actions = bool(getattr(policy, "masks_actions", False))
         self._shared_index: dict[tuple[int, tuple[int, ...]], list[list[torch.Tensor]]] = {}
         self._sample_budgets: torch.Tensor | None = None
@@ -129,8 +132,8 @@ class CacheEngine:
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        """Names of the observation features this engine builds."""
-        return feature_names(self.num_groups)
+        """Names of the observation features this engine builds: the policy's, else the default ones."""
+        return self._feature_names
 
     @property
     def budget(self) -> float | torch.Tensor | None:
@@ -235,6 +238,7 @@ class CacheEngine:
         state.probe_residual = None
         state.decision = None
         state.step_index += 1
+        state.previous_time = state.time
         state.time = time
         if self.costs is None or self.costs.shape != input_shapes:
             if not new_generation:
@@ -298,7 +302,7 @@ class CacheEngine:
         if self._uncached:
             sample_actions = torch.full((state.samples, self.num_groups), int(Action.COMPUTE), dtype=torch.int64)
         else:
-            observation = build_observation(state, self.budget)
+            observation = build_observation(state, self.budget, self._feature_names)
             started = wallclock.perf_counter()
             actions = self.policy.act(observation)
             self.stats.decision_seconds += wallclock.perf_counter() - started
@@ -544,11 +548,14 @@ class CacheEngine:
         """Keeps the group's freshly computed residual of ``rows`` (group output minus group input)."""
         group = state.groups[group_index]
         input_hidden, input_encoder = group.group_input
+        forecast = _forecast_to_compare(state, group, rows) if self._track_forecast_error else None
         spare = group.history.spare_slot()  # used only when the whole batch computes (see _difference)
         residual_hidden = _difference(hidden, input_hidden, rows, spare[0] if spare else None)
         residual_encoder = None
         if encoder is not None and input_encoder is not None and encoder.shape == input_encoder.shape:
             residual_encoder = _difference(encoder, input_encoder, rows, spare[1] if spare else None)
+        if self._track_forecast_error:
+            _record_forecast_error(state, group, rows, forecast, residual_hidden)
         group.history.push(rows, (residual_hidden, residual_encoder), state.time)
         for first, last in list(state.span_sums):  # sums over this group are stale now: free them
             if first <= group_index <= last:
@@ -617,12 +624,41 @@ class CacheEngine:
                 f"{type(self.policy).__name__} reads probe_change, the change of the probe blocks' residual, but "
                 "probe_blocks=0 runs no probe block: pass probe_blocks >= 1."
             )
-        expected_names = getattr(self.policy, "feature_names", None)
-        if expected_names is not None and tuple(expected_names) != self.feature_names:
+        try:
+            check_feature_names(self._feature_names, self.num_groups)
+        except ValueError as error:
             raise ValueError(
-                f"The policy was trained on observation features {list(expected_names)} but this engine builds "
-                f"{list(self.feature_names)}."
-            )
+                f"The policy was trained on observation features {list(self._feature_names)}, which this engine "
+                f"cannot build: {error}"
+            ) from None
+
+
+def _forecast_to_compare(state: GenerationState, group: Any, rows: torch.Tensor) -> tuple | None:
+    """The group's first-order forecast of ``rows`` to this step and which rows have one, before a compute is stored.
+
+    Made before the new residual is written (it may go into the slot the push drops, see ``spare_slot``).
+    """
+    history = group.history
+    if len(history.slots) < 2 or history.slots[0][0] is None:
+        return None
+    able = _rows(history.counts, rows) >= 2
+    if not bool(able.any()):
+        return None
+    (forecast, *_) = history.combine(rows, history.forecast_weights(rows, state.time, 1))
+    return forecast, able
+
+
+def _record_forecast_error(
+    state: GenerationState, group: Any, rows: torch.Tensor, forecast: tuple | None, residual: torch.Tensor
+) -> None:
+    """Keeps, for ``rows``, how far the group's first-order forecast to this step is from ``residual`` (computed)."""
+    if group.forecast_error is None:
+        group.forecast_error = torch.zeros(state.rows, dtype=torch.float64)
+    if forecast is None:
+        return
+    predicted, able = forecast
+    error = torch.where(able, relative_l1(predicted, residual), 0.0)
+    group.forecast_error.index_copy_(0, rows, error)
 
 
 def _rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

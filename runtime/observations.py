@@ -1,23 +1,33 @@
 """The observation a policy sees: one builder for the training environment and for inference alike.
 
-Features, per logical sample, in this order (``G`` = number of block groups):
+A policy names the features it reads (``Policy.feature_names``, recorded in an exported policy's manifest); the
+engine builds those columns, in that order. Without names it builds :data:`DEFAULT_FEATURES`. Features, per
+logical sample (``_g``: one column per block group ``g``):
 
-========================  =================================================================================  ========
-name                      meaning                                                                            range
-========================  =================================================================================  ========
-``time``                  diffusion time of this step (timestep / 1000, or sigma), 1 = pure noise            [0, 1]
-``input_change``          relative L1 change of the first block's input since the sample's last step that    [0, 4]
-                          computed any group (0 at the first step)
-``probe_change``          relative L1 change of the probe blocks' residual since that same step (0 with no   [0, 4]
-                          probe blocks)
-``compute_spent``         FLOPs the sample has used in the finished steps, as a fraction of uncached          [0, 1]
-                          (1 at the first step)
-``budget``                target compute fraction the policy is asked to meet (1 when none is set)           [0, 1]
-``since_compute_g``       for each group g: steps since it last computed, divided by 16, capped at 1          [0, 1]
-``forecast_gap_g``        for each group g: how much the probe residual changed since g last computed,        [-4, 4]
-                          minus how much g's first-order forecast says g changed (0 for a reuse);
-                          positive when the cache likely lags behind the model
-========================  =================================================================================  ========
+==========================  ===============================================================================  ========
+name                        meaning                                                                          range
+==========================  ===============================================================================  ========
+``time``                    diffusion time of this step (timestep / 1000, or sigma), 1 = pure noise          [0, 1]
+``input_change``            relative L1 change of the first block's input since the sample's last step that  [0, 4]
+                            computed any group (0 at the first step)
+``probe_change``            relative L1 change of the probe blocks' residual since that same step (0 with    [0, 4]
+                            no probe blocks)
+``compute_spent``           FLOPs the sample has used in the finished steps, as a fraction of uncached        [0, 1]
+                            (1 at the first step)
+``budget``                  target compute fraction the policy is asked to meet (1 when none is set)         [0, 1]
+``step_size``               diffusion time from the previous step to this one (0 at the first step): tells   [0, 1]
+                            the step count and the scheduler's spacing apart
+``since_compute_g``         steps since group g last computed, divided by 16, capped at 1                    [0, 1]
+``forecast_gap_g``          how much the probe residual changed since g last computed, minus how much g's     [-4, 4]
+                            first-order forecast says g changed (0 for a reuse); positive when the cache
+                            likely lags behind the model
+``time_since_compute_g``    diffusion time since group g last computed (0 before it has)                     [0, 1]
+``residual_change_g``       relative L1 change between g's two newest computed residuals of this sample: how  [0, 4]
+                            fast the group's output moves for it (0 with fewer than two)
+``forecast_error_g``        relative L1 error, against the residual g computed last, of the first-order       [0, 4]
+                            forecast g would have used instead (0 until g has computed three times): how far
+                            this sample drifts off its forecast
+==========================  ===============================================================================  ========
 
 Relative L1 change of ``a`` from ``b`` is ``mean|a - b| / mean|b|``, computed on the sample's conditional row.
 
@@ -28,7 +38,8 @@ that need only the step, the time and ``since_compute`` (FORA, TaylorSeer, Δ-Di
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,19 +48,103 @@ from .actions import NUM_ACTIONS, Action
 from .forecast import relative_l1
 from .state import GenerationState
 
-GLOBAL_FEATURES = ("time", "input_change", "probe_change", "compute_spent", "budget")
-GROUP_FEATURES = ("since_compute", "forecast_gap")
 CHANGE_CAP = 4.0
 SINCE_COMPUTE_SCALE = 16.0
 _RESIDUALS_NEEDED = torch.tensor([{Action.COMPUTE: 0, Action.REUSE: 1, Action.FORECAST: 2}[a] for a in Action])
 _MOST_RESIDUALS_NEEDED = int(_RESIDUALS_NEEDED.max())
 
 
+@dataclass(frozen=True)
+class Feature:
+    """One observation feature (see the table above).
+
+    Attributes:
+        name: Its name; a ``per_group`` feature has one column per group, named ``<name>_<g>``.
+        per_group: Whether it has a column per block group.
+        low / high: The range its values lie in.
+    """
+
+    name: str
+    per_group: bool
+    low: float
+    high: float
+
+
+FEATURES: dict[str, Feature] = {
+    feature.name: feature
+    for feature in (
+        Feature("time", False, 0.0, 1.0),
+        Feature("input_change", False, 0.0, CHANGE_CAP),
+        Feature("probe_change", False, 0.0, CHANGE_CAP),
+        Feature("compute_spent", False, 0.0, 1.0),
+        Feature("budget", False, 0.0, 1.0),
+        Feature("step_size", False, 0.0, 1.0),
+        Feature("since_compute", True, 0.0, 1.0),
+        Feature("forecast_gap", True, -CHANGE_CAP, CHANGE_CAP),
+        Feature("time_since_compute", True, 0.0, 1.0),
+        Feature("residual_change", True, 0.0, CHANGE_CAP),
+        Feature("forecast_error", True, 0.0, CHANGE_CAP),
+    )
+}
+"""Every feature the engine can build, by name."""
+
+DEFAULT_FEATURES = ("time", "input_change", "probe_change", "compute_spent", "budget", "since_compute", "forecast_gap")
+"""The features built for a policy that names none."""
+
+ADAPTIVE_FEATURES = (*DEFAULT_FEATURES, "step_size", "time_since_compute", "residual_change", "forecast_error")
+"""The default features plus those that tell one sample's trajectory, step count and scheduler from another's."""
+
+GLOBAL_FEATURES = tuple(name for name in DEFAULT_FEATURES if not FEATURES[name].per_group)
+GROUP_FEATURES = tuple(name for name in DEFAULT_FEATURES if FEATURES[name].per_group)
+
+
 @functools.cache
-def feature_names(num_groups: int) -> tuple[str, ...]:
-    """Names of the observation features for a policy over ``num_groups`` groups, in vector order."""
-    per_group = tuple(f"{name}_{g}" for name in GROUP_FEATURES for g in range(num_groups))
-    return GLOBAL_FEATURES + per_group
+def feature_names(num_groups: int, features: Sequence[str] = DEFAULT_FEATURES) -> tuple[str, ...]:
+    """Column names of ``features`` for a policy over ``num_groups`` groups, in vector order.
+
+    The features shared by all groups come first, in the order given, then each per-group feature's columns, group
+    by group.
+
+    Raises:
+        ValueError: If a name is not one of :data:`FEATURES`.
+    """
+    unknown = [name for name in features if name not in FEATURES]
+    if unknown:
+        raise ValueError(f"Unknown observation feature(s) {unknown}; the engine builds {list(FEATURES)}.")
+    shared = tuple(name for name in features if not FEATURES[name].per_group)
+    per_group = tuple(f"{name}_{g}" for name in features if FEATURES[name].per_group for g in range(num_groups))
+    return shared + per_group
+
+
+def feature_of(column: str) -> tuple[Feature, int | None]:
+    """The feature a column name belongs to, and its group (``None`` for a feature shared by all groups).
+
+    Raises:
+        ValueError: If the name is no feature's column.
+    """
+    if column in FEATURES and not FEATURES[column].per_group:
+        return FEATURES[column], None
+    name, _, group = column.rpartition("_")
+    if name in FEATURES and FEATURES[name].per_group and group.isdigit():
+        return FEATURES[name], int(group)
+    raise ValueError(
+        f"{column!r} is no observation feature: use one of {[n for n, f in FEATURES.items() if not f.per_group]} "
+        f"or <name>_<group> for {[n for n, f in FEATURES.items() if f.per_group]}."
+    )
+
+
+def check_feature_names(names: Sequence[str], num_groups: int) -> None:
+    """Checks that the engine can build ``names`` for ``num_groups`` groups.
+
+    Raises:
+        ValueError: Naming the first column that is no feature, or that names a group the engine does not have.
+    """
+    for column in names:
+        _, group = feature_of(column)
+        if group is not None and group >= num_groups:
+            raise ValueError(
+                f"Observation feature {column!r} names group {group}, but the engine has {num_groups} groups."
+            )
 
 
 class _Lazy:
@@ -164,12 +259,16 @@ class Observation:
         self._lazy.seal()
 
 
-def build_observation(state: GenerationState, budget: float | torch.Tensor | None) -> Observation:
+def build_observation(
+    state: GenerationState, budget: float | torch.Tensor | None, names: tuple[str, ...] | None = None
+) -> Observation:
     """Builds the observation of the current step from the generation state (after the probe blocks ran).
 
     Args:
         state: The context's state.
         budget: Target compute fraction for all samples, ``(samples,)`` per-sample fractions, or ``None``.
+        names: Feature columns to build, in order (checked by :func:`check_feature_names`); by default those of
+            :data:`DEFAULT_FEATURES`.
 
     Returns:
         The observation, one row per logical sample.
@@ -177,6 +276,7 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
     rows = state.signal_rows
     samples = state.samples
     num_groups = len(state.groups)
+    names = feature_names(num_groups) if names is None else names
     first_step = state.step_index <= 1 or state.reference_input is None
     every_action_possible = bool(state.groups) and all(
         group.history.full and group.history.depth >= _MOST_RESIDUALS_NEEDED for group in state.groups
@@ -207,25 +307,53 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
     if state.accumulated_input_change is not None:
         thunks["accumulated_input_change"] = state.accumulated_input_change[rows].clone
 
+    def column_values(name: str) -> torch.Tensor | float:
+        """A feature's value: a float for all samples, ``(samples,)`` or ``(samples, groups)``."""
+        if name == "time":
+            return time
+        if name == "input_change":
+            return observation.signals["input_change"].clamp(0, CHANGE_CAP)
+        if name == "probe_change":
+            if state.probe_residual is None:
+                return 0.0
+            return observation.signals["probe_change"].clamp(0, CHANGE_CAP)
+        if name == "compute_spent":  # 1 before any finished step
+            if state.step_index <= 1:
+                return 1.0
+            return torch.div(state.spent_flops[rows], max(state.full_flops, 1e-12)).clamp_(0, 1)
+        if name == "budget":
+            if isinstance(budget, torch.Tensor):
+                return _checked_budgets(budget, samples)
+            return 1.0 if budget is None else float(budget)
+        if name == "step_size":
+            if state.step_index <= 1:
+                return 0.0
+            return min(max((state.previous_time - state.time) / state.time_scale, 0.0), 1.0)
+        if name == "since_compute":
+            return torch.div(since, SINCE_COMPUTE_SCALE).clamp_(max=1.0)
+        if name == "forecast_gap":
+            if state.probe_residual is None:
+                return 0.0
+            return torch.stack([_forecast_gap(state, g, rows, samples) for g in range(num_groups)], dim=1)
+        if name == "time_since_compute":
+            return torch.stack([_time_since_compute(state, g, rows, samples) for g in range(num_groups)], dim=1)
+        if name == "residual_change":
+            changes = [group.history.last_change[rows] for group in state.groups]
+            return torch.stack(changes, dim=1).clamp_(0, CHANGE_CAP)
+        if name == "forecast_error":
+            errors = [_forecast_error(group, rows, samples) for group in state.groups]
+            return torch.stack(errors, dim=1).clamp_(0, CHANGE_CAP)
+        raise ValueError(f"Unknown observation feature {name!r}.")
+
     def features() -> torch.Tensor:
-        # The values every sample shares in one row, repeated; then the per-sample columns written in place.
-        spent = 1.0 if state.step_index <= 1 else 0.0  # 1 before any finished step
-        shared_budget = 0.0 if isinstance(budget, torch.Tensor) else 1.0 if budget is None else float(budget)
-        shared = [time, 0.0, 0.0, spent, shared_budget] + [0.0] * (len(GROUP_FEATURES) * num_groups)
-        vector = torch.tensor(shared, dtype=torch.float64).expand(samples, -1).clone()
-        torch.clamp(observation.signals["input_change"], 0, CHANGE_CAP, out=vector[:, 1])
-        if state.probe_residual is not None:
-            torch.clamp(observation.signals["probe_change"], 0, CHANGE_CAP, out=vector[:, 2])
-        if state.step_index > 1:
-            torch.div(state.spent_flops[rows], max(state.full_flops, 1e-12), out=vector[:, 3]).clamp_(0, 1)
-        if isinstance(budget, torch.Tensor):
-            _write_budgets(vector[:, 4], budget)
-        since_columns = vector[:, len(GLOBAL_FEATURES) : len(GLOBAL_FEATURES) + num_groups]
-        torch.div(since, SINCE_COMPUTE_SCALE, out=since_columns).clamp_(max=1.0)
-        if state.probe_residual is not None:
-            gap_columns = vector[:, len(GLOBAL_FEATURES) + num_groups :]
-            for g in range(num_groups):
-                gap_columns[:, g] = _forecast_gap(state, g, rows, samples)
+        vector = torch.empty(samples, len(names), dtype=torch.float64)
+        for name, columns, groups in _column_layout(names):
+            value = column_values(name)
+            if isinstance(value, torch.Tensor) and groups is not None:
+                value = value[:, groups]
+            elif isinstance(value, torch.Tensor):
+                value = value.unsqueeze(1)
+            vector[:, columns] = value
         return vector.to(torch.float32)
 
     thunks["features"] = features
@@ -233,11 +361,45 @@ def build_observation(state: GenerationState, budget: float | torch.Tensor | Non
         action_mask=mask,
         step_index=state.step_index - 1,
         time=time,
-        names=feature_names(num_groups),
+        names=names,
         thunks=thunks,
         every_action_possible=every_action_possible,
     )
     return observation
+
+
+@functools.cache
+def _column_layout(names: tuple[str, ...]) -> tuple[tuple[str, slice | list[int], list[int] | None], ...]:
+    """Runs of columns of one feature: ``(feature, columns, groups)``; ``groups`` is ``None`` for a shared one."""
+    runs: list[tuple[str, list[int], list[int] | None]] = []
+    for column, name in enumerate(names):
+        feature, group = feature_of(name)
+        if runs and runs[-1][0] == feature.name and group is not None and runs[-1][2] is not None:
+            runs[-1][1].append(column)
+            runs[-1][2].append(group)
+        else:
+            runs.append((feature.name, [column], None if group is None else [group]))
+    layout = []
+    for name, columns, groups in runs:
+        contiguous = columns == list(range(columns[0], columns[-1] + 1))
+        layout.append((name, slice(columns[0], columns[-1] + 1) if contiguous else columns, groups))
+    return tuple(layout)
+
+
+def _time_since_compute(state: GenerationState, group_index: int, rows: slice, samples: int) -> torch.Tensor:
+    """Diffusion time since the group's last compute, per sample (0 before it has computed)."""
+    history = state.groups[group_index].history
+    if not history.slot_times:
+        return torch.zeros(samples, dtype=torch.float64)
+    elapsed = ((history.slot_times[0][rows] - state.time) / state.time_scale).clamp_(0.0, 1.0)
+    return torch.where(history.counts[rows] >= 1, elapsed, torch.zeros_like(elapsed))
+
+
+def _forecast_error(group: Any, rows: slice, samples: int) -> torch.Tensor:
+    """The group's first-order forecast error measured at its last compute, per sample (0 before one)."""
+    if group.forecast_error is None:
+        return torch.zeros(samples, dtype=torch.float64)
+    return group.forecast_error[rows]
 
 
 def _forecast_gap(state: GenerationState, group_index: int, rows: slice, samples: int) -> torch.Tensor:
@@ -266,8 +428,8 @@ def _forecast_gap(state: GenerationState, group_index: int, rows: slice, samples
     return gap.clamp(-CHANGE_CAP, CHANGE_CAP)
 
 
-def _write_budgets(column: torch.Tensor, budgets: torch.Tensor) -> None:
-    """Fills the ``budget`` feature column with per-sample fractions (one shared fraction is in the repeated row)."""
-    if budgets.numel() != column.numel():
-        raise ValueError(f"{budgets.numel()} per-sample budgets were set for a batch of {column.numel()} samples.")
-    column.copy_(budgets.reshape(-1))
+def _checked_budgets(budgets: torch.Tensor, samples: int) -> torch.Tensor:
+    """Per-sample budgets as a ``(samples,)`` float64 column."""
+    if budgets.numel() != samples:
+        raise ValueError(f"{budgets.numel()} per-sample budgets were set for a batch of {samples} samples.")
+    return budgets.reshape(-1).to(torch.float64)

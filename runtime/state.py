@@ -65,12 +65,15 @@ class GroupState:
         since_compute: ``(rows,)`` steps since the group last computed (0 right after a compute); a column of
             the generation's ``since_compute`` table.
         probe_at_compute: Probe residual at the group's last compute, per row (``None`` before any).
+        forecast_error: ``(rows,)`` relative L1 error of the first-order forecast the group would have used at its
+            last compute, against what it computed (kept only for policies that read ``forecast_error``).
         group_input: The group's input at the current step, kept by its first block for its last block.
     """
 
     history: ResidualHistory
     since_compute: torch.Tensor
     probe_at_compute: torch.Tensor | None = None
+    forecast_error: torch.Tensor | None = None
     group_input: tuple[torch.Tensor | None, ...] | None = None
 
 
@@ -81,6 +84,7 @@ class GenerationState(BaseState):
     Attributes:
         step_index: Denoising steps seen in this generation (the current one included), 0 before any.
         time: Diffusion time the transformer received at the current step.
+        previous_time: Diffusion time of the previous step (0 at the first).
         time_scale: What the time is divided by to lie in [0, 1] (1000 for timesteps, 1 for sigmas).
         rows: Batch rows; ``shape``: hidden-state shape without the batch; ``layout``: how rows pair into samples.
         row_samples: ``(rows,)`` sample index of each row.
@@ -108,6 +112,7 @@ class GenerationState(BaseState):
 
     step_index: int = 0
     time: float = 0.0
+    previous_time: float = 0.0
     time_scale: float = 1.0
     rows: int = 0
     shape: tuple[int, ...] = ()

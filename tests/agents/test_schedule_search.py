@@ -64,3 +64,32 @@ def test_search_in_worker_processes_matches_in_process(tiny_digits_dir) -> None:
     there = search_schedules(str(tiny_digits_dir), [0.5], workers=2, **arguments)
     np.testing.assert_array_equal(here[0].schedule, there[0].schedule)
     assert here[0].psnr == pytest.approx(there[0].psnr, abs=1e-3)
+
+
+def test_per_sample_search_keeps_each_samples_cost_and_scores_what_it_reports(search: ScheduleSearch) -> None:
+    results = search.search_per_sample(0.4, sweeps=1)
+    start_cells = int((search.evenly_spaced(0.4) == COMPUTE).sum())
+    assert len(results) == len(search.seeds)
+    for sample, found in enumerate(results):
+        assert int((found.schedule == COMPUTE).sum()) == start_cells
+        assert found.psnr >= found.start_psnr
+        assert found.evaluations > 1
+        replayed = search.evaluate_per_sample([found.schedule], [sample])[0]
+        assert replayed == pytest.approx(found.psnr, abs=0.05)
+    # Each sample's own schedule does at least as well on it as the shared schedule searched on all of them.
+    shared = search.search(0.4, sweeps=1).schedule
+    on_each = search.evaluate_per_sample([shared] * len(results), list(range(len(results))))
+    assert np.mean([r.psnr for r in results]) >= float(np.mean(on_each)) - 1e-3
+
+
+def test_per_sample_search_of_one_sample_is_the_search_on_that_sample() -> None:
+    alone = ScheduleSearch(tiny_digits_pipeline(), [2], [6], steps=8, guidance=2.0, engine_options=OPTIONS)
+    (found,) = alone.search_per_sample(0.4, sweeps=1)
+    expected = alone.search(0.4, sweeps=1)
+    np.testing.assert_array_equal(found.schedule, expected.schedule)
+    assert found.psnr == pytest.approx(expected.psnr, abs=1e-4)
+
+
+def test_evaluate_per_sample_needs_one_sample_per_table(search: ScheduleSearch) -> None:
+    with pytest.raises(ValueError, match="one search sample per table"):
+        search.evaluate_per_sample([search.evenly_spaced(0.5)], [0, 1])
