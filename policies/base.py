@@ -46,7 +46,8 @@ class Policy(ABC):
 
 def fill(observation: Observation, action: Action) -> torch.Tensor:
     """``(samples, groups)`` actions all equal to ``action``."""
-    return torch.full((observation.num_samples, observation.num_groups), int(action), dtype=torch.int64)
+    shape = (observation.num_samples, observation.num_groups)
+    return torch.full(shape, int(action), dtype=torch.int64, device=observation.action_mask.device)
 
 
 def interval_due(observation: Observation, interval: int) -> torch.Tensor:

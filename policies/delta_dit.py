@@ -35,7 +35,7 @@ class DeltaDiT(Policy):
     def act(self, observation: Observation) -> torch.Tensor:
         groups = observation.num_groups
         cached_count = max(1, round(groups * self.span))
-        cached = torch.zeros(groups, dtype=torch.bool)
+        cached = torch.zeros(groups, dtype=torch.bool, device=observation.action_mask.device)
         if observation.time > self.boundary:
             cached[groups - cached_count :] = True
         else:

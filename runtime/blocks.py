@@ -11,6 +11,8 @@ from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.utils.torch_utils import unwrap_module
 
+from .devices import to_device
+
 
 @dataclass(frozen=True)
 class HookedBlock:
@@ -180,12 +182,12 @@ def select_rows(args: tuple, kwargs: dict, rows: torch.Tensor, batch: int) -> tu
     """Keeps only ``rows`` of every top-level tensor argument whose first dimension is the batch.
 
     Tensors nested in tuples or dicts (rotary embeddings, attention kwargs) are per-token, not per-sample, and
-    pass through unchanged.
+    pass through unchanged. ``rows`` should be on the arguments' device; an argument elsewhere gets a copy of it.
     """
 
     def pick(value: Any) -> Any:
         if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch:
-            return value.index_select(0, rows)
+            return value.index_select(0, to_device(rows, value))
         return value
 
     return tuple(pick(a) for a in args), {k: pick(v) for k, v in kwargs.items()}

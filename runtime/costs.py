@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .devices import HOST
+
 
 @dataclass
 class CostModel:
@@ -58,6 +60,7 @@ class CostMeter:
                 f"Blocks {missing} did not run in the measured forward pass: the transformer skipped hooked blocks, "
                 "so their cost is unknown."
             )
-        blocks = torch.tensor([self.block_flops[i] for i in range(num_blocks)], dtype=torch.float64) / self.rows
+        measured = [self.block_flops[i] for i in range(num_blocks)]
+        blocks = torch.tensor(measured, dtype=torch.float64, device=HOST) / self.rows
         always = max((float(self.total()) - self.engine_flops) / self.rows - float(blocks.sum()), 0.0)
         return CostModel(shape=self.shape, block_flops=blocks, always_flops=always)

@@ -20,9 +20,11 @@ from .actions import NUM_ACTIONS, Action
 from .blocks import find_blocks, split_groups
 from .config import CacheConfig
 from .costs import CostMeter, CostModel
+from .devices import HOST, accumulation_dtype, to_device
 from .forecast import (
     Residual,
     finite_row_mask,
+    read_slot_bounds,
     relative_l1,
     scalar_lagrange_weights,
     weighted_sum,
@@ -109,11 +111,11 @@ class CacheEngine:
         self.costs: CostModel | None = None
         self.meter: CostMeter | None = None
         self.stats = self._new_stats()
-        self.group_flops = torch.zeros(len(self.groups), dtype=torch.float64)
+        self.group_flops = torch.zeros(len(self.groups), dtype=torch.float64, device=HOST)
         self._fixed_flops = 0.0  # per row and step: everything outside the groups (always computed)
         self._step_flops: dict[tuple[int, ...], float] = {}  # per row, by the groups a shared step computes
-        self._all_rows = torch.arange(0)
-        self._no_rows = torch.zeros(0, dtype=torch.int64)
+        self._all_rows = torch.arange(0, device=HOST)
+        self._no_rows = torch.zeros(0, dtype=torch.int64, device=HOST)
         self._track_accumulation = "accumulated_input_change" in getattr(policy, "required_signals", ())
         names = getattr(policy, "feature_names", None)
         self._feature_names = feature_names(self.num_groups) if names is None else tuple(names)
@@ -148,7 +150,7 @@ class CacheEngine:
                 ``None`` for no target.
         """
         if isinstance(budget, torch.Tensor):
-            values = budget.detach().to(torch.float64).flatten()
+            values = budget.detach().to(device=HOST, dtype=torch.float64).flatten()
             if not bool(((values > 0) & (values <= 1)).all()):  # (NaN fails both comparisons)
                 raise ValueError(f"budget={values.tolist()}: every compute fraction must lie in (0, 1].")
             self._sample_budgets = values
@@ -229,7 +231,7 @@ class CacheEngine:
             state.start(time, rows, layout, self.num_groups, self.order + 1)
             state.shape = shape
             if self._track_accumulation:
-                state.accumulated_input_change = torch.zeros(rows, dtype=torch.float64)
+                state.accumulated_input_change = torch.zeros(rows, dtype=torch.float64, device=HOST)
             self.stats.generations += 1
         else:
             state.since_compute += 1
@@ -270,7 +272,7 @@ class CacheEngine:
             stats.spent_flops += step_flops * state.rows
             state.spent_flops += step_flops
             fraction = step_flops / full_flops if full_flops > 0 else math.nan  # (a model of no FLOPs: 0 / 0)
-            state.last_step_fraction = torch.full((state.rows,), fraction, dtype=torch.float64)
+            state.last_step_fraction = torch.full((state.rows,), fraction, dtype=torch.float64, device=HOST)
         else:
             computed = decision.computes  # fallbacks included
             spent = self._fixed_flops + computed.double() @ self.group_flops
@@ -300,7 +302,9 @@ class CacheEngine:
         if state.accumulated_input_change is not None and state.previous_first_input is not None:
             state.accumulated_input_change += relative_l1(state.first_input, state.previous_first_input)
         if self._uncached:
-            sample_actions = torch.full((state.samples, self.num_groups), int(Action.COMPUTE), dtype=torch.int64)
+            sample_actions = torch.full(
+                (state.samples, self.num_groups), int(Action.COMPUTE), dtype=torch.int64, device=HOST
+            )
         else:
             observation = build_observation(state, self.budget, self._feature_names)
             started = wallclock.perf_counter()
@@ -351,7 +355,7 @@ class CacheEngine:
     def _every_row(self, rows: int, selected: bool) -> torch.Tensor:
         """The index of all ``rows`` rows, or the empty index."""
         if self._all_rows.numel() != rows:
-            self._all_rows = torch.arange(rows)
+            self._all_rows = torch.arange(rows, device=HOST)
         return self._all_rows if selected else self._no_rows
 
     def _update_references(self, state: GenerationState, computing: torch.Tensor | bool) -> None:
@@ -375,17 +379,17 @@ class CacheEngine:
             return
         if state.accumulated_input_change is not None:
             state.accumulated_input_change[computing] = 0.0
-        rows = torch.nonzero(computing).flatten()
+        rows = to_device(torch.nonzero(computing).flatten(), state.first_input)
         base = state.reference_input if state.reference_input is not None else torch.zeros_like(state.first_input)
         reference_probe = state.reference_probe
         if state.probe_residual is not None:
             probe = state.reference_probe if state.reference_probe is not None else state.probe_residual
-            reference_probe = probe.index_copy(0, rows, state.probe_residual[rows])
-        state.set_references(base.index_copy(0, rows, state.first_input[rows]), reference_probe)
+            reference_probe = probe.index_copy(0, rows, state.probe_residual.index_select(0, rows))
+        state.set_references(base.index_copy(0, rows, state.first_input.index_select(0, rows)), reference_probe)
 
     def _checked_actions(self, actions: Any, observation: Observation) -> torch.Tensor:
-        if not isinstance(actions, torch.Tensor) or actions.dtype != torch.int64:
-            actions = torch.as_tensor(actions).to(torch.int64)
+        if not isinstance(actions, torch.Tensor) or actions.dtype != torch.int64 or actions.device != HOST:
+            actions = torch.as_tensor(actions).to(device=HOST, dtype=torch.int64)
         expected = (observation.num_samples, self.num_groups)
         if tuple(actions.shape) != expected:
             raise ValueError(
@@ -458,7 +462,8 @@ class CacheEngine:
                 if not bool(keep.all()):
                     fallback.append(rows[~keep])
                     good = rows[keep]
-                    residual = tuple(None if r is None else r[keep] for r in residual)
+                    kept = to_device(torch.nonzero(keep).flatten(), residual[0])
+                    residual = tuple(None if r is None else r.index_select(0, kept) for r in residual)
             if good.numel() == 0:
                 continue
             hidden = _add_rows(hidden, good, residual[0])
@@ -509,6 +514,7 @@ class CacheEngine:
         span = state.span_sums.get((first, last))
         if span is None or span.points != points:  # (a push to any member drops the span's sums)
             members = [state.groups[g].history for g in range(first, last + 1)]
+            read_slot_bounds(members, len(points))  # every member's bounds in one copy from the device
             everyone = self._every_row(state.rows, True)
             # a forecast's output is checked below; a reuse relies on the residuals being finite
             if action == Action.REUSE and any(history.latest_finite(everyone) is not None for history in members):
@@ -569,7 +575,9 @@ class CacheEngine:
                 group.probe_at_compute = state.probe_residual
             else:
                 base = group.probe_at_compute if group.probe_at_compute is not None else state.probe_residual
-                group.probe_at_compute = base.index_copy(0, rows, state.probe_residual[rows])
+                device_rows = to_device(rows, base)
+                probe = state.probe_residual.index_select(0, device_rows)
+                group.probe_at_compute = base.index_copy(0, device_rows, probe)
         group.group_input = None
 
     # -- reporting -------------------------------------------------------------------------------------------
@@ -653,7 +661,7 @@ def _record_forecast_error(
 ) -> None:
     """Keeps, for ``rows``, how far the group's first-order forecast to this step is from ``residual`` (computed)."""
     if group.forecast_error is None:
-        group.forecast_error = torch.zeros(state.rows, dtype=torch.float64)
+        group.forecast_error = torch.zeros(state.rows, dtype=torch.float64, device=HOST)
     if forecast is None:
         return
     predicted, able = forecast
@@ -662,8 +670,9 @@ def _record_forecast_error(
 
 
 def _rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``tensor[rows]``, without a gather when ``rows`` is the whole batch in order."""
-    return tensor if rows.numel() == tensor.shape[0] else tensor[rows]
+    """``tensor[rows]`` (host ``rows`` on ``tensor``'s device), without a gather when ``rows`` is the whole batch in
+    order."""
+    return tensor if rows.numel() == tensor.shape[0] else tensor.index_select(0, to_device(rows, tensor))
 
 
 def _difference(
@@ -687,7 +696,10 @@ def _difference(
 
 
 def _sum_streams(residuals: list[Residual]) -> Residual | None:
-    """Stream-wise sum of several groups' residuals (a ``None`` stream adds nothing); ``None`` if shapes differ."""
+    """Stream-wise sum of several groups' residuals (a ``None`` stream adds nothing); ``None`` if shapes differ.
+
+    A sum of half-precision residuals is kept in float32 (see :func:`~runtime.devices.accumulation_dtype`).
+    """
     first: list[torch.Tensor | None] = [None] * len(residuals[0])
     total: list[torch.Tensor | None] = [None] * len(residuals[0])
     for residual in residuals:
@@ -699,7 +711,8 @@ def _sum_streams(residuals: list[Residual]) -> Residual | None:
             elif first[stream].shape != value.shape:
                 return None
             elif total[stream] is None:
-                total[stream] = first[stream] + value
+                wide = accumulation_dtype(value.dtype)
+                total[stream] = first[stream] + value if wide == value.dtype else first[stream].to(wide).add_(value)
             else:
                 total[stream].add_(value)
     # a stream only one group has is that group's residual itself (stored tensors are never modified)
@@ -711,7 +724,7 @@ def _add_rows(tensor: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) ->
     values = values.to(tensor.dtype)
     if rows.numel() == tensor.shape[0]:
         return tensor + values
-    return tensor.index_add(0, rows, values)
+    return tensor.index_add(0, to_device(rows, tensor), values)
 
 
 def shared_actions(sample_actions: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
@@ -726,7 +739,7 @@ def shared_actions(sample_actions: torch.Tensor, action_mask: torch.Tensor) -> t
         sample.
     """
     votes = torch.nn.functional.one_hot(sample_actions, NUM_ACTIONS).sum(dim=0)  # (groups, actions)
-    tie_break = torch.zeros(NUM_ACTIONS, dtype=votes.dtype)
+    tie_break = torch.zeros(NUM_ACTIONS, dtype=votes.dtype, device=votes.device)
     tie_break[Action.COMPUTE], tie_break[Action.FORECAST] = 2, 1
     choice = (votes * NUM_ACTIONS + tie_break).argmax(dim=1)
     possible_for_all = action_mask.all(dim=0).gather(1, choice[:, None]).squeeze(1)

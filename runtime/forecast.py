@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from .devices import HOST, accumulation_dtype, to_device, to_host
+
 Residual = tuple[torch.Tensor | None, ...]
 _UNCHECKED = object()
 RANGE_MARGIN = 2.0**-8
@@ -25,12 +27,23 @@ def magnitude_bound(residual: Residual) -> float:
     One ``aminmax`` pass per stream; the sum of the streams' ``|min| + |max|`` keeps the bound simple and lets a
     non-finite value anywhere propagate into it.
     """
-    bound = 0.0
-    for stream in residual:
-        if stream is not None and stream.numel():
-            low, high = stream.aminmax()
-            bound += abs(low.item()) + abs(high.item())
-    return bound
+    return magnitude_bounds([residual])[0]
+
+
+def magnitude_bounds(residuals: list[Residual]) -> list[float]:
+    """:func:`magnitude_bound` of each residual; all their extremes come back to the host in one copy."""
+    extremes, owners = [], []
+    for index, residual in enumerate(residuals):
+        for stream in residual:
+            if stream is not None and stream.numel():
+                extremes.append(torch.stack(stream.aminmax()).to(accumulation_dtype(stream.dtype)))
+                owners.append(index)
+    bounds = [0.0] * len(residuals)
+    if extremes:
+        values = torch.cat(extremes).tolist()
+        for position, owner in enumerate(owners):
+            bounds[owner] += abs(values[2 * position]) + abs(values[2 * position + 1])
+    return bounds
 
 
 def within_range(weights: list[float], bounds: list[float], dtype: torch.dtype) -> bool:
@@ -59,7 +72,7 @@ def lagrange_weights(times: torch.Tensor, counts: torch.Tensor, time: float, ord
     """
     times = times.to(torch.float64)
     depth = times.shape[0]
-    used = torch.clamp(torch.minimum(counts.to(torch.int64), torch.tensor(order + 1)), min=1)
+    used = torch.clamp(counts.to(device=times.device, dtype=torch.int64), min=1, max=order + 1)
     weights = torch.zeros_like(times)
     for i in range(depth):
         weight = torch.ones_like(times[0])
@@ -74,20 +87,29 @@ def lagrange_weights(times: torch.Tensor, counts: torch.Tensor, time: float, ord
 
 
 def relative_l1(current: torch.Tensor, reference: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-row ``mean|current - reference| / mean|reference|`` as float64.
+    """Per-row ``mean|current - reference| / mean|reference|`` as float64 on the host.
 
     Args:
         current: ``(rows, ...)`` values.
         reference: ``(rows, ...)`` values to compare with.
         scale: :func:`l1_scale` of ``reference``, when already known.
     """
-    difference = (current - reference).abs_().flatten(1).mean(1)
-    return (difference / (l1_scale(reference) if scale is None else scale)).to(torch.float64)
+    return to_host(device_relative_l1(current, reference, scale))
+
+
+def device_relative_l1(
+    current: torch.Tensor, reference: torch.Tensor, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`relative_l1` left on the values' device, averaged in at least float32 (several can then come back to the
+    host in one copy)."""
+    difference = (current - reference).abs_().flatten(1).mean(1, dtype=accumulation_dtype(current.dtype))
+    return difference / (l1_scale(reference) if scale is None else scale)
 
 
 def l1_scale(reference: torch.Tensor) -> torch.Tensor:
-    """Per-row ``mean|reference|`` (at least 1e-12): the denominator of :func:`relative_l1`."""
-    return reference.abs().flatten(1).mean(1).clamp_min(1e-12)
+    """Per-row ``mean|reference|`` (at least 1e-12), averaged in at least float32: the denominator of
+    :func:`relative_l1`."""
+    return reference.abs().flatten(1).mean(1, dtype=accumulation_dtype(reference.dtype)).clamp_min(1e-12)
 
 
 def scalar_lagrange_weights(times: list[float], time: float, order: int) -> list[float]:
@@ -117,17 +139,25 @@ def weighted_sum(
 ) -> torch.Tensor | None:
     """``base + sum_k weights[k] * values[k]`` as one new tensor (``None`` values add nothing).
 
-    Without ``base`` the first term starts the sum; with nothing to add, ``base`` itself is returned.
+    Without ``base`` the first term starts the sum; with nothing to add, ``base`` itself is returned. The result has
+    ``base``'s dtype (else the first value's). A sum of several terms in half precision accumulates in float32 and is
+    rounded once; one term is a single operation, computed in float32 and rounded once by torch itself.
     """
-    total = None
-    for value, weight in zip(values, weights, strict=True):
-        if value is None:
-            continue
-        if total is None:
-            total = value * weight if base is None else torch.add(base, value, alpha=weight)
-        else:
-            total.add_(value, alpha=weight)
-    return base if total is None else total
+    terms = [(value, weight) for value, weight in zip(values, weights, strict=True) if value is not None]
+    if not terms:
+        return base
+    dtype = base.dtype if base is not None else terms[0][0].dtype
+    accumulate = accumulation_dtype(dtype) if len(terms) > 1 else dtype
+    (first, first_weight), rest = terms[0], terms[1:]
+    if base is None:
+        total = torch.mul(first.to(accumulate), first_weight)
+    elif accumulate != dtype:
+        total = base.to(accumulate).add_(first, alpha=first_weight)
+    else:
+        total = torch.add(base, first, alpha=first_weight)  # (a wider ``first`` widens the sum)
+    for value, weight in rest:
+        total.add_(value, alpha=weight)
+    return total.to(dtype)
 
 
 class ResidualHistory:
@@ -148,9 +178,12 @@ class ResidualHistory:
             updated in place; a new one by default.
 
     Attributes:
-        slots: Newest-first residuals, each a tuple of ``(batch, ...)`` stream tensors.
-        slot_times: ``(batch,)`` float64 time of each slot's residual, per row.
-        counts: ``(batch,)`` how many slots hold a residual of each row.
+        slots: Newest-first residuals, each a tuple of ``(batch, ...)`` stream tensors, on the device and in the
+            dtype of the hidden states.
+        slot_times: ``(batch,)`` float64 time of each slot's residual, per row (on the host).
+        counts: ``(batch,)`` how many slots hold a residual of each row (on the host).
+
+    Row indices (``rows``) are host tensors; they index the slots through :func:`~runtime.devices.to_device`.
     """
 
     def __init__(self, depth: int, batch: int, counts: torch.Tensor | None = None) -> None:
@@ -159,7 +192,7 @@ class ResidualHistory:
         self.slots: list[Residual] = []
         self.slot_times: list[torch.Tensor] = []
         self._slot_bounds: list[float | None] = []  # see slot_bound; None until first read
-        self.counts = torch.zeros(batch, dtype=torch.int64) if counts is None else counts.zero_()
+        self.counts = torch.zeros(batch, dtype=torch.int64, device=HOST) if counts is None else counts.zero_()
         self._shared_times: list[float] | None = []  # slot times when all rows share them, else None
         self._newest_finite: torch.Tensor | None | object = _UNCHECKED  # see latest_finite
         self._last_change: torch.Tensor | None = None
@@ -182,7 +215,7 @@ class ResidualHistory:
         Computed on first read after a push (only policies that read the forecast gap need it).
         """
         if self._last_change is None:
-            change = torch.zeros(self.batch, dtype=torch.float64)
+            change = torch.zeros(self.batch, dtype=torch.float64, device=HOST)
             if len(self.slots) >= 2 and self.slots[0][0] is not None:
                 moved = relative_l1(self.slots[1][0], self.slots[0][0])  # relative to the newest
                 change = torch.where(self.counts >= 2, moved, change)
@@ -196,7 +229,7 @@ class ResidualHistory:
         if rows.numel() == self.batch:
             self.slots.insert(0, residual)
             self._slot_bounds.insert(0, None)
-            self.slot_times.insert(0, torch.full((self.batch,), float(time), dtype=torch.float64))
+            self.slot_times.insert(0, torch.full((self.batch,), float(time), dtype=torch.float64, device=HOST))
             if self._shared_times is not None:
                 self._shared_times.insert(0, float(time))
                 del self._shared_times[self.depth :]
@@ -218,7 +251,10 @@ class ResidualHistory:
     def latest(self, rows: torch.Tensor, copy: bool = True) -> Residual:
         """The most recent residual of ``rows``; ``copy=False`` may return the stored tensors themselves."""
         everyone = rows.numel() == self.batch and not copy
-        return tuple(None if s is None else _take(s, rows, everyone) for s in self._newest())
+        newest = self._newest()
+        if not everyone:
+            rows = to_device(rows, next(r for r in newest if r is not None))
+        return tuple(None if s is None else _take(s, rows, everyone) for s in newest)
 
     def shared_points(self, order: int) -> list[float] | None:
         """Times of the slots a forecast of ``order`` uses (order 0: a reuse), when every row shares them.
@@ -255,6 +291,8 @@ class ResidualHistory:
                 so that a forecast group output costs one new tensor instead of two.
         """
         everyone = rows.numel() == self.batch
+        if not everyone:  # one copy of the index to the slots' device for all of them
+            rows = to_device(rows, next(r for r in self._newest() if r is not None))
         result = []
         for stream in range(len(self._newest())):
             if self.slots[0][stream] is None or (base is not None and base[stream] is None):
@@ -265,13 +303,17 @@ class ResidualHistory:
             if not isinstance(weights, torch.Tensor):
                 result.append(weighted_sum(values, weights, base=start))
                 continue
+            # per-row weights: accumulated in at least float32, like weighted_sum
+            dtype = start.dtype if start is not None else values[0].dtype
+            row_weights = weights.to(device=values[0].device, dtype=accumulation_dtype(dtype), non_blocking=True)
             total = start
-            for k, (weight, value) in enumerate(zip(weights, values, strict=True)):
-                weight = weight.to(value.dtype).reshape(-1, *([1] * (value.ndim - 1)))
+            for k, value in enumerate(values):
+                weight = row_weights[k].reshape(-1, *([1] * (value.ndim - 1)))
                 if total is None:
                     total = weight * value
                 else:
                     total = torch.addcmul(total, weight, value) if k == 0 else total.addcmul_(weight, value)
+            total = total.to(dtype)
             result.append(total)
         return tuple(result)
 
@@ -329,20 +371,23 @@ class ResidualHistory:
 
     def _push_rows(self, rows: torch.Tensor, residual: Residual, time: float) -> None:
         new_slots, new_times = [], []
+        device_rows = to_device(rows, next(r for r in residual if r is not None))
         for k in range(min(len(self.slots) + 1, self.depth)):
-            source = residual if k == 0 else tuple(None if s is None else s[rows] for s in self.slots[k - 1])
+            source = residual
+            if k > 0:
+                source = tuple(None if s is None else s.index_select(0, device_rows) for s in self.slots[k - 1])
             if k < len(self.slots):
                 base, base_times = self.slots[k], self.slot_times[k]
             else:
                 base = tuple(None if r is None else r.new_zeros((self.batch, *r.shape[1:])) for r in residual)
-                base_times = torch.zeros(self.batch, dtype=torch.float64)
+                base_times = torch.zeros(self.batch, dtype=torch.float64, device=HOST)
             new_slots.append(
                 tuple(
-                    None if b is None or s is None else b.index_copy(0, rows, s.to(b.dtype))
+                    None if b is None or s is None else b.index_copy(0, device_rows, s.to(b.dtype))
                     for b, s in zip(base, source, strict=True)
                 )
             )
-            source_times = torch.full((rows.numel(),), float(time), dtype=torch.float64)
+            source_times = torch.full((rows.numel(),), float(time), dtype=torch.float64, device=HOST)
             if k > 0:
                 source_times = self.slot_times[k - 1][rows]
             new_times.append(base_times.index_copy(0, rows, source_times))
@@ -360,16 +405,33 @@ class ResidualHistory:
 
 
 def finite_row_mask(residual: Residual) -> torch.Tensor | None:
-    """``None`` when every value is finite (one sum per stream), else a per-row finiteness mask."""
+    """``None`` when every value is finite (one sum per stream, one copy to the host), else a per-row finiteness mask
+    on the host."""
     streams = [r for r in residual if r is not None]
     # A sum is finite only if every term is (an overflowing sum of finite values merely takes the slow path).
-    if all(math.isfinite(r.sum().item()) for r in streams):
+    sums = torch.stack([r.sum(dtype=accumulation_dtype(r.dtype)) for r in streams])
+    if all(math.isfinite(value) for value in sums.tolist()):
         return None
-    finite = torch.ones(streams[0].shape[0], dtype=torch.bool)
+    finite = torch.ones(streams[0].shape[0], dtype=torch.bool, device=streams[0].device)
     for stream in streams:
         finite &= torch.isfinite(stream).flatten(1).all(dim=1)
-    return finite
+    return finite.to(HOST)
+
+
+def read_slot_bounds(histories: list[ResidualHistory], count: int) -> None:
+    """Computes the unknown magnitude bounds of the newest ``count`` slots of several histories with one copy to the
+    host, instead of one per slot (see :meth:`ResidualHistory.slot_bound`)."""
+    missing = [
+        (history, k)
+        for history in histories
+        for k in range(min(count, len(history.slots)))
+        if history._slot_bounds[k] is None
+    ]
+    if missing:
+        for (history, k), bound in zip(missing, magnitude_bounds([h.slots[k] for h, k in missing]), strict=True):
+            history._slot_bounds[k] = bound
 
 
 def _take(tensor: torch.Tensor, rows: torch.Tensor, everyone: bool) -> torch.Tensor:
-    return tensor if everyone else tensor[rows]
+    """``tensor[rows]`` (host ``rows``, copied to ``tensor``'s device), or ``tensor`` itself for every row."""
+    return tensor if everyone else tensor[to_device(rows, tensor)]

@@ -144,12 +144,13 @@ class BlockHook(ModelHook):
         elif compute_rows.numel() == 0:
             out_hidden, out_encoder = hidden, encoder
         else:
-            sub_args, sub_kwargs = select_rows(args, kwargs, compute_rows, rows)
+            device_rows = state.decision.compute_rows_on(self.group, hidden)
+            sub_args, sub_kwargs = select_rows(args, kwargs, device_rows, rows)
             sub_hidden, sub_encoder = split_block_output(metadata, self._compute(sub_args, sub_kwargs, rows))
-            out_hidden = hidden.index_copy(0, compute_rows, sub_hidden)
+            out_hidden = hidden.index_copy(0, device_rows, sub_hidden)
             out_encoder = None
             if encoder is not None and sub_encoder is not None:
-                out_encoder = encoder.index_copy(0, compute_rows, sub_encoder)
+                out_encoder = encoder.index_copy(0, device_rows, sub_encoder)
 
         if self.is_tail and compute_rows.numel() > 0:
             engine.store_residual(state, self.group, compute_rows, out_hidden, out_encoder)

@@ -6,6 +6,8 @@ from enum import Enum
 
 import torch
 
+from .devices import HOST
+
 
 class CfgLayout(str, Enum):
     """Order of batch-concatenated classifier-free-guidance halves.
@@ -95,7 +97,7 @@ def samples_in(layout: CfgLayout, rows: int) -> int:
 
 def sample_of_row(layout: CfgLayout, rows: int) -> torch.Tensor:
     """``(rows,)`` index of the sample each row belongs to."""
-    return torch.arange(rows) % samples_in(layout, rows)
+    return torch.arange(rows, device=HOST) % samples_in(layout, rows)
 
 
 def signal_rows(layout: CfgLayout, rows: int) -> slice:

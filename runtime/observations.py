@@ -45,12 +45,15 @@ from typing import Any
 import torch
 
 from .actions import NUM_ACTIONS, Action
-from .forecast import relative_l1
+from .devices import HOST, to_host
+from .forecast import device_relative_l1, relative_l1
 from .state import GenerationState
 
 CHANGE_CAP = 4.0
 SINCE_COMPUTE_SCALE = 16.0
-_RESIDUALS_NEEDED = torch.tensor([{Action.COMPUTE: 0, Action.REUSE: 1, Action.FORECAST: 2}[a] for a in Action])
+_RESIDUALS_NEEDED = torch.tensor(
+    [{Action.COMPUTE: 0, Action.REUSE: 1, Action.FORECAST: 2}[a] for a in Action], device=HOST
+)
 _MOST_RESIDUALS_NEEDED = int(_RESIDUALS_NEEDED.max())
 
 
@@ -282,7 +285,7 @@ def build_observation(
         group.history.full and group.history.depth >= _MOST_RESIDUALS_NEEDED for group in state.groups
     )
     if every_action_possible:
-        mask = torch.ones(samples, num_groups, NUM_ACTIONS, dtype=torch.bool)
+        mask = torch.ones(samples, num_groups, NUM_ACTIONS, dtype=torch.bool, device=HOST)
     else:
         mask = state.residual_counts[rows].unsqueeze(-1) >= _RESIDUALS_NEEDED
     since = state.since_compute[rows]  # a view: values are read only inside act(), before the table changes
@@ -290,7 +293,7 @@ def build_observation(
 
     def change(name: str, current: torch.Tensor | None, reference: torch.Tensor | None) -> torch.Tensor:
         if first_step or current is None or reference is None:
-            return torch.zeros(samples, dtype=torch.float64)
+            return torch.zeros(samples, dtype=torch.float64, device=HOST)
         return relative_l1(current[rows], reference[rows], scale=state.reference_scale(name))
 
     def input_change() -> torch.Tensor:
@@ -334,7 +337,7 @@ def build_observation(
         if name == "forecast_gap":
             if state.probe_residual is None:
                 return 0.0
-            return torch.stack([_forecast_gap(state, g, rows, samples) for g in range(num_groups)], dim=1)
+            return _forecast_gaps(state, rows, samples)
         if name == "time_since_compute":
             return torch.stack([_time_since_compute(state, g, rows, samples) for g in range(num_groups)], dim=1)
         if name == "residual_change":
@@ -346,7 +349,7 @@ def build_observation(
         raise ValueError(f"Unknown observation feature {name!r}.")
 
     def features() -> torch.Tensor:
-        vector = torch.empty(samples, len(names), dtype=torch.float64)
+        vector = torch.empty(samples, len(names), dtype=torch.float64, device=HOST)
         for name, columns, groups in _column_layout(names):
             value = column_values(name)
             if isinstance(value, torch.Tensor) and groups is not None:
@@ -390,7 +393,7 @@ def _time_since_compute(state: GenerationState, group_index: int, rows: slice, s
     """Diffusion time since the group's last compute, per sample (0 before it has computed)."""
     history = state.groups[group_index].history
     if not history.slot_times:
-        return torch.zeros(samples, dtype=torch.float64)
+        return torch.zeros(samples, dtype=torch.float64, device=HOST)
     elapsed = ((history.slot_times[0][rows] - state.time) / state.time_scale).clamp_(0.0, 1.0)
     return torch.where(history.counts[rows] >= 1, elapsed, torch.zeros_like(elapsed))
 
@@ -398,34 +401,41 @@ def _time_since_compute(state: GenerationState, group_index: int, rows: slice, s
 def _forecast_error(group: Any, rows: slice, samples: int) -> torch.Tensor:
     """The group's first-order forecast error measured at its last compute, per sample (0 before one)."""
     if group.forecast_error is None:
-        return torch.zeros(samples, dtype=torch.float64)
+        return torch.zeros(samples, dtype=torch.float64, device=HOST)
     return group.forecast_error[rows]
 
 
-def _forecast_gap(state: GenerationState, group_index: int, rows: slice, samples: int) -> torch.Tensor:
-    """Probe change since the group's last compute minus the change its first-order forecast extrapolates.
+def _forecast_gaps(state: GenerationState, rows: slice, samples: int) -> torch.Tensor:
+    """``(samples, groups)``: per group, the probe change since its last compute minus the change its first-order
+    forecast extrapolates.
 
     The forecast's change is ``|t - t0| / |t0 - t1| * relL1(R0, R1)`` (exact for order 1): a ratio of scalars kept
-    when the residuals were stored, so no tensor is forecast just to build the observation.
+    when the residuals were stored, so no tensor is forecast just to build the observation. The probe changes of all
+    groups come back from the device in one copy.
     """
-    group = state.groups[group_index]
-    gap = torch.zeros(samples, dtype=torch.float64)
-    if state.probe_residual is None or group.probe_at_compute is None:
-        return gap
-    history = group.history
-    counts = history.counts[rows]
-    valid = counts >= 1
-    if not bool(valid.any()):
-        return gap
-    probe_moved = relative_l1(state.probe_residual[rows], group.probe_at_compute[rows])
-    predicted_moved = torch.zeros_like(probe_moved)
-    if len(history.slot_times) >= 2:
-        newest, older = history.slot_times[0][rows], history.slot_times[1][rows]
-        span = (newest - older).abs().clamp_min(1e-12)
-        predicted_moved = (state.time - newest).abs() / span * history.last_change[rows]
-        predicted_moved = torch.where(counts >= 2, predicted_moved, torch.zeros_like(predicted_moved))
-    gap = torch.where(valid, probe_moved - predicted_moved, gap)
-    return gap.clamp(-CHANGE_CAP, CHANGE_CAP)
+    gaps = torch.zeros(samples, len(state.groups), dtype=torch.float64, device=HOST)
+    if state.probe_residual is None:
+        return gaps
+    probe = state.probe_residual[rows]
+    measured = [
+        g
+        for g, group in enumerate(state.groups)
+        if group.probe_at_compute is not None and bool((group.history.counts[rows] >= 1).any())
+    ]
+    if not measured:
+        return gaps
+    moved = torch.stack([device_relative_l1(probe, state.groups[g].probe_at_compute[rows]) for g in measured], dim=1)
+    for column, probe_moved in zip(measured, to_host(moved).unbind(1), strict=True):
+        history = state.groups[column].history
+        counts = history.counts[rows]
+        predicted_moved = torch.zeros_like(probe_moved)
+        if len(history.slot_times) >= 2:
+            newest, older = history.slot_times[0][rows], history.slot_times[1][rows]
+            span = (newest - older).abs().clamp_min(1e-12)
+            predicted_moved = (state.time - newest).abs() / span * history.last_change[rows]
+            predicted_moved = torch.where(counts >= 2, predicted_moved, torch.zeros_like(predicted_moved))
+        gaps[:, column] = torch.where(counts >= 1, probe_moved - predicted_moved, 0.0)
+    return gaps.clamp_(-CHANGE_CAP, CHANGE_CAP)
 
 
 def _checked_budgets(budgets: torch.Tensor, samples: int) -> torch.Tensor:

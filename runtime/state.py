@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from diffusers.hooks.hooks import BaseState, StateManager
 
+from .devices import HOST, to_device
 from .forecast import ResidualHistory, l1_scale
 from .layout import CfgLayout, sample_of_row, samples_in, signal_rows
 
@@ -27,6 +28,9 @@ class StepDecision:
         shared: The action of each group when every row takes the same, else ``None``.
         passes_through: Per group, whether an earlier group already applied its cached residual (as part of a
             span, see ``CacheEngine.apply_cached``), so that its input passes through unchanged.
+
+    Actions and row indices are host tensors (the engine's bookkeeping reads them); :meth:`compute_rows_on` gives
+    the index on the hidden states' device.
     """
 
     row_actions: torch.Tensor
@@ -36,6 +40,16 @@ class StepDecision:
     forecast_rows: list[torch.Tensor]
     shared: list[int] | None = None
     passes_through: list[bool] = field(default_factory=list)
+    _device_compute_rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    def compute_rows_on(self, group: int, like: torch.Tensor) -> torch.Tensor:
+        """``compute_rows[group]`` on ``like``'s device, copied there once per step (every block of the group
+        gathers and scatters with it); copied again if the engine replaced the index (a fallback)."""
+        rows = self.compute_rows[group]
+        kept = self._device_compute_rows.get(group)
+        if kept is None or kept[0] is not rows or kept[1].device != like.device:
+            kept = self._device_compute_rows[group] = (rows, to_device(rows, like))
+        return kept[1]
 
 
 @dataclass
@@ -81,6 +95,9 @@ class GroupState:
 class GenerationState(BaseState):
     """Everything the engine remembers within one generation of one cache context.
 
+    Activations (inputs, residuals, references) are on the hidden states' device and in their dtype; the ``(rows,)``
+    and ``(rows, groups)`` tables, the FLOPs and the times are on the host (see ``runtime.devices``).
+
     Attributes:
         step_index: Denoising steps seen in this generation (the current one included), 0 before any.
         time: Diffusion time the transformer received at the current step.
@@ -88,6 +105,7 @@ class GenerationState(BaseState):
         time_scale: What the time is divided by to lie in [0, 1] (1000 for timesteps, 1 for sigmas).
         rows: Batch rows; ``shape``: hidden-state shape without the batch; ``layout``: how rows pair into samples.
         row_samples: ``(rows,)`` sample index of each row.
+
         first_input: First block's input at the current step.
         previous_first_input: First block's input at the previous step.
         probe_residual: Output of the probe blocks minus their input at the current step.
@@ -141,10 +159,10 @@ class GenerationState(BaseState):
         self.rows = rows
         self.layout = layout
         self.row_samples = sample_of_row(layout, rows)
-        self.spent_flops = torch.zeros(rows, dtype=torch.float64)
+        self.spent_flops = torch.zeros(rows, dtype=torch.float64, device=HOST)
         self.full_flops = 0.0
-        self.since_compute = torch.zeros(rows, num_groups, dtype=torch.int64)
-        self.residual_counts = torch.zeros(rows, num_groups, dtype=torch.int64)
+        self.since_compute = torch.zeros(rows, num_groups, dtype=torch.int64, device=HOST)
+        self.residual_counts = torch.zeros(rows, num_groups, dtype=torch.int64, device=HOST)
         self.groups = [
             GroupState(
                 ResidualHistory(history_depth, rows, counts=self.residual_counts[:, g]), self.since_compute[:, g]

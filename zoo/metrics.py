@@ -1,8 +1,9 @@
 """Image-quality metrics for comparing cached against uncached generations, and for scoring the zoo's models.
 
-All image inputs are torch tensors of shape (B, C, H, W) with values in [0, 1]; videos (B, F, C, H, W) are scored
-frame by frame, averaged per video. Per-image metrics return a tensor of shape (B,), computed in float64 and
-returned as float32; report their mean.
+All image inputs are torch tensors of shape (B, C, H, W) with values in [0, 1], of any floating dtype (bfloat16 and
+float16 included) and on any device; videos (B, F, C, H, W) are scored frame by frame, averaged per video.
+:func:`psnr` and :func:`ssim` compute in float64 and return float32. Per-image metrics return a tensor of shape (B,);
+report their mean.
 
 * :func:`psnr` — peak signal-to-noise ratio with data range 1 (``inf`` for identical images).
 * :func:`ssim` — structural similarity with a Gaussian window (σ = 1.5) and the standard constants
@@ -66,7 +67,7 @@ def ssim(x: torch.Tensor, ref: torch.Tensor, window_size: int = 7, sigma: float 
     if window_size > min(x.shape[-2:]):
         raise ValueError(f"window_size {window_size} exceeds the image size {tuple(x.shape[-2:])}; use a smaller one.")
     channels = x.shape[1]
-    window = _gaussian_window(window_size, sigma, channels)
+    window = _gaussian_window(window_size, sigma, channels).to(x.device)
     a, b = x.double(), ref.double()
 
     def blur(t: torch.Tensor) -> torch.Tensor:
