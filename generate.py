@@ -5,21 +5,25 @@ Examples:
     python generate.py --model mini-dit-digits --policy runs/my-run/policy.safetensors --budget 0.25
     python generate.py --model mini-flow-digits --classes 0,1,2,3 --seeds 2
     python generate.py --model facebook/DiT-XL-2-256 --policy taylorseer:4 --classes 207,360 --out dit.png
+    python generate.py --model PixArt-alpha/PixArt-Sigma-XL-2-1024-MS --policy runs/pixart/policy.safetensors \
+        --prompt "a red fox in the snow" --device cuda --dtype bfloat16
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import yaml
 from matplotlib.figure import Figure
 
 from agents.evaluation import evaluate_policy, timed_generation, trained_scheduler_notice, trained_steps_notice
 from agents.plots import image_grid
-from envs.pipelines import prepare_pipeline
+from envs.conditions import condition_label, read_prompts
+from envs.config import ConfigError
+from envs.pipelines import DTYPES, Sampler, prepare_pipeline
 from policies import FORA, DeltaDiT, FirstBlockThreshold, Policy, PolicyFormatError, TaylorSeer, load_policy
 
 POLICIES = Path(__file__).resolve().parent / "assets" / "policies"
@@ -118,8 +122,19 @@ def main(argv: list[str] | None = None) -> int:
         default=0.3,
         help="target compute fraction in (0, 1], the speed knob of a learned policy (default: %(default)s)",
     )
-    parser.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9", help="class labels to draw (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, default=1, help="samples per class (default: %(default)s)")
+    parser.add_argument("--classes", help="class labels to draw (default: 0,1,...,9) for a class-conditional model")
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for more) for a text model")
+    parser.add_argument("--prompts", type=Path, help="a prompt file (.txt one a line, or a YAML list)")
+    parser.add_argument("--negative-prompt", help="negative prompt under guidance (default: the empty prompt)")
+    parser.add_argument("--device", default="cpu", help="where the pipeline runs: cpu (default), cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="float32", help="weights' dtype: float32 (default), bfloat16, float16")
+    parser.add_argument(
+        "--pipeline-kwargs",
+        default="{}",
+        metavar="YAML",
+        help='extra pipeline call arguments as a YAML mapping, e.g. "{height: 512, width: 512}"',
+    )
+    parser.add_argument("--seeds", type=int, default=1, help="samples per class or prompt (default: %(default)s)")
     parser.add_argument("--first-seed", type=int, default=1_000_000, help="seed of the first sample")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's: 50 DiT, 28 flow)")
     parser.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")
@@ -130,7 +145,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if not 0.0 < args.budget <= 1.0:
         parser.error(f"--budget {args.budget}: a compute fraction must lie in (0, 1].")
-    classes = parse_list(args.classes, "--classes")
+    if args.dtype not in DTYPES:
+        parser.error(f"--dtype {args.dtype}: use one of {', '.join(DTYPES)}.")
+    call_kwargs = yaml.safe_load(args.pipeline_kwargs)
+    if not isinstance(call_kwargs, dict):
+        parser.error(f"--pipeline-kwargs {args.pipeline_kwargs!r}: give a YAML mapping, e.g. '{{height: 512}}'.")
+    prompts = list(args.prompt)
+    if args.prompts is not None:
+        try:
+            prompts += read_prompts(str(args.prompts), "--prompts")
+        except ConfigError as error:
+            parser.error(str(error))
+    if prompts and args.classes is not None:
+        parser.error("--classes and --prompt: give prompts for a text model or classes for a class-conditional one.")
+    classes = parse_list(args.classes or "0,1,2,3,4,5,6,7,8,9", "--classes")
     if not classes:
         parser.error("--classes: give at least one class label, e.g. 0,1,2.")
     for flag, value in (("--seeds", args.seeds), ("--steps", args.steps)):
@@ -139,25 +167,39 @@ def main(argv: list[str] | None = None) -> int:
     check_output(args.out, parser)
     policy, policy_name = resolve_policy(args, parser)
     learned = bool(getattr(policy, "budget_conditioned", False))
-    conditions = [c for c in classes for _ in range(args.seeds)]
-    seeds = [args.first_seed + i for i in range(len(conditions))]
     try:
-        pipe = prepare_pipeline(args.model)
+        pipe = prepare_pipeline(args.model, device=args.device, dtype=args.dtype)
     except (FileNotFoundError, ValueError, OSError) as error:  # unknown model, or no weights and no network
         parser.exit(1, f"{parser.prog}: error: --model {args.model}: {str(error).splitlines()[0]}\n")
+    try:
+        sampler = Sampler(pipe, call_kwargs=call_kwargs, negative_prompt=args.negative_prompt)
+    except ValueError as error:  # no family covers the pipeline
+        parser.error(f"--model {args.model}: {error}")
+    if sampler.family.takes_prompts:
+        if not prompts:
+            parser.error(
+                f'--prompt: {args.model} ({sampler.family.name}) is conditioned on text; give --prompt "..." '
+                "(repeat for more) or --prompts FILE" + (", not --classes." if args.classes is not None else ".")
+            )
+        chosen: list = prompts
+    else:
+        if prompts:
+            parser.error(f"--prompt: {args.model} ({sampler.family.name}) takes class labels; give --classes.")
+        chosen = classes
+    conditions = [c for c in chosen for _ in range(args.seeds)]
+    seeds = [args.first_seed + i for i in range(len(conditions))]
     num_classes = getattr(pipe, "num_classes", None)
     if num_classes is not None and not all(0 <= c < num_classes for c in classes):
-        parser.error(f"--classes {args.classes}: {args.model} draws classes 0..{num_classes - 1}.")
-    defaults = inspect.signature(pipe.__call__).parameters
-    steps = args.steps or defaults["num_inference_steps"].default
-    guidance = args.guidance if args.guidance is not None else defaults["guidance_scale"].default
+        parser.error(f"--classes {','.join(map(str, classes))}: {args.model} draws classes 0..{num_classes - 1}.")
+    steps = args.steps or sampler.default("num_inference_steps")
+    guidance = args.guidance if args.guidance is not None else sampler.default("guidance_scale")
 
-    for notice in (trained_steps_notice(policy, steps), trained_scheduler_notice(policy, pipe.scheduler)):
+    for notice in (trained_steps_notice(policy, steps), trained_scheduler_notice(policy, sampler.scheduler)):
         if notice is not None:
             print(f"notice: {notice}")
-    reference = timed_generation(pipe, conditions, seeds, steps, guidance)
+    reference = timed_generation(sampler, conditions, seeds, steps, guidance)
     (point,) = evaluate_policy(
-        pipe,
+        sampler,
         policy,
         conditions=conditions,
         seeds=seeds,
@@ -175,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = image_grid(
         [reference[0], point.images],
         ["uncached", f"cached\n{point.flops_speedup:.1f}x"],
-        [str(c) for c in conditions],
+        [condition_label(c, 16) for c in conditions],
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plt.imsave(args.out, grid)

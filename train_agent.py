@@ -5,20 +5,33 @@ Examples:
     python train_agent.py --config configs/default.yaml --set agent.total_timesteps=50000 --set env.groups=4
     python train_agent.py --resume runs/mini-dit-digits-20260101-120000
     python train_agent.py --wandb-mode disabled --out runs/try
+    python train_agent.py --model PixArt-alpha/PixArt-Sigma-XL-2-1024-MS --prompts prompts.txt --device cuda \
+        --dtype bfloat16
+
+--model, --prompts, --device and --dtype set env.model, env.prompts, env.device and env.dtype (as --set would).
+With --model, the denoising steps and guidance scale are the pipeline's defaults unless the config file or --set
+names them. One --prompts file is split into training, validation and test prompts by the SHA-256 of each prompt's
+text: 10% (at least one) test, 10% (at least one) validation, the rest training; give the splits yourself with
+--set env.prompts="{train: a.txt, eval: b.txt, test: c.txt}".
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from agents.checkpoints import read_state
 from agents.config import ConfigError, load_config  # noqa: F401 (load_config is part of the CLI module API)
 from agents.outputs import output_folder_problem
 from agents.training import CHECKPOINTS, CONFIG_FILE, Trainer
+from envs.config import DTYPES
+from envs.pipelines import call_defaults, check_conditioning
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 RESUMABLE_FIELDS = ("agent.total_timesteps",)
@@ -41,7 +54,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="W&B mode (default: WANDB_MODE, else online when logged in, otherwise offline)",
     )
     parser.add_argument("--out", type=Path, help="run folder (default: runs/<model>-<date>-<time>)")
+    parser.add_argument("--model", help="shipped name, pipeline folder or hub id (env.model)")
+    parser.add_argument("--prompts", type=Path, help="prompt file of a text model: .txt one a line, or a YAML list")
+    parser.add_argument("--device", help="where the pipeline runs: cpu (default), cuda, cuda:1, ... (env.device)")
+    parser.add_argument("--dtype", help="weights' dtype: float32 (default), bfloat16 or float16 (env.dtype)")
     return parser.parse_args(argv)
+
+
+def flag_overrides(args: argparse.Namespace, config_path: Path) -> list[str]:
+    """``--set`` overrides of the ``--model``, ``--prompts``, ``--device`` and ``--dtype`` flags.
+
+    With ``--model``, the steps and guidance scale default to the pipeline's own unless a ``--set`` or a config file
+    other than the default one (which is the shipped model's) gives them.
+
+    Raises:
+        ConfigError: For a prompt file that does not exist or an unknown dtype.
+    """
+    overrides = []
+    if args.model is not None:
+        overrides.append(f"env.model={json.dumps(args.model)}")
+        named = {override.split("=", 1)[0].strip() for override in args.set}
+        written = {}
+        if config_path.resolve() != DEFAULT_CONFIG.resolve() and config_path.is_file():
+            written = (yaml.safe_load(config_path.read_text()) or {}).get("env") or {}
+        for key, value in call_defaults(args.model).items():
+            if f"env.{key}" in named or key in written:
+                continue
+            overrides.append(f"env.{key}={json.dumps(value)}")
+            if key == "num_inference_steps" and "agent.n_steps" not in named:
+                overrides.append(f"agent.n_steps={int(value)}")  # whole episodes per rollout
+    if args.prompts is not None:
+        if not args.prompts.is_file():
+            raise ConfigError(f"--prompts {args.prompts}: no such file; give a .txt file with one prompt a line.")
+        overrides.append(f"env.prompts={json.dumps(str(args.prompts.resolve()))}")
+    if args.device is not None:
+        overrides.append(f"env.device={json.dumps(args.device)}")
+    if args.dtype is not None:
+        if args.dtype not in DTYPES:
+            raise ConfigError(f"--dtype {args.dtype}: use one of {', '.join(DTYPES)}.")
+        overrides.append(f"env.dtype={json.dumps(args.dtype)}")
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
             if not config_path.is_file():
                 raise ConfigError(f"--resume {args.resume}: no {CONFIG_FILE} there; is it a training run folder?")
             check_resume_overrides(args.set)
+            if any(value is not None for value in (args.model, args.prompts, args.device, args.dtype)):
+                raise ConfigError(
+                    "--model, --prompts, --device and --dtype cannot change on --resume: the run keeps its own "
+                    "(see its config.yaml); start a new run to change them."
+                )
             if read_state(args.resume / CHECKPOINTS) is None:
                 raise ConfigError(
                     f"--resume {args.resume}: no complete checkpoint yet (the first one is written after the warm "
@@ -63,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(config_path, args.set)
             run_dir = args.resume
         else:
-            config = load_config(args.config, args.set)
+            config = load_config(args.config, [*args.set, *flag_overrides(args, args.config)])
             run_dir = (
                 args.out or Path("runs") / f"{config.env.model.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
             )
@@ -72,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"--out {run_dir} already holds a training run; continue it with --resume {run_dir}, or choose "
                     "another --out (nothing was changed)."
                 )
+            check_conditioning(config.env)
             problem = output_folder_problem(run_dir)
             if problem is not None:
                 raise ConfigError(f"--out {run_dir}: {problem}; give a folder for the run (nothing was changed).")
@@ -86,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"policy: {result.policy_path}")
     print(f"static schedule: {result.schedule_path}")
-    print("validation (held-out classes and seeds; it picked the exported checkpoint):")
+    print("validation (held-out conditions and seeds; it picked the exported checkpoint):")
     for point in result.points:
         budget = "policy" if point.budget is None else f"budget {point.budget:.2f}"
         accuracy = "" if point.class_acc is None else f", class accuracy {100 * point.class_acc:.0f}%"

@@ -92,7 +92,7 @@ def trained_scheduler_notice(policy: Any, scheduler: Any) -> str | None:
 
 
 def timed_generation(
-    pipe: Any, conditions: Sequence[int], seeds: Sequence[int], steps: int, guidance: float
+    pipe: Any, conditions: Sequence[int | str], seeds: Sequence[int], steps: int, guidance: float
 ) -> tuple[torch.Tensor, float]:
     """Generates and returns ``(images, seconds)``."""
     started = time.perf_counter()
@@ -109,9 +109,9 @@ def fidelity(images: torch.Tensor, reference: torch.Tensor, psnr_cap: float = 60
     return float(psnr_values.mean()), float(ssim(images, reference).mean())
 
 
-def class_accuracy(images: torch.Tensor, conditions: Sequence[int]) -> float | None:
-    """Digits-classifier accuracy on 16×16 single-channel images, or ``None`` for other images."""
-    if images.shape[1:] != (1, 16, 16):
+def class_accuracy(images: torch.Tensor, conditions: Sequence[int | str]) -> float | None:
+    """Digits-classifier accuracy on 16×16 single-channel images of class labels, or ``None`` for other images."""
+    if images.shape[1:] != (1, 16, 16) or any(isinstance(c, str) for c in conditions):
         return None
     from zoo.metrics import class_accuracy as digits_accuracy
 
@@ -122,7 +122,7 @@ def evaluate_policy(
     pipe: Any,
     policy: Any,
     *,
-    conditions: Sequence[int],
+    conditions: Sequence[int | str],
     seeds: Sequence[int],
     steps: int,
     guidance: float,
@@ -135,7 +135,7 @@ def evaluate_policy(
     """Runs ``policy`` through the engine in ``pipe`` at each budget and compares with the uncached pipeline.
 
     Args:
-        pipe: A pipeline without a cache engine on its transformer.
+        pipe: A pipeline or ``envs.pipelines.Sampler`` without a cache engine on its transformer.
         policy: A policy object or the path of an exported policy.
         conditions / seeds: One generation per pair, all in one batch.
         steps / guidance: Sampling settings.

@@ -15,7 +15,9 @@ import torch  # noqa: E402
 def image_grid(
     rows: Sequence[torch.Tensor], row_labels: Sequence[str], column_labels: Sequence[str] = ()
 ) -> np.ndarray:
-    """Draws rows of images (each ``(N, C, H, W)`` in [0, 1]) with a label per row; returns an RGB array."""
+    """Draws rows of images (each ``(N, C, H, W)`` in [0, 1]; of videos ``(N, F, C, H, W)`` the middle frame) with a
+    label per row; returns an RGB array."""
+    rows = [images[:, images.shape[1] // 2] if images.ndim == 5 else images for images in rows]
     count = rows[0].shape[0]
     figure, axes = plt.subplots(len(rows), count, figsize=(1.1 * count + 1.2, 1.2 * len(rows)), squeeze=False)
     for r, (images, label) in enumerate(zip(rows, row_labels, strict=True)):

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 import runtime
-from envs.pipelines import generate, prepare_pipeline
+from envs.config import EnvConfig
+from envs.pipelines import generate, make_sampler, prepare_pipeline
 from policies import Policy
 from runtime import Action, Observation
 from zoo.metrics import capped_psnr
@@ -65,8 +66,9 @@ class ScheduleSearch:
     """Evaluates and searches static schedules on a fixed set of samples.
 
     Args:
-        pipe: A class-conditional pipeline (its transformer gets hooked for each evaluation and unhooked after).
-        conditions: One class per search sample.
+        pipe: A pipeline or ``envs.pipelines.Sampler`` (its transformer gets hooked for each evaluation and unhooked
+            after).
+        conditions: One condition (class label or prompt) per search sample.
         seeds: One seed per search sample.
         steps: Denoising steps.
         guidance: Classifier-free guidance scale.
@@ -78,7 +80,7 @@ class ScheduleSearch:
     def __init__(
         self,
         pipe: Any,
-        conditions: Sequence[int],
+        conditions: Sequence[int | str],
         seeds: Sequence[int],
         steps: int,
         guidance: float,
@@ -305,11 +307,16 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)  # the training process is gone (e.g. killed): stop searching for it
 
 
-def _start_worker(parent: int, model: str, scheduler: str, arguments: dict[str, Any]) -> None:
+def _start_worker(
+    parent: int, model: str, scheduler: str, arguments: dict[str, Any], env_config: EnvConfig | None = None
+) -> None:
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(1)  # one process per core beats two threads on these small batches
     diffusers.utils.logging.set_verbosity_error()
-    _WORKER["search"] = ScheduleSearch(prepare_pipeline(model, scheduler), **arguments)
+    pipe = (
+        make_sampler(env_config, scheduler=scheduler) if env_config is not None else prepare_pipeline(model, scheduler)
+    )
+    _WORKER["search"] = ScheduleSearch(pipe, **arguments)
 
 
 def _search_in_worker(budget: float, options: dict[str, Any], per_sample: bool) -> SearchResult | list[SearchResult]:
@@ -323,7 +330,7 @@ def search_schedules(
     budgets: Sequence[float],
     *,
     scheduler: str = "default",
-    conditions: Sequence[int],
+    conditions: Sequence[int | str],
     seeds: Sequence[int],
     steps: int,
     guidance: float,
@@ -334,6 +341,7 @@ def search_schedules(
     pipe: Any = None,
     log: Callable[[str], None] | None = None,
     per_sample: bool = False,
+    env_config: EnvConfig | None = None,
 ) -> list[SearchResult] | list[list[SearchResult]]:
     """Searches one schedule per budget, in ``workers`` processes (one torch thread each) when above 1.
 
@@ -349,6 +357,8 @@ def search_schedules(
         pipe: An unhooked pipeline to search in when ``workers == 1``.
         log: Progress lines (worker processes print theirs).
         per_sample: Search a schedule for each sample on its own (:meth:`ScheduleSearch.search_per_sample`).
+        env_config: The environment configuration the worker processes build their sampler from (prompts, device,
+            dtype, call arguments); ``None``: ``model`` and ``scheduler`` only.
 
     Returns:
         One result per budget, in the order given; with ``per_sample``, one list of per-sample results per budget.
@@ -362,12 +372,21 @@ def search_schedules(
     }
     options = {"sweeps": sweeps, "per_group": per_group}
     if workers <= 1:
-        search = ScheduleSearch(pipe if pipe is not None else prepare_pipeline(model, scheduler), **arguments)
+        if pipe is None:
+            pipe = (
+                make_sampler(env_config, scheduler=scheduler)
+                if env_config is not None
+                else prepare_pipeline(model, scheduler)
+            )
+        search = ScheduleSearch(pipe, **arguments)
         method = search.search_per_sample if per_sample else search.search
         return [method(budget, **options, log=log) for budget in budgets]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(), model, scheduler, arguments)
+        workers,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(os.getpid(), model, scheduler, arguments, env_config),
     ) as pool:
         # Larger budgets have more computed cells to move: start them first.
         order = sorted(range(len(budgets)), key=lambda i: -budgets[i])

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 import runtime
 from envs import CacheScheduleVecEnv
-from envs.pipelines import prepare_pipeline
+from envs.conditions import condition_label
+from envs.pipelines import make_sampler
 from envs.sampling import SamplingSetting, default_setting
 from envs.schedulers import SchedulerSwitch
 from policies import ActionRecorder, LearnedPolicy, export_policy, export_schedule, from_sb3
@@ -133,8 +134,8 @@ class Trainer:
             )
         )
 
-        self.eval_pipe = prepare_pipeline(config.env.model)
-        self.eval_schedulers = SchedulerSwitch(self.eval_pipe)
+        self.eval_pipe = make_sampler(config.env, scheduler="default")  # unhooked: evaluation attaches its own engine
+        self.eval_schedulers = SchedulerSwitch(self.eval_pipe.pipe)
         self.eval_conditions, self.eval_seeds = self._evaluation_split()
         self.eval_settings = config.evaluation_settings()
         self.references: dict[SamplingSetting, tuple[torch.Tensor, float]] = {}
@@ -172,7 +173,7 @@ class Trainer:
         config, warm = self.config, self.config.warm_start
         env_config = config.env
         seeds_from = env_config.train_seeds[0]
-        classes = env_config.train_classes
+        classes = env_config.conditions("train")
 
         def split(first: int, count: int) -> tuple[list[int], list[int]]:
             conditions = [classes[(first + i) % len(classes)] for i in range(count)]
@@ -196,10 +197,11 @@ class Trainer:
                 engine_options=self.engine_options,
                 sweeps=warm.sweeps,
                 per_group=warm.per_group,
-                workers=warm.workers,
+                workers=warm.workers if env_config.device == "cpu" else 1,  # one model copy per accelerator
                 pipe=self.eval_pipe,
                 log=tqdm.write,
                 per_sample=per_sample,
+                env_config=env_config,
             )
         schedules = {}
         for budget, found in zip(warm.budgets, results, strict=True):
@@ -466,12 +468,16 @@ class Trainer:
                     runtime.disable_cache(self.eval_pipe.transformer)
                 rows.append(images)
                 labels.append(f"budget {point.budget}\n{point.flops_speedup:.1f}x" if point.budget else "cached")
-            figures["eval/samples"] = wandb.Image(image_grid(rows, labels, [f"class {c}" for c in conditions]))
+            figures["eval/samples"] = wandb.Image(
+                image_grid(
+                    rows, labels, [condition_label(c) if isinstance(c, str) else f"class {c}" for c in conditions]
+                )
+            )
         return figures
 
-    def _evaluation_split(self) -> tuple[list[int], list[int]]:
+    def _evaluation_split(self) -> tuple[list[int | str], list[int]]:
         env_config, count = self.config.env, self.config.eval.num_samples
-        classes = env_config.eval_classes
+        classes = env_config.conditions("eval")
         start, stop = env_config.eval_seeds
         if count > stop - start:
             raise ValueError(f"eval.num_samples={count} exceeds the {stop - start} held-out seeds of env.eval_seeds.")
@@ -556,7 +562,7 @@ def record_schedule(
     pipe: Any,
     policy: Any,
     budget: float | None,
-    conditions: list[int],
+    conditions: list[int | str],
     seeds: list[int],
     config: TrainConfig,
     engine_options: dict[str, Any],

@@ -51,7 +51,7 @@ Actor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 def record_demonstrations(
     episodes: EpisodeBatch,
     schedules: Mapping[float, np.ndarray],
-    conditions: Sequence[int],
+    conditions: Sequence[int | str],
     seeds: Sequence[int],
     budget_conditioned: bool = True,
     actor: Actor | None = None,
@@ -63,7 +63,7 @@ def record_demonstrations(
         episodes: The training environment's episode batch.
         schedules: ``budget -> (steps, groups)`` actions for every sample, or ``(samples, steps, groups)``, one
             table per sample.
-        conditions: One class per episode.
+        conditions: One condition (class label or prompt) per episode.
         seeds: One seed per episode.
         budget_conditioned: Whether the episodes are given the budget (as the environment's own episodes are).
         actor: When given, its actions are executed and the schedule's actions only recorded as labels (DAgger:

@@ -13,6 +13,8 @@ from runtime.observations import DEFAULT_FEATURES, FEATURES
 SCHEDULER_NAMES = ("default", "ddim", "dpmsolver++", "euler")
 """Scheduler names an environment accepts (``"default"``: the pipeline's own)."""
 
+DTYPES = ("float32", "bfloat16", "float16")
+
 
 class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or out of range; the message names the field."""
@@ -73,7 +75,19 @@ class EnvConfig:
         forecast_order: Taylor order of FORECAST (1 to 3).
         features: Observation features the policy reads (names of ``runtime.observations.FEATURES``; a per-group
             feature gives one column per group).
-        train_classes / eval_classes: Disjoint conditions for training and evaluation.
+        train_classes / eval_classes: Disjoint class labels for training and evaluation (class-conditional models).
+        prompts: Prompts of a text-to-image or text-to-video model: a ``.txt`` file (one a line), a YAML list file,
+            a list, or ``{train: ..., eval: ..., test: ...}`` (each a file or list; ``test`` defaults to ``eval``).
+            One file or list is split deterministically (``envs.conditions.split_prompts``: by the SHA-256 of each
+            prompt, 10% test, 10% validation, the rest training). Resolved into the three lists when the config is
+            built. ``None`` for class-conditional models.
+        negative_prompt: Negative prompt under guidance (``None``: the empty prompt).
+        pipeline_kwargs: Extra arguments of every pipeline call, e.g. ``{height: 512, width: 512}``, ``num_frames``,
+            ``true_cfg_scale`` (FLUX), ``max_sequence_length``.
+        embeddings: A ``.safetensors`` file of precomputed prompt embeddings (see ``envs.conditions.PromptEncoder``).
+        embedding_cache_dir: Folder to keep encoded prompts on disk across runs, or ``None``.
+        device: Where the pipeline runs: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        dtype: Weights' dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (metrics are float32 either way).
         train_seeds / eval_seeds: Disjoint ``[start, stop)`` seed ranges.
         budget_conditioned: Draw a target compute fraction per episode and show it to the policy.
         budget_range: ``[low, high]`` the budget is drawn from, inside (0, 1].
@@ -100,6 +114,13 @@ class EnvConfig:
     budget_range: list[float] = field(default_factory=lambda: [0.15, 0.5])
     group_rollouts: int = 1
     reference_cache_dir: str | None = None
+    prompts: str | list[str] | dict[str, Any] | None = None
+    negative_prompt: str | None = None
+    pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
+    embeddings: str | None = None
+    embedding_cache_dir: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
     reward: RewardConfig = field(default_factory=RewardConfig)
 
     def __post_init__(self) -> None:
@@ -136,6 +157,19 @@ class EnvConfig:
         low, high = self.budget_range
         if not 0.0 < low <= high <= 1.0:
             raise ConfigError(f"budget_range={self.budget_range}: need 0 < low <= high <= 1.")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype={self.dtype!r}: use one of {list(DTYPES)} (--dtype).")
+        if not isinstance(self.pipeline_kwargs, dict):
+            raise ConfigError(f"pipeline_kwargs={self.pipeline_kwargs!r}: give a mapping of call arguments.")
+        from .conditions import resolve_prompt_splits
+
+        self.prompts = resolve_prompt_splits(self.prompts, "prompts")
+
+    def conditions(self, split: str) -> list[Any]:
+        """The conditions of a split (``"train"``, ``"eval"`` or ``"test"``): its prompts, or else class labels."""
+        if self.prompts is not None:
+            return list(self.prompts[split])
+        return list(self.train_classes if split == "train" else self.eval_classes)
 
     @property
     def steps_range(self) -> tuple[int, int]:

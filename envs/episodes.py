@@ -14,8 +14,9 @@ from gymnasium import spaces
 import runtime
 from runtime.observations import feature_names, feature_of
 
+from .conditions import Condition
 from .config import EnvConfig
-from .pipelines import describe, generate, prepare_pipeline, weights_fingerprint
+from .pipelines import describe, make_sampler, weights_fingerprint
 from .references import Reference, ReferenceStore
 from .sampling import SamplingSetting, default_setting
 from .schedulers import SchedulerSwitch
@@ -45,12 +46,14 @@ class EpisodeBatch:
 
     Args:
         config: Environment configuration.
-        pipe: A loaded pipeline to use instead of loading ``config.model`` (its transformer gets the engine).
+        pipe: A loaded pipeline (or ``envs.pipelines.Sampler``) to use instead of loading ``config.model`` (its
+            transformer gets the engine).
     """
 
     def __init__(self, config: EnvConfig, pipe: Any = None) -> None:
         self.config = config
-        self.pipe = prepare_pipeline(pipe if pipe is not None else config.model)
+        self.sampler = make_sampler(config, pipe, scheduler="default")  # each batch's is set by the switch
+        self.pipe = self.sampler.pipe
         self.schedulers = SchedulerSwitch(self.pipe)
         self.bridge = BridgePolicy(config.forecast_order, feature_names(config.groups, tuple(config.features)))
         self.engine = runtime.enable_cache(
@@ -59,6 +62,7 @@ class EpisodeBatch:
             groups=config.groups,
             probe_blocks=config.probe_blocks,
             forecast_order=config.forecast_order,
+            cfg_layout=self.sampler.family.layout(config.guidance_scale),
         )
         self._weights = weights_fingerprint(self.pipe.transformer)
         self._stores: dict[SamplingSetting, ReferenceStore] = {}
@@ -80,7 +84,7 @@ class EpisodeBatch:
 
     def begin(
         self,
-        conditions: Sequence[int],
+        conditions: Sequence[Condition],
         seeds: Sequence[int],
         budgets: Sequence[float] | None,
         setting: SamplingSetting | None = None,
@@ -103,6 +107,7 @@ class EpisodeBatch:
             "step": 0,
             "steps": self.setting.steps,
         }
+        self._step_costs: list[np.ndarray] = []
         self.session = DenoisingSession(self.bridge, self._generate_cached)
         message = self.session.start()
         if not isinstance(message, Decision):
@@ -127,7 +132,7 @@ class EpisodeBatch:
         message = self.session.send(actions)
         episode, reward_config = self._episode, self.config.reward
         step = episode["step"]
-        cost = self._last_step_cost()
+        cost = self._step_costs[step]
         episode["spent"] += cost
         references: list[Reference] = episode["references"]
         latents = self.session.latents[step]
@@ -158,18 +163,26 @@ class EpisodeBatch:
     # -- internals -------------------------------------------------------------------------------------------
 
     def _last_step_cost(self) -> np.ndarray:
-        state = self.engine.current_state()
-        per_row = state.last_step_fraction
-        per_sample = torch.zeros(state.samples, dtype=torch.float64).index_add(0, state.row_samples, per_row)
-        return (per_sample / (state.rows // state.samples)).numpy()
+        """Per sample, the fraction of an uncached step's FLOPs the last step spent, over all its passes (one per
+        cache context when guidance runs as separate passes)."""
+        per_sample, rows_per_sample = None, 0
+        for state in self.engine.state_manager.states().values():
+            if state.last_step_fraction is None:
+                continue
+            spent = torch.zeros(state.samples, dtype=torch.float64).index_add(
+                0, state.row_samples, state.last_step_fraction.double().cpu()
+            )
+            per_sample = spent if per_sample is None else per_sample + spent
+            rows_per_sample += state.rows // state.samples
+        return (per_sample / rows_per_sample).numpy()
 
     def _finish(self, message: Finished) -> tuple[np.ndarray, list[dict[str, Any]]]:
         from zoo.metrics import capped_psnr, psnr, ssim
 
         episode, reward_config = self._episode, self.config.reward
         references: list[Reference] = episode["references"]
-        reference_images = torch.stack([r.image for r in references]).to(message.images.dtype)
-        images = message.images.clamp(0, 1)
+        reference_images = torch.stack([r.image for r in references]).float()
+        images = message.images.float().clamp(0, 1)
         psnr_values = psnr(images, reference_images).double()
         ssim_values = ssim(images, reference_images).double()
         capped = capped_psnr(images, reference_images, reward_config.psnr_cap).double()
@@ -200,15 +213,15 @@ class EpisodeBatch:
         self.session = None
         return terminal, infos
 
-    def _generate_cached(self, callback: Any) -> torch.Tensor:
+    def _generate_cached(self, latents: list[torch.Tensor]) -> torch.Tensor:
         episode = self._episode
-        return generate(
-            self.pipe,
+        return self.sampler(
             episode["conditions"],
             episode["seeds"],
             episode["steps"],
             self.config.guidance_scale,
-            callback,
+            latents,
+            on_step=lambda: self._step_costs.append(self._last_step_cost()),
         )
 
     def _references(self, setting: SamplingSetting) -> ReferenceStore:
@@ -221,19 +234,22 @@ class EpisodeBatch:
                 "steps": setting.steps,
                 "guidance": self.config.guidance_scale,
             }
+            config = self.config
+            if self.sampler.family.takes_prompts or config.dtype != "float32" or config.device != "cpu":
+                identity.update(
+                    call=self.sampler.call_kwargs,
+                    negative_prompt=self.sampler.negative_prompt,
+                    dtype=config.dtype,
+                    device=torch.device(config.device).type,
+                )
             generate_setting = functools.partial(self._generate_references, steps=setting.steps)
             self._stores[setting] = ReferenceStore(generate_setting, identity, self.config.reference_cache_dir)
         return self._stores[setting]
 
     def _generate_references(
-        self, conditions: Sequence[int], seeds: Sequence[int], steps: int
+        self, conditions: Sequence[Condition], seeds: Sequence[int], steps: int
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         latents: list[torch.Tensor] = []
-
-        def record(pipe: Any, step: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict:
-            latents.append(tensors["latents"].detach().clone())
-            return {}
-
         with torch.inference_mode(), self.engine.uncached():
-            images = generate(self.pipe, conditions, seeds, steps, self.config.guidance_scale, record)
+            images = self.sampler(conditions, seeds, steps, self.config.guidance_scale, latents)
         return latents, images

@@ -12,10 +12,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .conditions import Condition, condition_key
+
 
 @dataclass
 class Reference:
-    """The uncached generation of one condition and seed.
+    """The uncached generation of one condition (class label or prompt) and seed.
 
     Attributes:
         latents: ``(steps, ...)`` the pipeline's latents after each denoising step.
@@ -26,7 +28,7 @@ class Reference:
     image: torch.Tensor
 
 
-Generate = Callable[[Sequence[int], Sequence[int]], tuple[list[torch.Tensor], torch.Tensor]]
+Generate = Callable[[Sequence[Condition], Sequence[int]], tuple[list[torch.Tensor], torch.Tensor]]
 
 
 class ReferenceStore:
@@ -44,15 +46,19 @@ class ReferenceStore:
         self._generate = generate
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.folder = Path(cache_dir) / digest if cache_dir is not None else None
-        self._memory: dict[tuple[int, int], Reference] = {}
+        self._memory: dict[tuple[str, int], Reference] = {}
         self.generated = 0
 
-    def get(self, conditions: Sequence[int], seeds: Sequence[int]) -> list[Reference]:
-        """References for each ``(condition, seed)``; the missing ones are generated together in one batch."""
-        keys = [(int(c), int(s)) for c, s in zip(conditions, seeds, strict=True)]
+    def get(self, conditions: Sequence[Condition], seeds: Sequence[int]) -> list[Reference]:
+        """References for each ``(condition, seed)``; the missing ones are generated together in one batch.
+
+        A condition is identified by :func:`envs.conditions.condition_key` (a prompt by its text's hash).
+        """
+        keys = [(condition_key(c), int(s)) for c, s in zip(conditions, seeds, strict=True)]
+        given = dict(zip(keys, conditions, strict=True))
         missing = [k for k in dict.fromkeys(keys) if k not in self._memory and not self._load(k)]
         if missing:
-            latents, images = self._generate([c for c, _ in missing], [s for _, s in missing])
+            latents, images = self._generate([given[k] for k in missing], [s for _, s in missing])
             stacked = torch.stack(latents, dim=1)
             for index, key in enumerate(missing):
                 reference = Reference(stacked[index].clone(), images[index].clone())
@@ -61,17 +67,17 @@ class ReferenceStore:
             self.generated += len(missing)
         return [self._memory[k] for k in keys]
 
-    def _path(self, key: tuple[int, int]) -> Path:
-        return self.folder / f"condition{key[0]}_seed{key[1]}.safetensors"
+    def _path(self, key: tuple[str, int]) -> Path:
+        return self.folder / f"{key[0]}_seed{key[1]}.safetensors"
 
-    def _load(self, key: tuple[int, int]) -> bool:
+    def _load(self, key: tuple[str, int]) -> bool:
         if self.folder is None or not self._path(key).is_file():
             return False
         tensors = load_file(str(self._path(key)))
         self._memory[key] = Reference(tensors["latents"], tensors["image"])
         return True
 
-    def _save(self, key: tuple[int, int], reference: Reference) -> None:
+    def _save(self, key: tuple[str, int], reference: Reference) -> None:
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)

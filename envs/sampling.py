@@ -1,5 +1,5 @@
-"""Drawing an episode's condition, seed and budget from the configured train or eval split, and the step count and
-scheduler a batch of episodes is generated with."""
+"""Drawing an episode's condition (class label or prompt), seed and budget from the configured train or eval split,
+and the step count and scheduler a batch of episodes is generated with."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ OPTION_KEYS = ("condition", "seed", "budget", "split", *SETTING_KEYS)
 
 @dataclass(frozen=True)
 class EpisodeSpec:
-    """What one episode generates: ``condition`` (class label), ``seed``, and its ``budget`` (or ``None``)."""
+    """What one episode generates: ``condition`` (class label or prompt), ``seed`` and ``budget`` (or ``None``)."""
 
-    condition: int
+    condition: int | str
     seed: int
     budget: float | None
 
@@ -39,9 +39,15 @@ def draw_episode(
     split = options.get("split", split)
     if split not in SPLITS:
         raise ConfigError(f"split={split!r}: use 'train' or 'eval'.")
-    classes = config.train_classes if split == "train" else config.eval_classes
+    pool = config.conditions(split)
     start, stop = config.train_seeds if split == "train" else config.eval_seeds
-    condition = int(options["condition"]) if "condition" in options else int(rng.choice(classes))
+    if "condition" in options:
+        given = options["condition"]
+        condition = given if isinstance(given, str) else int(given)
+    elif config.prompts is not None:
+        condition = pool[int(rng.integers(len(pool)))]
+    else:
+        condition = int(rng.choice(pool))
     seed = int(options["seed"]) if "seed" in options else int(rng.integers(start, stop))
     budget = None
     if config.budget_conditioned:

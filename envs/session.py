@@ -4,6 +4,11 @@ The pipeline's own ``__call__`` runs in a worker thread with the cache engine ho
 the engine asks its policy for a step's actions, the :class:`BridgePolicy` hands the observation to the caller
 and waits for the actions, so the caller drives the denoising loop one step at a time. Exactly one of the two
 threads runs at any moment, so results are deterministic.
+
+The per-step latents are recorded from the pipeline's scheduler (``envs.pipelines.record_latents``), so any pipeline
+works, also one without ``callback_on_step_end`` (``DiTPipeline``). Pipelines that run guidance as separate passes
+of the transformer in ``cache_context`` (Wan, FLUX with true CFG) ask the engine twice per step; the bridge hands
+the first decision of a step to the caller and repeats its actions for the step's other passes.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -50,25 +54,35 @@ class BridgePolicy:
         self.feature_names = feature_names
         self.outbox: queue.Queue = queue.Queue()
         self.inbox: queue.Queue = queue.Queue()
+        self._last: tuple[int, torch.Tensor] | None = None  # (step index, actions) of the step's first pass
+
+    def forget(self) -> None:
+        """Starts a new generation: no step has been decided yet."""
+        self._last = None
 
     def act(self, observation: Observation) -> torch.Tensor:
+        step = int(observation.step_index)
+        if self._last is not None and self._last[0] == step:  # another pass of the same step (e.g. "uncond")
+            return self._last[1].clone()
         observation.features  # noqa: B018 (computed here, while the engine waits: it is sealed after act)
         self.outbox.put(Decision(observation))
         actions = self.inbox.get()
         if actions is None:
             raise SessionAborted
+        self._last = (step, torch.as_tensor(actions).clone())
         return actions
 
 
 class DenoisingSession:
-    """Runs ``generate(callback)`` in a worker thread, yielding control at every decision.
+    """Runs ``generate(latents)`` in a worker thread, yielding control at every decision.
 
     Args:
         bridge: The policy the engine in ``generate``'s transformer uses.
-        generate: Calls the pipeline with ``callback_on_step_end=callback`` and returns its images tensor.
+        generate: Calls the pipeline, appending each step's latents to the list it is given, and returns its
+            images tensor.
     """
 
-    def __init__(self, bridge: BridgePolicy, generate: Callable[[Callable], torch.Tensor]) -> None:
+    def __init__(self, bridge: BridgePolicy, generate: Callable[[list[torch.Tensor]], torch.Tensor]) -> None:
         self.bridge = bridge
         self.latents: list[torch.Tensor] = []
         self._generate = generate
@@ -76,6 +90,7 @@ class DenoisingSession:
 
     def start(self) -> Decision | Finished:
         """Starts the generation; returns its first decision."""
+        self.bridge.forget()
         self._thread = threading.Thread(target=self._run, name="cachepilot-denoising", daemon=True)
         self._thread.start()
         return self._receive()
@@ -101,14 +116,10 @@ class DenoisingSession:
             self._thread.join()
         return message
 
-    def _record(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict:
-        self.latents.append(tensors["latents"].detach().clone())
-        return {}
-
     def _run(self) -> None:
         try:
             with torch.inference_mode():
-                images = self._generate(self._record)
+                images = self._generate(self.latents)
             self.bridge.outbox.put(Finished(images))
         except SessionAborted:
             pass

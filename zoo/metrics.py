@@ -1,8 +1,9 @@
 """Image-quality metrics for comparing cached against uncached generations, and for scoring the zoo's models.
 
 All image inputs are torch tensors of shape (B, C, H, W) with values in [0, 1], of any floating dtype (bfloat16 and
-float16 included) and on any device; :func:`psnr` and :func:`ssim` compute in float64 and return float32. Per-image
-metrics return a tensor of shape (B,); report their mean.
+float16 included) and on any device; videos (B, F, C, H, W) are scored frame by frame, averaged per video.
+:func:`psnr` and :func:`ssim` compute in float64 and return float32. Per-image metrics return a tensor of shape (B,);
+report their mean.
 
 * :func:`psnr` — peak signal-to-noise ratio with data range 1 (``inf`` for identical images).
 * :func:`ssim` — structural similarity with a Gaussian window (σ = 1.5) and the standard constants
@@ -60,6 +61,9 @@ def ssim(x: torch.Tensor, ref: torch.Tensor, window_size: int = 7, sigma: float 
         Tensor (B,); identical images give 1.0.
     """
     _check_pair(x, ref)
+    if x.ndim == 5:  # videos: the mean over frames
+        frames = ssim(x.flatten(0, 1), ref.flatten(0, 1), window_size, sigma)
+        return frames.view(x.shape[0], x.shape[1]).mean(dim=1)
     if window_size > min(x.shape[-2:]):
         raise ValueError(f"window_size {window_size} exceeds the image size {tuple(x.shape[-2:])}; use a smaller one.")
     channels = x.shape[1]
@@ -127,7 +131,8 @@ def fd_digits(images: torch.Tensor) -> float:
 
 
 def _check_pair(x: torch.Tensor, ref: torch.Tensor) -> None:
-    if x.shape != ref.shape or x.ndim != 4:
+    if x.shape != ref.shape or x.ndim not in (4, 5):
         raise ValueError(
-            f"Expected two image batches of equal shape (B, C, H, W), got {tuple(x.shape)} and {tuple(ref.shape)}."
+            "Expected two image batches of equal shape (B, C, H, W), or videos (B, F, C, H, W), got "
+            f"{tuple(x.shape)} and {tuple(ref.shape)}."
         )

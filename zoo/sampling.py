@@ -63,18 +63,17 @@ def sample_digits(
     Returns:
         Images (N, 1, 16, 16) in [0, 1].
     """
+    from envs.pipelines import Sampler  # the one layer every caller generates through (envs imports zoo)
+
     if len(labels) != len(seeds):
         raise ValueError(f"labels and seeds must have equal length, got {len(labels)} and {len(seeds)}.")
-    kwargs = {}
-    if num_inference_steps is not None:
-        kwargs["num_inference_steps"] = num_inference_steps
-    if guidance_scale is not None:
-        kwargs["guidance_scale"] = guidance_scale
+    sampler = Sampler(pipe)
+    steps = num_inference_steps if num_inference_steps is not None else sampler.default("num_inference_steps")
+    guidance = guidance_scale if guidance_scale is not None else sampler.default("guidance_scale")
     out = []
     for start in range(0, len(labels), batch_size):
         chunk = slice(start, start + batch_size)
-        generators = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
-        out.append(pipe(labels[chunk], generator=generators, output_type="pt", **kwargs).images)
+        out.append(sampler(labels[chunk], seeds[chunk], steps, guidance))
     return torch.cat(out)
 
 

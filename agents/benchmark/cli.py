@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from envs.config import ConfigError, EnvConfig
+from envs.config import DTYPES, ConfigError, EnvConfig
+from envs.pipelines import make_sampler
 from policies import PolicyFormatError, load_policy
 from runtime.allocator import keep_freed_memory
 
@@ -80,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed range A-B, both included (default 1000000-1000035; 1000000-1000011 with --quick)",
     )
     parser.add_argument("--classes", default=None, help="comma-separated classes (default 7,8,9: never trained on)")
+    parser.add_argument(
+        "--prompts",
+        default=None,
+        help="prompt file (.txt one a line, or a YAML list) of a text-to-image or video model; the benchmark draws "
+        "its test split (split as train_agent.py --prompts splits it)",
+    )
+    parser.add_argument("--device", default=None, help="where the pipeline runs: cpu (default), cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default=None, help="weights' dtype: float32 (default), bfloat16 or float16")
     parser.add_argument("--budgets", default=None, help="learned policy's budgets, e.g. 0.2,0.25,0.33,0.5")
     parser.add_argument("--quick", action="store_true", help="fewer seeds, knobs and repeats (every method kept)")
     parser.add_argument("--out", default=None, help="output folder (default outputs/benchmark/<model>[-quick])")
@@ -126,6 +135,16 @@ def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
             overrides["seeds"] = args.seeds
         if args.classes is not None:
             overrides["classes"] = parse_classes(args.classes, "--classes")
+        if args.prompts is not None:
+            if args.classes is not None:
+                raise ConfigError("--prompts and --classes: give prompts for a text model or classes for a class one.")
+            overrides["prompts"] = args.prompts
+        if args.device is not None:
+            overrides["device"] = args.device
+        if args.dtype is not None:
+            if args.dtype not in DTYPES:
+                raise ConfigError(f"--dtype {args.dtype}: use one of {', '.join(DTYPES)}.")
+            overrides["dtype"] = args.dtype
         if args.budgets is not None:
             learned["budgets"] = parse_budgets(args.budgets, "--budgets")
         if args.policy is not None:
@@ -168,6 +187,8 @@ def data_notices(config: BenchmarkConfig) -> list[str]:
     """Warnings when classes go undrawn, or the benchmark's classes or seeds overlap the training defaults."""
     train = EnvConfig()
     notices = []
+    if config.prompts is not None:
+        return notices  # the test prompts never overlap the training ones (the config checks it)
     dropped = [c for c in config.classes if c not in config.conditions]
     if dropped:
         notices.append(
@@ -184,11 +205,11 @@ def data_notices(config: BenchmarkConfig) -> list[str]:
     return notices
 
 
-def load_model(model: str, scheduler: str) -> Any:
-    """Loads the pipeline to benchmark, with its progress bar off."""
+def load_model(model: str, scheduler: str, dtype: str = "float32") -> Any:
+    """Loads the pipeline to benchmark, with its progress bar off (on the CPU: the caller moves it)."""
     from envs.pipelines import prepare_pipeline
 
-    return prepare_pipeline(model, scheduler)
+    return prepare_pipeline(model, scheduler, dtype=dtype)
 
 
 def log_to_wandb(
@@ -260,10 +281,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if config.keep_freed_memory and not kept:
         print("notice: keep_freed_memory is on but this C library has no mallopt; timings use its defaults")
     try:
-        pipe = load_model(config.model, config.scheduler)
+        pipe = make_sampler(config, load_model(config.model, config.scheduler, dtype=config.dtype))
+    except ConfigError as error:  # prompts for a class model, none for a text model
+        parser.error(str(error))
     except (FileNotFoundError, ValueError) as error:  # unknown model, or a shipped one not trained yet
         parser.exit(1, f"{parser.prog}: error: {error}\n")
-    num_classes = getattr(pipe, "num_classes", None)
+    if args.classes is not None and pipe.family.takes_prompts:
+        parser.error(f"--classes: {config.model} is conditioned on text; give --prompts FILE instead.")
+    num_classes = getattr(pipe.pipe, "num_classes", None) if config.prompts is None else None
     if num_classes is not None and not all(0 <= c < num_classes for c in config.classes):
         shown = ",".join(str(c) for c in config.classes)
         parser.error(f"--classes {shown}: {config.model} draws classes 0..{num_classes - 1}.")

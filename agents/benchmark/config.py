@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from envs.config import ConfigError, from_dict
+from envs.conditions import resolve_prompt_splits
+from envs.config import DTYPES, ConfigError, from_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "benchmark.yaml"
@@ -298,7 +299,15 @@ class BenchmarkConfig:
         steps: Denoising steps (``None``: the pipeline's default).
         guidance: Classifier-free guidance scale (``None``: the pipeline's default).
         seeds: Seed range ``"A-B"``, both ends included; one sample per seed.
-        classes: Conditions, assigned to the seeds in turn.
+        classes: Class labels, assigned to the seeds in turn (class-conditional models).
+        prompts: Prompts of a text-to-image or text-to-video model (as ``env.prompts`` of training: a file, a list, or
+            ``{train, eval, test}``); the benchmark draws the test split, assigned to the seeds in turn.
+        negative_prompt: Negative prompt under guidance (``None``: the empty prompt).
+        pipeline_kwargs: Extra arguments of every pipeline call (``height``, ``width``, ``num_frames``, ...).
+        embeddings: A ``.safetensors`` file of precomputed prompt embeddings.
+        embedding_cache_dir: Folder to keep encoded prompts on disk, or ``None``.
+        device: Where the pipeline runs (``"cpu"``, ``"cuda"``, ...).
+        dtype: Weights' dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         repeats: Timing rounds over every knob, uncached runs interleaved (see ``runner``); the wall speedup is the
             median of a knob's ratios over the rounds.
         warmup_steps: Steps of the untimed warm-up generation of each knob.
@@ -323,6 +332,13 @@ class BenchmarkConfig:
     guidance: float | None = None
     seeds: str = "1000000-1000035"
     classes: list[int] = field(default_factory=lambda: [7, 8, 9])
+    prompts: str | list[str] | dict[str, Any] | None = None
+    negative_prompt: str | None = None
+    pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
+    embeddings: str | None = None
+    embedding_cache_dir: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
     repeats: int = 3
     warmup_steps: int = 2
     psnr_cap: float = 60.0
@@ -359,6 +375,11 @@ class BenchmarkConfig:
             raise ConfigError(f"threads={self.threads}: use at least 1, or null for torch's default.")
         if any(not (math.isfinite(t) and t > 1.0) for t in self.targets):
             raise ConfigError(f"targets={self.targets}: every target is a FLOP speedup > 1.")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype={self.dtype!r}: use one of {list(DTYPES)} (--dtype).")
+        if not isinstance(self.pipeline_kwargs, dict):
+            raise ConfigError(f"pipeline_kwargs={self.pipeline_kwargs!r}: give a mapping of call arguments.")
+        self.prompts = resolve_prompt_splits(self.prompts, "prompts")
 
     @property
     def seed_list(self) -> list[int]:
@@ -366,9 +387,10 @@ class BenchmarkConfig:
         return parse_seeds(self.seeds, "seeds")
 
     @property
-    def conditions(self) -> list[int]:
-        """The class of each sample: the classes in turn over the seeds."""
-        return [self.classes[i % len(self.classes)] for i in range(len(self.seed_list))]
+    def conditions(self) -> list[int | str]:
+        """The condition of each sample: the test prompts (or else the classes) in turn over the seeds."""
+        pool = self.prompts["test"] if self.prompts is not None else self.classes
+        return [pool[i % len(pool)] for i in range(len(self.seed_list))]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (for results.json and the W&B run config)."""

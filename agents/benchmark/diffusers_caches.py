@@ -303,6 +303,6 @@ def diffusers_methods(methods: MethodsConfig, config: BenchmarkConfig) -> list[M
     ]
     mag = methods.diffusers_magcache
     if mag.thresholds and mag.max_skip_steps:
-        calibration = MagCacheCalibration(mag, default_class=config.classes[0])
+        calibration = MagCacheCalibration(mag, default_class=config.conditions[0])
         out += [DiffusersMagCache(t, k, mag, calibration) for k in mag.max_skip_steps for t in mag.thresholds]
     return out

@@ -37,14 +37,14 @@ class Settings:
     """What every generation of a benchmark run uses.
 
     Attributes:
-        conditions: One class per sample.
+        conditions: One condition (class label or prompt) per sample.
         seeds: One seed per sample.
         steps: Denoising steps.
         guidance: Classifier-free guidance scale.
         warmup_steps: Steps of short, untimed generations (warm-up, engine cost measurement).
     """
 
-    conditions: tuple[int, ...]
+    conditions: tuple[int | str, ...]
     seeds: tuple[int, ...]
     steps: int
     guidance: float

@@ -49,6 +49,7 @@ class Reference:
 
 def pipeline_default(pipe: Any, name: str) -> Any:
     """The default of argument ``name`` of the pipeline's ``__call__`` (e.g. ``num_inference_steps``)."""
+    pipe = getattr(pipe, "pipe", pipe)  # an envs.pipelines.Sampler: its pipeline's
     parameter = inspect.signature(pipe.__call__).parameters.get(name)
     if parameter is None or parameter.default is inspect.Parameter.empty:
         raise ValueError(f"{type(pipe).__name__}.__call__ has no default {name}; set it in the benchmark config.")

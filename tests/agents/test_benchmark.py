@@ -96,7 +96,7 @@ def run_cli(folder: Path) -> tuple[dict[str, Any], Path]:
         *("--classes", "7,8,9", "--out", str(out), "--wandb-mode", "disabled", "--no-progress"),
     ]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli, "load_model", lambda model, scheduler: tiny_pipeline())
+        patch.setattr(cli, "load_model", lambda model, scheduler, **options: tiny_pipeline())
         patch.setattr(cli, "keep_freed_memory", lambda: True)  # the real call is tested in a subprocess below
         results = cli.main(argv)
     return results, out
