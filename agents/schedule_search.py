@@ -11,9 +11,6 @@ table per block of samples.
 from __future__ import annotations
 
 import multiprocessing
-import os
-import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +26,8 @@ from envs.pipelines import generate, make_sampler, prepare_pipeline
 from policies import Policy
 from runtime import Action, Observation
 from zoo.metrics import capped_psnr
+
+from . import process_guard
 
 
 class _TablePolicy(Policy):
@@ -301,16 +300,9 @@ class ScheduleSearch:
 _WORKER: dict[str, ScheduleSearch] = {}
 
 
-def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)  # the training process is gone (e.g. killed): stop searching for it
-
-
-def _start_worker(
-    parent: int, model: str, scheduler: str, arguments: dict[str, Any], env_config: EnvConfig | None = None
-) -> None:
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+def _start_worker(model: str, scheduler: str, arguments: dict[str, Any], env_config: EnvConfig | None = None) -> None:
+    """Loads the pipeline and the search samples' references in a worker (started by :func:`agents.workers.start`,
+    which ends the worker when the training process is gone)."""
     torch.set_num_threads(1)  # one process per core beats two threads on these small batches
     diffusers.utils.logging.set_verbosity_error()
     pipe = (
@@ -385,8 +377,10 @@ def search_schedules(
     with ProcessPoolExecutor(
         workers,
         mp_context=context,
-        initializer=_start_worker,
-        initargs=(os.getpid(), model, scheduler, arguments, env_config),
+        initializer=process_guard.start,
+        initargs=process_guard.initializer_arguments(
+            f"{__name__}:_start_worker", model, scheduler, arguments, env_config
+        ),
     ) as pool:
         # Larger budgets have more computed cells to move: start them first.
         order = sorted(range(len(budgets)), key=lambda i: -budgets[i])

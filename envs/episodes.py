@@ -91,7 +91,6 @@ class EpisodeBatch:
     ) -> np.ndarray:
         """Starts the episodes with ``setting`` (default: the configured one); returns the first observations."""
         self.abort()
-        self.engine.reset()  # an abandoned generation must not read as the start of one whose first time is lower
         self.setting = setting if setting is not None else default_setting(self.config)
         self.references = self._references(self.setting)
         references = self.references.get(conditions, seeds)
@@ -149,10 +148,12 @@ class EpisodeBatch:
         return StepResult(self.observations(), (rewards + terminal).astype(np.float32), True, infos)
 
     def abort(self) -> None:
-        """Abandons any unfinished episodes."""
+        """Abandons any unfinished episodes (their generation is forgotten; the engine's statistics are kept)."""
         if self.session is not None:
             self.session.abort()
             self.session = None
+            # An abandoned generation must not read as the start of the next one, whose first time may be lower.
+            self.engine.forget_generation()
 
     def close(self) -> None:
         """Abandons episodes and removes the engine from the transformer."""

@@ -176,8 +176,13 @@ class CacheEngine:
 
     def reset(self) -> None:
         """Forgets all cached residuals and statistics; the next call starts a new generation."""
-        self.state_manager.reset()
+        self.forget_generation()
         self.stats = self._new_stats()
+
+    def forget_generation(self) -> None:
+        """Forgets the current generation (e.g. one abandoned midway): the next call starts a new one. Statistics
+        are kept."""
+        self.state_manager.reset()
 
     def _new_stats(self) -> EngineStats:
         return EngineStats(group_computed=[0] * len(self.groups))

@@ -35,6 +35,7 @@ ARMS: dict[str, tuple[str, list[str], bool]] = {
     "per_sample+features": ("per_sample", [*PER_SAMPLE, *FEATURES, *BC_ONLY], False),
     "per_sample": ("per_sample", [*PER_SAMPLE, *BC_ONLY], False),
     "shared": ("shared", BC_ONLY, False),
+    "shared+features+grpo": ("shared", [*FEATURES, "env.group_rollouts=4"], True),
 }
 """Arm name -> (teacher, overrides, whether PPO runs after the warm start)."""
 
