@@ -163,11 +163,11 @@ def evaluate_policy(
         recorder = ActionRecorder(policy)
         for _ in range(repeats):
             _, uncached_seconds = timed_generation(pipe, conditions, seeds, steps, guidance)
-            recorder.actions.clear()
             engine = runtime.enable_cache(pipe.transformer, recorder, budget=budget, **engine_options)
             try:
                 timed_generation(pipe, conditions, seeds, 2, guidance)  # measures FLOPs, outside the timing
                 engine.reset()
+                recorder.actions.clear()  # the replay is of the timed generation's decisions only
                 images, cached_seconds = timed_generation(pipe, conditions, seeds, steps, guidance)
                 summary = engine.summary()
             finally:

@@ -108,3 +108,18 @@ def test_group_rollouts_share_their_draw_and_rewards_are_relative_to_the_group(t
         venv.close()
     with pytest.raises(ValueError, match="not a multiple of env.group_rollouts"):
         CacheScheduleVecEnv(3, config)
+
+
+def test_the_replay_of_a_static_schedule_is_that_schedule(tiny_digits_dir: Path) -> None:
+    from agents.evaluation import evaluate_policy
+    from policies import StaticSchedulePolicy
+
+    table = np.full((5, 2), int(runtime.Action.FORECAST))
+    table[[0, 1, 3]] = int(runtime.Action.COMPUTE)
+    table[2, 1] = int(runtime.Action.COMPUTE)
+    policy = StaticSchedulePolicy(table, engine_options={"groups": 2, "probe_blocks": 0, "forecast_order": 1})
+    (point,) = evaluate_policy(
+        tiny_digits_pipeline(), policy, conditions=[1, 2], seeds=[3, 4], steps=5, guidance=2.0, replay=True
+    )
+    assert point.disagreement == 0.0
+    assert point.replay_psnr == pytest.approx(point.psnr, abs=1e-6)  # the same decisions, step for step
