@@ -32,26 +32,11 @@ import torch
 import runtime
 from agents.schedule_search import ScheduleSearch
 from envs.pipelines import generate, prepare_pipeline
-from policies import StaticSchedulePolicy, load_policy, schedule_from_actions
+from policies import ActionRecorder, StaticSchedulePolicy, load_policy
 from zoo.metrics import capped_psnr
 
 PSNR_CAP = 60.0
 METHODS = ("shared", "oracle", "learned", "replay")
-
-
-class _Recorder:
-    """Acts like ``policy`` and keeps its actions, one ``(samples, groups)`` tensor per step."""
-
-    def __init__(self, policy: Any) -> None:
-        self.policy = policy
-        self.forecast_order = policy.forecast_order
-        self.masks_actions = getattr(policy, "masks_actions", False)
-        self.actions: list[torch.Tensor] = []
-
-    def act(self, observation: Any) -> torch.Tensor:
-        actions = torch.as_tensor(self.policy.act(observation))
-        self.actions.append(actions.clone())
-        return actions
 
 
 def _flops_speedup(search: ScheduleSearch, policy: Any, budget: float | None) -> tuple[float, torch.Tensor]:
@@ -93,12 +78,11 @@ def measure_budget(arguments: dict[str, Any], budget: float) -> dict[str, Any]:
     n = len(search.seeds)
     everyone = list(range(n))
 
-    recorder = _Recorder(policy)
+    recorder = ActionRecorder(policy)
     learned_speedup, learned_images = _flops_speedup(search, recorder, budget)
     learned = capped_psnr(learned_images, search.reference, PSNR_CAP).double().numpy()
-    actions = torch.stack(recorder.actions)  # (steps, samples, groups)
-    disagree = float((actions != actions[:, :1]).any(dim=1).float().mean())
-    replay_table = schedule_from_actions(recorder.actions).numpy()
+    disagree = recorder.disagreement()
+    replay_table = recorder.static_replay().numpy()
     replay_speedup, _ = _flops_speedup(search, StaticSchedulePolicy(replay_table, engine_options=options), None)
     replay = search.evaluate_per_sample([replay_table] * n, everyone)
 
