@@ -3,8 +3,8 @@
 For each family a tiny pipeline (with text encoders and tokenizers for the text families) is saved with
 ``save_pretrained``; ``train_agent.py --model FOLDER --prompts prompts.txt`` trains on it with a tiny budget (warm
 start included), and the exported policies load back into their pipelines in one fresh process through
-``generate.py``. PixArt-Sigma runs in bfloat16 throughout. ``benchmark.py --quick`` runs on PixArt-Alpha with its
-trained policy.
+``generate.py``, and ``benchmark.py --quick`` measures each trained policy against the baselines. PixArt-Sigma runs in
+bfloat16 throughout.
 """
 
 from __future__ import annotations
@@ -126,11 +126,13 @@ def test_exported_policies_generate_in_a_fresh_process(runs: Runs, tmp_path: Pat
     assert all((tmp_path / f"{family}.png").is_file() for family in FAMILIES)
 
 
-def test_benchmark_quick_on_a_text_to_image_pipeline(runs: Runs, tmp_path: Path) -> None:
-    """``benchmark.py --quick --prompts`` measures the learned policy and the baselines on the test prompts."""
-    guidance, kwargs = call_settings("pixart-alpha")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_benchmark_quick_runs_on_every_family(runs: Runs, family: str, tmp_path: Path) -> None:
+    """``benchmark.py --quick`` measures the family's trained policy, its static replay and the baselines on the
+    held-out conditions: the test prompts (``--prompts``) of the text families, held-out classes of DiT."""
+    guidance, kwargs = call_settings(family)
     config = {
-        "model": str(runs.folder("pixart-alpha")),
+        "model": str(runs.folder(family)),
         "steps": STEPS,
         "guidance": guidance,
         "pipeline_kwargs": kwargs,
@@ -143,7 +145,7 @@ def test_benchmark_quick_on_a_text_to_image_pipeline(runs: Runs, tmp_path: Path)
             "teacache": {"thresholds": []},
             "taylorseer": {"intervals": [2], "orders": [1]},
             "delta_dit": {"intervals": []},
-            "diffusers_first_block": {"thresholds": [0.1]},
+            "diffusers_first_block": {"thresholds": [0.1] if family == "pixart-alpha" else []},
             "diffusers_taylorseer": {"intervals": []},
             "diffusers_magcache": {"thresholds": []},
             "learned": {"budgets": [0.5]},
@@ -152,12 +154,16 @@ def test_benchmark_quick_on_a_text_to_image_pipeline(runs: Runs, tmp_path: Path)
     }
     path = tmp_path / "benchmark.yaml"
     path.write_text(yaml.safe_dump(config))
-    policy = runs.train("pixart-alpha") / "policy.safetensors"
-    argv = ["--config", str(path), "--quick", "--prompts", str(runs.prompts), "--policy", str(policy)]
+    policy = runs.train(family) / "policy.safetensors"
+    argv = ["--config", str(path), "--quick", "--policy", str(policy)]
+    argv += ["--classes", "7,8"] if family == "dit" else ["--prompts", str(runs.prompts)]
+    if family == BFLOAT16:
+        argv += ["--dtype", "bfloat16"]
     results = cli.main([*argv, "--out", str(tmp_path / "out"), "--wandb-mode", "disabled", "--no-progress"])
-    assert results["classes"] == split_prompts(PROMPTS)["test"]
+    assert results["classes"] == ([7, 8] if family == "dit" else split_prompts(PROMPTS)["test"])
     methods = {row["method"] for row in results["rows"]}
     assert {"CachePilot (learned)", "FORA", "TaylorSeer", "AlwaysCompute"} <= methods
+    assert "CachePilot (learned, static replay)" in methods
     learned = next(row for row in results["rows"] if row["method"] == "CachePilot (learned)")
     assert learned["flops_speedup"] > 1.0 and learned["class_acc"] is None
     assert (tmp_path / "out" / "results.json").is_file()
