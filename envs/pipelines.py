@@ -170,7 +170,8 @@ class Sampler:
         pipe: The pipeline (any registered family, see :func:`envs.families.family_of`).
         family: Its family (default: looked up by the pipeline's class).
         call_kwargs: Arguments added to every ``__call__`` (e.g. ``height``, ``width``, ``num_frames``,
-            ``true_cfg_scale``, ``max_sequence_length``).
+            ``true_cfg_scale``, ``max_sequence_length``); a ``negative_prompt`` among them is taken as
+            ``negative_prompt``.
         negative_prompt: The negative prompt under guidance (``None``: the empty prompt).
         embedding_cache_dir: Folder to keep prompt embeddings on disk, or ``None``.
         embeddings: A file of precomputed prompt embeddings (see :class:`envs.conditions.PromptEncoder`).
@@ -188,8 +189,17 @@ class Sampler:
     ) -> None:
         self.pipe = pipe
         self.family = family or family_of(pipe)
-        self.call_kwargs = {**self.family.call_defaults, **dict(call_kwargs or {})}
-        self.negative_prompt = negative_prompt or ""
+        call_kwargs = dict(call_kwargs or {})
+        # A negative prompt among the call arguments is encoded once like the prompts: the pipeline is given its
+        # embeddings, and diffusers refuses a negative prompt beside negative embeddings.
+        given = call_kwargs.pop("negative_prompt", None) if self.family.takes_prompts else None
+        if given is not None and negative_prompt is not None and given != negative_prompt:
+            raise ValueError(
+                f"negative prompt given twice: {negative_prompt!r} (negative_prompt) and {given!r} (in the "
+                "pipeline's call arguments); keep one (env.negative_prompt in a config)."
+            )
+        self.call_kwargs = {**self.family.call_defaults, **call_kwargs}
+        self.negative_prompt = negative_prompt or given or ""
         self.encoder: PromptEncoder | None = None
         if self.family.takes_prompts:
             length = self.call_kwargs.get("max_sequence_length", self.default("max_sequence_length"))

@@ -28,7 +28,8 @@ from tests.tiny_pipelines import build_dit_pipeline, save_text_pipeline, text_ca
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
 PROMPTS = ["a red cube", "a blue sphere", "a green cone", "a yellow star", "a white cat"]
-FAMILIES = ("pixart-alpha", "pixart-sigma", "sd3", "flux", "wan", "dit")
+FAMILIES = ("pixart-alpha", "pixart-sigma", "sd3", "flux", "flux-true-cfg", "wan", "dit")
+TRUE_CFG = {"true_cfg_scale": 2.0, "negative_prompt": "bad quality"}  # FLUX with a separate negative pass
 BFLOAT16 = "pixart-sigma"
 TINY_BUDGET = [
     *("agent.total_timesteps=6", "agent.num_envs=2", f"agent.n_steps={STEPS}", "agent.batch_size=6"),
@@ -43,8 +44,15 @@ def call_settings(family: str) -> tuple[float, dict[str, Any]]:
     """The family's guidance scale and the call arguments that keep its tiny pipeline tiny."""
     if family == "dit":
         return 4.0, {}
-    kwargs = text_call_kwargs(family)
+    kwargs = text_call_kwargs(pipeline_of(family))
+    if family == "flux-true-cfg":
+        kwargs.update(TRUE_CFG)
     return float(kwargs.pop("guidance_scale")), kwargs
+
+
+def pipeline_of(family: str) -> str:
+    """The tiny pipeline a test family runs on (FLUX with true CFG is the FLUX pipeline called differently)."""
+    return "flux" if family == "flux-true-cfg" else family
 
 
 class Runs:
@@ -57,12 +65,12 @@ class Runs:
         self.done: dict[str, Path] = {}
 
     def folder(self, family: str) -> Path:
-        folder = self.root / family
+        folder = self.root / pipeline_of(family)
         if not folder.is_dir():
             if family == "dit":
                 build_dit_pipeline().save_pretrained(folder)
             else:
-                save_text_pipeline(family, folder)
+                save_text_pipeline(pipeline_of(family), folder)
         return folder
 
     def train(self, family: str) -> Path:

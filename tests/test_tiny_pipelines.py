@@ -225,3 +225,23 @@ def test_text_pipelines_share_the_embedding_only_pipelines_transformer_and_vae(f
         actual = getattr(text_pipe, name).state_dict()
         assert actual.keys() == expected.keys()
         assert all(torch.equal(actual[key], expected[key]) for key in expected)
+
+
+def test_sampler_encodes_a_negative_prompt_given_among_the_call_arguments(reference):
+    """FLUX's true CFG with ``negative_prompt`` in the call arguments: the sampler passes its embeddings instead
+    (diffusers refuses both) and generates what the pipeline generates from the strings; two different negative
+    prompts are refused."""
+    from envs.pipelines import Sampler
+
+    pipe, _ = reference("flux")
+    call = text_call_kwargs("flux")
+    guidance = call.pop("guidance_scale")
+    true_cfg = {"true_cfg_scale": 2.0, "negative_prompt": "bad quality"}
+    sampler = Sampler(pipe, call_kwargs={**call, **true_cfg})
+    assert sampler.negative_prompt == "bad quality" and "negative_prompt" not in sampler.call_kwargs
+    images = sampler(PROMPTS, list(SEEDS), STEPS, guidance)
+    torch.testing.assert_close(images, generate(pipe, "flux", **true_cfg), rtol=0, atol=1e-5)
+    other = Sampler(pipe, call_kwargs={**call, **true_cfg, "negative_prompt": "a"})
+    assert not torch.allclose(images, other(PROMPTS, list(SEEDS), STEPS, guidance), atol=1e-3)
+    with pytest.raises(ValueError, match="negative prompt given twice"):
+        Sampler(pipe, call_kwargs={**call, **true_cfg}, negative_prompt="blurry")
