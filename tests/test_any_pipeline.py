@@ -153,6 +153,7 @@ def test_benchmark_quick_runs_on_every_family(runs: Runs, family: str, tmp_path:
             "teacache": {"thresholds": []},
             "taylorseer": {"intervals": [2], "orders": [1]},
             "delta_dit": {"intervals": []},
+            # diffusers' own cache is measured on one family: it is diffusers' code, not the family layer's
             "diffusers_first_block": {"thresholds": [0.1] if family == "pixart-alpha" else []},
             "diffusers_taylorseer": {"intervals": []},
             "diffusers_magcache": {"thresholds": []},
