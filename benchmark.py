@@ -4,10 +4,10 @@
                         [--seeds A-B] [--classes LIST] [--budgets LIST] [--quick] [--out DIR]
                         [--wandb-mode online|offline|disabled] [--threads T]
 
-Writes ``DIR/results.json``, ``DIR/results.md`` and ``DIR/pareto.png``; see ``agents/benchmark``.
+Writes ``DIR/results.json``, ``DIR/results.md`` and ``DIR/pareto.png``; see ``bench``.
 """
 
-from agents.benchmark.cli import main
+from bench.cli import main
 
 if __name__ == "__main__":
     main()

@@ -19,12 +19,13 @@ import matplotlib.pyplot as plt
 import yaml
 from matplotlib.figure import Figure
 
-from agents.evaluation import evaluate_policy, timed_generation, trained_scheduler_notice, trained_steps_notice
-from agents.plots import image_grid
 from envs.conditions import condition_label, read_prompts
 from envs.config import ConfigError
 from envs.pipelines import DTYPES, Sampler, prepare_pipeline
 from policies import FORA, DeltaDiT, FirstBlockThreshold, Policy, PolicyFormatError, TaylorSeer, load_policy
+from reporting.evaluation import evaluate_policy, timed_generation, trained_scheduler_notice, trained_steps_notice
+from reporting.plots import image_grid
+from runtime.budget import is_budget
 
 POLICIES = Path(__file__).resolve().parent / "assets" / "policies"
 CLASSIC_EXAMPLES = ("fora:3", "taylorseer:4", "taylorseer:4:2", "first-block:0.1", "delta-dit:3")
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    if not 0.0 < args.budget <= 1.0:
+    if not is_budget(args.budget):
         parser.error(f"--budget {args.budget}: a compute fraction must lie in (0, 1].")
     if args.dtype not in DTYPES:
         parser.error(f"--dtype {args.dtype}: use one of {', '.join(DTYPES)}.")

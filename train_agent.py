@@ -28,10 +28,11 @@ import yaml
 
 from agents.checkpoints import read_state
 from agents.config import ConfigError, load_config  # noqa: F401 (load_config is part of the CLI module API)
-from agents.outputs import output_folder_problem
 from agents.training import CHECKPOINTS, CONFIG_FILE, Trainer
 from envs.config import DTYPES
 from envs.pipelines import call_defaults, check_conditioning
+from reporting.outputs import output_folder_problem
+from reporting.tracking import MODES as WANDB_MODES
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 RESUMABLE_FIELDS = ("agent.total_timesteps",)
@@ -50,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     parser.add_argument(
         "--wandb-mode",
-        choices=["online", "offline", "disabled"],
+        choices=WANDB_MODES,
         help="W&B mode (default: WANDB_MODE, else online when logged in, otherwise offline)",
     )
     parser.add_argument("--out", type=Path, help="run folder (default: runs/<model>-<date>-<time>)")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,9 +10,10 @@ import yaml
 
 from envs.config import SCHEDULER_NAMES, ConfigError, EnvConfig, from_dict
 from envs.sampling import SamplingSetting
+from policies.learned import ACTIVATIONS
+from runtime.budget import check_budgets
 
 ALGORITHMS = ("ppo", "maskable_ppo")
-ACTIVATIONS = ("tanh", "relu")
 
 
 @dataclass
@@ -34,7 +33,7 @@ class AgentConfig:
         ent_coef: Entropy bonus.
         clip_range: PPO clip range.
         net_arch: Hidden layer sizes of the actor and of the critic.
-        activation: ``"tanh"`` or ``"relu"``.
+        activation: A name of ``policies.learned.ACTIVATIONS`` (``"tanh"``, ``"relu"``, ...), after every hidden layer.
         normalize_observations: Normalise observations with running statistics (exported with the policy).
         seed: Seed of the agent and of the episode draws.
     """
@@ -131,11 +130,7 @@ class WarmStartConfig:
                 f"dagger_rounds={self.dagger_rounds}, dagger_epochs={self.dagger_epochs}: "
                 "need rounds >= 0 and epochs >= 1."
             )
-        if not self.budgets:
-            raise ConfigError("budgets: give at least one budget to search a schedule for.")
-        for budget in self.budgets:
-            if not 0.0 < budget <= 1.0:
-                raise ConfigError(f"budgets: {budget} is not a compute fraction in (0, 1].")
+        check_budgets(self.budgets, "budgets", ConfigError)  # at least one: a schedule is searched for each
         for name in ("search_samples", "sweeps", "demo_samples", "workers", "epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1.")
@@ -172,9 +167,8 @@ class EvalConfig:
             raise ConfigError("every_timesteps and num_samples must be >= 1, grid_samples >= 0.")
         if self.steps is not None and (not self.steps or any(s < 2 for s in self.steps)):
             raise ConfigError(f"steps={self.steps}: give one or more step counts >= 2 (or null).")
-        for budget in self.budgets:
-            if not 0.0 < budget <= 1.0:
-                raise ConfigError(f"budgets: {budget} is not a compute fraction in (0, 1].")
+        if self.budgets:  # may be empty: only a budget-conditioned policy is evaluated at them
+            check_budgets(self.budgets, "budgets", ConfigError)
 
 
 @dataclass
@@ -243,10 +237,6 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as plain data."""
         return asdict(self)
-
-    def sha256(self) -> str:
-        """Hash of the resolved configuration."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

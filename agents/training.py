@@ -25,14 +25,16 @@ from envs.pipelines import make_sampler
 from envs.sampling import SamplingSetting, default_setting
 from envs.schedulers import SchedulerSwitch
 from policies import ActionRecorder, LearnedPolicy, export_policy, export_schedule, from_sb3
+from policies.learned import ACTIVATIONS
+from reporting.evaluation import EvaluationPoint, evaluate_policy, timed_generation
+from reporting.plots import image_grid, pareto_plot
+from reporting.tracking import start_run
 
 from .callbacks import CheckpointCallback, EvaluationCallback, ProgressBarCallback
 from .checkpoints import MODEL_FILE, NORMALIZATION_FILE, atomic_write, read_state
 from .config import ConfigError, TrainConfig
-from .evaluation import EvaluationPoint, evaluate_policy, timed_generation
-from .plots import image_grid, pareto_plot
 from .schedule_search import SearchResult, search_schedules
-from .tracking import WandbOutputFormat, start_run
+from .wandb_output import WandbOutputFormat
 from .warm_start import behaviour_clone, merge_demonstrations, model_actor, record_demonstrations
 
 CONFIG_FILE = "config.yaml"
@@ -44,7 +46,6 @@ CHECKPOINTS = "checkpoints"
 ALGORITHMS = {"ppo": PPO, "maskable_ppo": MaskablePPO}
 SETTING_FIELDS = ("budget", "scheduler", "num_inference_steps")
 """Fields of an evaluation point that name where it was measured rather than what it measured."""
-ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
 
 
 @dataclass

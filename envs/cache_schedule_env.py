@@ -29,18 +29,15 @@ class CacheScheduleEnv(gym.Env):
     ## Observation Space
     ``Box(F)`` float32, built by ``runtime.build_observation`` exactly as at inference: the columns of the features
     ``config.features`` names (``runtime.feature_names(groups, features)``: the features shared by all groups,
-    then one column per group of each per-group feature). The table of every feature, its meaning and its range
-    is the docstring of :mod:`runtime.observations`; the space's bounds are those ranges.
+    then one column per group of each per-group feature). Every feature, its meaning and its range is in
+    :data:`runtime.observations.FEATURES` (rendered in ``docs/how-it-works.md``); the space's bounds are those
+    ranges.
 
     ## Rewards
-    In the vector environment with ``config.group_rollouts > 1``, each reward below is taken relative to the mean of
-    its group of rollouts of the same draw (see :class:`envs.CacheScheduleVecEnv`).
-    Per step: ``-compute_cost * c_t / S`` (``c_t``: fraction of the transformer's FLOPs computed at the step, ``S``
-    steps) plus potential-based shaping ``Φ(x_{t+1}) - Φ(x_t)`` with ``Φ(x) = -shaping * rmse(x, x_ref)``, the
-    deviation of the latents from the uncached trajectory of the same condition and seed. At the last step:
-    ``-ssim_weight * (1 - SSIM) - psnr_weight * (psnr_cap - min(PSNR, psnr_cap)) / psnr_cap`` of the final image
-    against the uncached image and, when budget-conditioned, ``-overspend_penalty * max(0, fraction - budget)``.
-    An always-compute episode gets no quality penalty and exactly ``-compute_cost`` of compute cost.
+    A compute cost every step, potential-based shaping on the latents' deviation from the uncached trajectory of
+    the same condition and seed, and at the last step SSIM and PSNR terms against the uncached image plus, when
+    budget-conditioned, an overspend penalty: the terms, term by term, are :data:`envs.rewards.REWARD_TERMS`
+    (rendered in ``docs/how-it-works.md``), with coefficients from ``config.reward``.
 
     ## Starting State
     Noise from the episode's seed. The condition and seed are drawn from the training split (or ``split``), the

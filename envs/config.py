@@ -8,10 +8,20 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+from runtime.budget import is_budget
 from runtime.observations import DEFAULT_FEATURES, FEATURES
 
-SCHEDULER_NAMES = ("default", "ddim", "dpmsolver++", "euler")
-"""Scheduler names an environment accepts (``"default"``: the pipeline's own)."""
+SCHEDULERS: dict[str, type] = {
+    "ddim": DDIMScheduler,
+    "dpmsolver++": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+}
+"""The schedulers a pipeline can be switched to (:func:`envs.pipelines.prepare_pipeline`), by their config name."""
+
+SCHEDULER_NAMES = ("default", *SCHEDULERS)
+"""Scheduler names an environment, the training and the benchmark accept (``"default"``: the pipeline's own)."""
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -155,7 +165,7 @@ class EnvConfig:
         if a < d and c < b:
             raise ConfigError(f"train_seeds={self.train_seeds} and eval_seeds={self.eval_seeds} overlap.")
         low, high = self.budget_range
-        if not 0.0 < low <= high <= 1.0:
+        if not (is_budget(low) and is_budget(high) and low <= high):
             raise ConfigError(f"budget_range={self.budget_range}: need 0 < low <= high <= 1.")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r}: use one of {list(DTYPES)} (--dtype).")

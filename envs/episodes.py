@@ -18,14 +18,10 @@ from .conditions import Condition
 from .config import EnvConfig
 from .pipelines import describe, make_sampler, weights_fingerprint
 from .references import Reference, ReferenceStore
+from .rewards import final_rewards, step_rewards
 from .sampling import SamplingSetting, default_setting
 from .schedulers import SchedulerSwitch
 from .session import BridgePolicy, Decision, DenoisingSession, Finished
-
-
-def rmse(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Per-sample root-mean-square difference, float64."""
-    return (x.double() - reference.double()).pow(2).flatten(1).mean(1).sqrt()
 
 
 @dataclass
@@ -129,17 +125,16 @@ class EpisodeBatch:
         observation = self._decision.observation
         actions = runtime.safe_actions(actions.clamp(0, runtime.NUM_ACTIONS - 1), observation.action_mask)
         message = self.session.send(actions)
-        episode, reward_config = self._episode, self.config.reward
+        episode = self._episode
         step = episode["step"]
         cost = self._step_costs[step]
         episode["spent"] += cost
         references: list[Reference] = episode["references"]
         latents = self.session.latents[step]
         reference_latents = torch.stack([r.latents[step] for r in references])
-        potential = -reward_config.shaping * rmse(latents, reference_latents).numpy()
-        rewards = -reward_config.compute_cost * cost / episode["steps"]
-        rewards = rewards + potential - episode["potential"]
-        episode["potential"] = potential
+        rewards, episode["potential"] = step_rewards(
+            self.config.reward, cost, episode["steps"], latents, reference_latents, episode["potential"]
+        )
         episode["step"] = step + 1
         if isinstance(message, Decision):
             self._decision = message
@@ -187,13 +182,8 @@ class EpisodeBatch:
         psnr_values = psnr(images, reference_images).double()
         ssim_values = ssim(images, reference_images).double()
         capped = capped_psnr(images, reference_images, reward_config.psnr_cap).double()
-        terminal = -reward_config.ssim_weight * (1 - ssim_values)
-        terminal = terminal - reward_config.psnr_weight * (reward_config.psnr_cap - capped) / reward_config.psnr_cap
         fraction = episode["spent"] / episode["steps"]
-        terminal = terminal.numpy()
-        if episode["budgets"] is not None:
-            overspend = np.maximum(0.0, fraction - np.asarray(episode["budgets"]))
-            terminal = terminal - reward_config.overspend_penalty * overspend
+        terminal = final_rewards(reward_config, ssim_values, capped, fraction, episode["budgets"])
         infos = []
         for i in range(len(references)):
             infos.append(

@@ -16,22 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from diffusers import DiffusionPipeline
 
 from zoo import load_pipeline
 from zoo.sampling import scheduler_from_config
 
 from .conditions import Condition, PromptEncoder
+from .config import DTYPES as DTYPE_NAMES
+from .config import SCHEDULERS
 from .families import PipelineFamily, family_of
 
-SCHEDULERS = {
-    "ddim": DDIMScheduler,
-    "dpmsolver++": DPMSolverMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-}
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
+"""The torch dtype of each name a config or ``--dtype`` accepts (:data:`envs.config.DTYPES`)."""
 
 
 def torch_dtype(name: str, flag: str = "dtype") -> torch.dtype:
@@ -55,7 +51,7 @@ def prepare_pipeline(
 
     Args:
         model: A shipped name, a ``save_pretrained`` folder, a hub id, or a loaded pipeline.
-        scheduler: ``"default"`` or a name of :data:`SCHEDULERS`.
+        scheduler: ``"default"`` or a name of :data:`envs.config.SCHEDULERS`.
         device: Where to move the pipeline (``None``: leave a loaded pipeline where it is; load onto the CPU).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``: ``torch_dtype`` of a pipeline loaded here (a loaded
             pipeline is left as it is).

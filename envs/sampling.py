@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.budget import check_budget
+
 from .config import SCHEDULER_NAMES, ConfigError, EnvConfig
 
 SPLITS = ("train", "eval")
@@ -54,8 +56,7 @@ def draw_episode(
         low, high = config.budget_range
         given = options.get("budget")  # None: drawn, as when not given
         budget = float(given) if given is not None else float(rng.uniform(low, high))
-        if not 0.0 < budget <= 1.0:
-            raise ConfigError(f"budget={budget}: a compute fraction must lie in (0, 1].")
+        check_budget(budget, "budget", ConfigError)
     elif options.get("budget") is not None:
         raise ConfigError("budget was given but the environment is not budget-conditioned (budget_conditioned=false).")
     return EpisodeSpec(condition, seed, budget)

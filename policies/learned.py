@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from runtime import NUM_ACTIONS, Observation
+from runtime.budget import is_budget
 from runtime.config import MAX_FORECAST_ORDER
 
 from .base import Policy
@@ -167,8 +168,8 @@ class LearnedPolicy(Policy):
         """``(low, high)``: the budgets a budget-conditioned policy was trained on, if its manifest records them."""
         value = self._trained_on("budget_range")
         if (
-            not (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value))
-            or not 0.0 < value[0] <= value[1] <= 1.0
+            not (isinstance(value, (list, tuple)) and len(value) == 2 and all(is_budget(v) for v in value))
+            or value[0] > value[1]
         ):
             return None
         return float(value[0]), float(value[1])

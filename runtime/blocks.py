@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
-from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
-from diffusers.utils.torch_utils import unwrap_module
 
 from .devices import to_device
+from .diffusers_internals import (
+    _ALL_TRANSFORMER_BLOCK_IDENTIFIERS,
+    TransformerBlockMetadata,
+    TransformerBlockRegistry,
+    unwrap_module,
+)
 
 
 @dataclass(frozen=True)

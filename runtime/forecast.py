@@ -204,11 +204,6 @@ class ResidualHistory:
         return self._whole_pushes >= self.depth
 
     @property
-    def times(self) -> torch.Tensor:
-        """``(slots, batch)`` times, newest first."""
-        return torch.stack(self.slot_times)
-
-    @property
     def last_change(self) -> torch.Tensor:
         """``(batch,)`` relative L1 change between the two newest residuals of the hidden stream (0 with fewer).
 

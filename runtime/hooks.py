@@ -6,7 +6,6 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.hooks.hooks import ModelHook
 
 from .blocks import (
     HookedBlock,
@@ -16,6 +15,7 @@ from .blocks import (
     split_block_output,
     with_block_input,
 )
+from .diffusers_internals import ModelHook
 
 if TYPE_CHECKING:
     from .engine import CacheEngine

@@ -1,35 +1,10 @@
 """The observation a policy sees: one builder for the training environment and for inference alike.
 
 A policy names the features it reads (``Policy.feature_names``, recorded in an exported policy's manifest); the
-engine builds those columns, in that order. Without names it builds :data:`DEFAULT_FEATURES`. Features, per
-logical sample (``_g``: one column per block group ``g``):
-
-==========================  ===============================================================================  ========
-name                        meaning                                                                          range
-==========================  ===============================================================================  ========
-``time``                    diffusion time of this step (timestep / 1000, or sigma), 1 = pure noise          [0, 1]
-``input_change``            relative L1 change of the first block's input since the sample's last step that  [0, 4]
-                            computed any group (0 at the first step)
-``probe_change``            relative L1 change of the probe blocks' residual since that same step (0 with    [0, 4]
-                            no probe blocks)
-``compute_spent``           FLOPs the sample has used in the finished steps, as a fraction of uncached        [0, 1]
-                            (1 at the first step)
-``budget``                  target compute fraction the policy is asked to meet (1 when none is set)         [0, 1]
-``step_size``               diffusion time from the previous step to this one (0 at the first step): tells   [0, 1]
-                            the step count and the scheduler's spacing apart
-``since_compute_g``         steps since group g last computed, divided by 16, capped at 1                    [0, 1]
-``forecast_gap_g``          how much the probe residual changed since g last computed, minus how much g's     [-4, 4]
-                            first-order forecast says g changed (0 for a reuse); positive when the cache
-                            likely lags behind the model
-``time_since_compute_g``    diffusion time since group g last computed (0 before it has)                     [0, 1]
-``residual_change_g``       relative L1 change between g's two newest computed residuals of this sample: how  [0, 4]
-                            fast the group's output moves for it (0 with fewer than two)
-``forecast_error_g``        relative L1 error, against the residual g computed last, of the first-order       [0, 4]
-                            forecast g would have used instead (0 until g has computed three times): how far
-                            this sample drifts off its forecast
-==========================  ===============================================================================  ========
-
-Relative L1 change of ``a`` from ``b`` is ``mean|a - b| / mean|b|``, computed on the sample's conditional row.
+engine builds those columns, in that order. Without names it builds :data:`DEFAULT_FEATURES`. Every feature, its
+meaning and its range is in :data:`FEATURES` (listed at the end of this docstring), per logical sample; a per-group
+feature has one column per block group ``g``, named ``<name>_<g>``. :func:`features_markdown` renders the table for
+the documentation (``docs/how-it-works.md``, written by ``scripts/write_docs.py``).
 
 Features and the change signals are computed when a policy first reads them, inside its ``act`` call: policies
 that need only the step, the time and ``since_compute`` (FORA, TaylorSeer, Δ-DiT) cost no tensor work.
@@ -57,39 +32,106 @@ _RESIDUALS_NEEDED = torch.tensor(
 _MOST_RESIDUALS_NEEDED = int(_RESIDUALS_NEEDED.max())
 
 
+RELATIVE_L1 = (
+    "Relative L1 change of `a` from `b` is `mean|a - b| / mean|b|`, computed on the sample's conditional row."
+)
+"""How the change features compare two tensors (``forecast.relative_l1``)."""
+
+
 @dataclass(frozen=True)
 class Feature:
-    """One observation feature (see the table above).
+    """One observation feature.
 
     Attributes:
         name: Its name; a ``per_group`` feature has one column per group, named ``<name>_<g>``.
         per_group: Whether it has a column per block group.
         low / high: The range its values lie in.
+        meaning: What it measures (for group ``g`` when ``per_group``).
     """
 
     name: str
     per_group: bool
     low: float
     high: float
+    meaning: str
 
 
 FEATURES: dict[str, Feature] = {
     feature.name: feature
     for feature in (
-        Feature("time", False, 0.0, 1.0),
-        Feature("input_change", False, 0.0, CHANGE_CAP),
-        Feature("probe_change", False, 0.0, CHANGE_CAP),
-        Feature("compute_spent", False, 0.0, 1.0),
-        Feature("budget", False, 0.0, 1.0),
-        Feature("step_size", False, 0.0, 1.0),
-        Feature("since_compute", True, 0.0, 1.0),
-        Feature("forecast_gap", True, -CHANGE_CAP, CHANGE_CAP),
-        Feature("time_since_compute", True, 0.0, 1.0),
-        Feature("residual_change", True, 0.0, CHANGE_CAP),
-        Feature("forecast_error", True, 0.0, CHANGE_CAP),
+        Feature("time", False, 0.0, 1.0, "diffusion time of this step (timestep / 1000, or sigma), 1 = pure noise"),
+        Feature(
+            "input_change",
+            False,
+            0.0,
+            CHANGE_CAP,
+            "relative L1 change of the first block's input since the sample's last step that computed any group (0 "
+            "at the first step)",
+        ),
+        Feature(
+            "probe_change",
+            False,
+            0.0,
+            CHANGE_CAP,
+            "relative L1 change of the probe blocks' residual since that same step (0 with no probe blocks)",
+        ),
+        Feature(
+            "compute_spent",
+            False,
+            0.0,
+            1.0,
+            "FLOPs the sample has used in the finished steps, as a fraction of uncached (1 at the first step)",
+        ),
+        Feature("budget", False, 0.0, 1.0, "target compute fraction the policy is asked to meet (1 when none is set)"),
+        Feature(
+            "step_size",
+            False,
+            0.0,
+            1.0,
+            "diffusion time from the previous step to this one (0 at the first step): tells the step count and the "
+            "scheduler's spacing apart",
+        ),
+        Feature(
+            "since_compute",
+            True,
+            0.0,
+            1.0,
+            f"steps since group g last computed, divided by {SINCE_COMPUTE_SCALE:g}, capped at 1",
+        ),
+        Feature(
+            "forecast_gap",
+            True,
+            -CHANGE_CAP,
+            CHANGE_CAP,
+            "how much the probe residual changed since g last computed, minus how much g's first-order forecast says "
+            "g changed (0 for a reuse); positive when the cache likely lags behind the model",
+        ),
+        Feature("time_since_compute", True, 0.0, 1.0, "diffusion time since group g last computed (0 before it has)"),
+        Feature(
+            "residual_change",
+            True,
+            0.0,
+            CHANGE_CAP,
+            "relative L1 change between g's two newest computed residuals of this sample: how fast the group's "
+            "output moves for it (0 with fewer than two)",
+        ),
+        Feature(
+            "forecast_error",
+            True,
+            0.0,
+            CHANGE_CAP,
+            "relative L1 error, against the residual g computed last, of the first-order forecast g would have used "
+            "instead (0 until g has computed three times): how far this sample drifts off its forecast",
+        ),
     )
 }
 """Every feature the engine can build, by name."""
+
+if __doc__ is not None:  # the module docstring lists the features from the table above (absent under ``python -OO``)
+    __doc__ += "\nFeatures, per logical sample:\n\n" + "\n".join(
+        f"- ``{f.name}{'_g' if f.per_group else ''}`` in [{f.low:g}, {f.high:g}]: {f.meaning}"
+        for f in FEATURES.values()
+    )
 
 DEFAULT_FEATURES = ("time", "input_change", "probe_change", "compute_spent", "budget", "since_compute", "forecast_gap")
 """The features built for a policy that names none."""
@@ -99,6 +141,30 @@ ADAPTIVE_FEATURES = (*DEFAULT_FEATURES, "step_size", "time_since_compute", "resi
 
 GLOBAL_FEATURES = tuple(name for name in DEFAULT_FEATURES if not FEATURES[name].per_group)
 GROUP_FEATURES = tuple(name for name in DEFAULT_FEATURES if FEATURES[name].per_group)
+
+
+_FEATURE_SETS = (("default", DEFAULT_FEATURES), ("adaptive", ADAPTIVE_FEATURES))
+
+
+def features_markdown() -> str:
+    """:data:`FEATURES` as a Markdown table: name, meaning, range and the feature sets that include it."""
+
+    def bound(value: float) -> str:
+        return f"{value:g}"
+
+    lines = ["| feature | meaning | range | in |", "|---|---|---|---|"]
+    for feature in FEATURES.values():
+        name = f"`{feature.name}_g`" if feature.per_group else f"`{feature.name}`"
+        sets = next((label for label, names in _FEATURE_SETS if feature.name in names), "")
+        lines.append(f"| {name} | {feature.meaning} | [{bound(feature.low)}, {bound(feature.high)}] | {sets} |")
+    lines += [
+        "",
+        "`_g`: one column per block group `g`. *default*: `DEFAULT_FEATURES`, built for a policy that names none; "
+        "*adaptive*: the further features of `ADAPTIVE_FEATURES`.",
+        "",
+        RELATIVE_L1,
+    ]
+    return "\n".join(lines)
 
 
 @functools.cache

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from diffusers.hooks.hooks import BaseState, StateManager
 
 from .devices import HOST, to_device
+from .diffusers_internals import BaseState, StateManager
 from .forecast import ResidualHistory, l1_scale
 from .layout import CfgLayout, sample_of_row, samples_in, signal_rows
 

@@ -33,6 +33,7 @@ import runtime
 from agents.schedule_search import ScheduleSearch
 from envs.pipelines import generate, prepare_pipeline
 from policies import ActionRecorder, StaticSchedulePolicy, load_policy
+from runtime.budget import is_budget
 from zoo.metrics import capped_psnr
 
 PSNR_CAP = 60.0
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.samples < 1:
         parser.error("--samples must be at least 1")
-    if not all(0 < b <= 1 for b in args.budgets):
+    if not all(is_budget(b) for b in args.budgets):
         parser.error("--budgets must lie in (0, 1]")
     root = Path(__file__).resolve().parents[1]
     policy = args.policy or str(root / "assets" / "policies" / f"{args.model}.safetensors")

@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
-from agents.evaluation import timed_generation
 from envs import CacheScheduleVecEnv
 from envs.pipelines import prepare_pipeline
+from reporting.evaluation import timed_generation
 
 
 def env_episode_seconds(venv: CacheScheduleVecEnv, conditions: list[int], seeds: list[int]) -> float:

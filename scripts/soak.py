@@ -21,6 +21,7 @@ import runtime
 from envs import CacheScheduleEnv
 from envs.pipelines import generate, prepare_pipeline
 from policies import FORA
+from runtime.diffusers_internals import HOOK_REGISTRY_ATTRIBUTE
 
 WARMUP_EPISODES = 20
 
@@ -66,11 +67,8 @@ def soak_enable_disable(model: str, cycles: int) -> tuple[int, int]:
         runtime.disable_cache(pipe.transformer)
         del engine
     gc.collect()
-    hooked = sum(
-        1
-        for module in pipe.transformer.modules()
-        if getattr(module, "_diffusers_hook", None) is not None and module._diffusers_hook.hooks
-    )
+    registries = (getattr(module, HOOK_REGISTRY_ATTRIBUTE, None) for module in pipe.transformer.modules())
+    hooked = sum(1 for registry in registries if registry is not None and registry.hooks)
     alive = sum(1 for ref in engines if ref() is not None)
     return hooked, alive
 

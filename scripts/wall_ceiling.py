@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 import runtime
-from agents.benchmark.config import default_policy_path
+from bench.config import default_policy_path
 from envs.pipelines import generate, prepare_pipeline
 from policies import AlwaysCompute, load_policy
 from runtime.allocator import keep_freed_memory

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 import train_agent
-from agents.benchmark import cli
+from bench import cli
 from envs.conditions import split_prompts
 from policies import load_policy
 from tests.tiny_pipelines import build_dit_pipeline, save_text_pipeline, text_call_kwargs

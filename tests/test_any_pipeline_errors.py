@@ -10,7 +10,7 @@ import pytest
 
 import generate
 import train_agent
-from agents.benchmark import cli
+from bench import cli
 from tests.tiny_pipelines import build_dit_pipeline, save_text_pipeline
 
 

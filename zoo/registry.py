@@ -78,14 +78,3 @@ def load_pipeline(name_or_path: str | os.PathLike, **kwargs: Any) -> DiffusionPi
     except Exception as err:
         cause = str(err).replace(" Please check out the root cause in the stacktrace above.", "").strip()
         raise ValueError(f"Could not load {name!r} from the hub or the local cache ({cause}). {hint}") from err
-
-
-def _pipeline_class(folder: Path) -> type[DiffusionPipeline]:
-    """The zoo pipeline class a ``save_pretrained`` folder names, else diffusers' generic loader."""
-    index = folder / "model_index.json"
-    if index.is_file():
-        class_name = json.loads(index.read_text()).get("_class_name")
-        for pipeline_class in SHIPPED_MODELS.values():
-            if pipeline_class.__name__ == class_name:
-                return pipeline_class
-    return DiffusionPipeline

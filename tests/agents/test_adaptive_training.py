@@ -111,8 +111,8 @@ def test_group_rollouts_share_their_draw_and_rewards_are_relative_to_the_group(t
 
 
 def test_the_replay_of_a_static_schedule_is_that_schedule(tiny_digits_dir: Path) -> None:
-    from agents.evaluation import evaluate_policy
     from policies import StaticSchedulePolicy
+    from reporting.evaluation import evaluate_policy
 
     table = np.full((5, 2), int(runtime.Action.FORECAST))
     table[[0, 1, 3]] = int(runtime.Action.COMPUTE)

@@ -10,9 +10,9 @@ import pytest
 
 import train_agent
 from agents.config import ConfigError, load_config
-from agents.evaluation import trained_scheduler_notice, trained_steps_notice
 from envs.sampling import SamplingSetting
 from policies import load_policy
+from reporting.evaluation import trained_scheduler_notice, trained_steps_notice
 from tests.agents.wandb_records import read_offline_run
 from tests.digits_fixtures import TINY_WARM_START
 

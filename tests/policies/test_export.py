@@ -392,7 +392,7 @@ def test_a_budget_outside_the_trained_range_warns(tmp_path: Path) -> None:
 
 
 def test_step_ranges_and_schedulers_in_the_manifest_drive_the_notices(tmp_path: Path) -> None:
-    from agents.evaluation import trained_scheduler_notice, trained_steps_notice
+    from reporting.evaluation import trained_scheduler_notice, trained_steps_notice
 
     policy = hand_policy([0.0, 1.0, 0.0], groups=2)
     policy.manifest["trained_on"] = {

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
 import runtime
 from policies import FORA, AlwaysCompute, FirstBlockThreshold, TaylorSeer
 from runtime import Action
+from runtime.diffusers_internals import CacheContext, _set_cache_context
 from tests.runtime.toy_models import ScriptedPolicy, denoise_dit, tiny_dit
 
 
@@ -449,10 +449,10 @@ def test_change_features_follow_the_reference_of_the_last_computing_step() -> No
 
 
 def test_block_inputs_are_replaced_by_name_positionally_or_by_keyword() -> None:
-    from diffusers.hooks._helpers import TransformerBlockRegistry
     from diffusers.models.attention import JointTransformerBlock
 
     from runtime.blocks import get_block_input, with_block_input
+    from runtime.diffusers_internals import TransformerBlockRegistry
 
     metadata = TransformerBlockRegistry.get(JointTransformerBlock)  # (hidden_states, encoder_hidden_states, temb)
     hidden, encoder, temb, new = (torch.full((1,), float(i)) for i in range(4))

@@ -7,9 +7,10 @@ import math
 
 import pytest
 import torch
-from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.models.attention import BasicTransformerBlock, JointTransformerBlock
 from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
+
+from runtime.diffusers_internals import TransformerBlockRegistry
 
 STEPS = 4
 SEED = 0

@@ -6,9 +6,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 from diffusers import DiTTransformer2DModel
-from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 
 from runtime import Action, Observation
+from runtime.diffusers_internals import TransformerBlockMetadata, TransformerBlockRegistry
 
 
 class PolynomialBlock(torch.nn.Module):

@@ -13,10 +13,11 @@ import torch
 from envs.config import DTYPES, ConfigError, EnvConfig
 from envs.pipelines import make_sampler
 from policies import PolicyFormatError, load_policy
+from reporting.evaluation import trained_scheduler_notice, trained_steps_notice
+from reporting.outputs import output_folder_problem
+from reporting.tracking import MODES as WANDB_MODES
 from runtime.allocator import keep_freed_memory
 
-from ..evaluation import trained_scheduler_notice, trained_steps_notice
-from ..outputs import output_folder_problem
 from .config import (
     REPO_ROOT,
     BenchmarkConfig,
@@ -26,12 +27,11 @@ from .config import (
     parse_classes,
     parse_seeds,
 )
-from .methods import build_methods
+from .grid import build_methods
 from .oracle import build_upper_bounds
 from .report import TABLE_COLUMNS, headline_wall_ratio, write_results
 from .runner import make_settings, run_benchmark
 
-WANDB_MODES = ("online", "offline", "disabled")
 ADAPTIVITY_KEYS = (
     "minus_replay",
     "minus_replay_p10",
@@ -218,7 +218,7 @@ def log_to_wandb(
     """Logs the results table, ``pareto.png`` and ``results.json`` (as an artifact) to a W&B run."""
     import wandb
 
-    from agents.tracking import start_run
+    from reporting.tracking import start_run
 
     run = start_run(project=project, config=results["config"], mode=mode, out_dir=out_dir, job_type="benchmark")
     try:

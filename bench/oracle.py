@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.evaluation import class_accuracy
 from policies import Policy
+from reporting.evaluation import class_accuracy
 from runtime import Observation
 from zoo.metrics import capped_psnr, ssim
 

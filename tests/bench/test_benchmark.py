@@ -19,20 +19,20 @@ import torch
 import yaml
 
 import runtime
-from agents.benchmark import cli
-from agents.benchmark.config import load_config
-from agents.benchmark.diffusers_caches import (
+from bench import cli
+from bench.config import load_config
+from bench.diffusers_caches import (
     DiffusersFirstBlockCache,
     DiffusersMagCache,
     DiffusersTaylorSeer,
     MagCacheCalibration,
 )
-from agents.benchmark.methods import EngineMethod, Method, Settings
-from agents.benchmark.report import markdown, pareto_front, psnr_at, summarize, wall_ratio_at
-from agents.benchmark.runner import flops_cross_check, uncached_reference
-from agents.evaluation import trained_steps_notice
+from bench.methods import EngineMethod, Method, Settings
+from bench.report import markdown, pareto_front, psnr_at, summarize, wall_ratio_at
+from bench.runner import flops_cross_check, uncached_reference
 from envs.config import ConfigError
 from policies import FORA, export_schedule, load_policy
+from reporting.evaluation import trained_steps_notice
 from tests.agents.wandb_records import read_offline_run
 from tests.digits_fixtures import tiny_digits_pipeline
 from zoo.pipelines import MiniDiTPipeline
@@ -211,7 +211,7 @@ def test_diffusers_hooks_are_removed_and_reset(monkeypatch: pytest.MonkeyPatch) 
         assert torch.equal(run.run(pipe), uncached), f"{method}: the transformer changed after removal"
     assert len(calibration.ratios) == STEPS
 
-    monkeypatch.setattr("agents.benchmark.diffusers_caches.taylorseer_identifiers", lambda t: ["no_such_module"])
+    monkeypatch.setattr("bench.diffusers_caches.taylorseer_identifiers", lambda t: ["no_such_module"])
     with pytest.raises(RuntimeError, match="hooked no module"):
         DiffusersTaylorSeer(2, 1, 1, "float32").attach(pipe, run)
     assert not any(hasattr(m, "_diffusers_hook") for m in pipe.transformer.modules())
@@ -451,8 +451,8 @@ class _Broken(EngineMethod):
 
 
 def test_a_failing_method_is_recorded_and_the_others_still_run(tmp_path: Path) -> None:
-    from agents.benchmark.report import write_results
-    from agents.benchmark.runner import run_benchmark
+    from bench.report import write_results
+    from bench.runner import run_benchmark
 
     config = load_config(
         overrides={"seeds": "1000000-1000001", "steps": STEPS, "repeats": 1, "warmup_steps": 1, "flops_check": False}
@@ -482,8 +482,8 @@ def test_a_failing_method_is_recorded_and_the_others_still_run(tmp_path: Path) -
 def test_the_flop_cross_check_picks_a_measured_method_and_its_failure_keeps_the_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agents.benchmark import runner
-    from agents.benchmark.report import write_results
+    from bench import runner
+    from bench.report import write_results
 
     config = load_config(overrides={"seeds": "1000000-1000001", "steps": STEPS, "repeats": 1, "warmup_steps": 1})
     options = {"groups": 2, "probe_blocks": 0}
@@ -516,7 +516,7 @@ def test_the_flop_cross_check_picks_a_measured_method_and_its_failure_keeps_the_
 
 
 def test_results_json_is_strict_json() -> None:
-    from agents.benchmark.report import strict_json
+    from bench.report import strict_json
 
     value = {"ssim": math.nan, "rows": [{"fd": math.inf, "psnr": 31.5}], "knob": "N=2", "n": 3}
     text = json.dumps(strict_json(value), allow_nan=False)
@@ -560,7 +560,7 @@ def _measure_scripted(
 
     ``scripted(name)`` gives the seconds of one run of the method ``name`` ("U": the uncached pipeline) or raises.
     """
-    from agents.benchmark import runner
+    from bench import runner
 
     pipe = type("Pipe", (), {"attached": None})()
 
@@ -594,7 +594,7 @@ def test_timing_rounds_bracket_each_method_run_with_uncached_runs(monkeypatch: p
     rows, _ = _measure_scripted(monkeypatch, scripted, "abcd", 2)
 
     # three method runs between two uncached runs; the second round runs the methods in reverse order
-    from agents.benchmark.runner import METHODS_PER_UNCACHED_RUN
+    from bench.runner import METHODS_PER_UNCACHED_RUN
 
     assert METHODS_PER_UNCACHED_RUN == 3
     assert calls == ["U", "a", "b", "c", "U", "d", "U", "U", "d", "c", "b", "U", "a", "U"]
@@ -657,7 +657,7 @@ def test_every_row_keeps_per_sample_psnr(benchmark_run: tuple[dict[str, Any], Pa
 
 
 def test_adaptivity_lines_compare_learned_with_its_replay(benchmark_run: tuple[dict[str, Any], Path]) -> None:
-    from agents.benchmark.adaptivity import adaptivity_summary
+    from bench.adaptivity import adaptivity_summary
 
     results, out = benchmark_run
     entries = results["adaptivity"]
@@ -706,7 +706,7 @@ def _row(method: str, family: str, flops: float, per_sample: list[float], **extr
 
 
 def test_adaptivity_summary_reads_each_front_and_excludes_replay_and_oracle() -> None:
-    from agents.benchmark.adaptivity import adaptivity_summary, tenth_percentile
+    from bench.adaptivity import adaptivity_summary, tenth_percentile
 
     assert tenth_percentile([10.0, 20.0, 30.0]) == pytest.approx(12.0)
     learned = "learned"
@@ -752,11 +752,11 @@ def test_adaptivity_summary_reads_each_front_and_excludes_replay_and_oracle() ->
 
 
 def test_oracle_rows_only_when_configured(tmp_path: Path) -> None:
-    from agents.benchmark.methods import build_methods
-    from agents.benchmark.oracle import build_upper_bounds
-    from agents.benchmark.report import write_results
-    from agents.benchmark.runner import run_benchmark
     from agents.schedule_search import ScheduleSearch
+    from bench.grid import build_methods
+    from bench.oracle import build_upper_bounds
+    from bench.report import write_results
+    from bench.runner import run_benchmark
     from envs.pipelines import generate
     from policies import StaticSchedulePolicy
 

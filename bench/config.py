@@ -15,9 +15,10 @@ from typing import Any
 import yaml
 
 from envs.conditions import resolve_prompt_splits
-from envs.config import DTYPES, ConfigError, from_dict
+from envs.config import DTYPES, SCHEDULER_NAMES, ConfigError, from_dict
+from runtime.budget import check_budgets, is_budget
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "benchmark.yaml"
 POLICY_DIR = REPO_ROOT / "assets" / "policies"
 
@@ -70,7 +71,7 @@ def parse_budgets(text: str, name: str = "--budgets") -> list[float]:
         raise ConfigError(
             f"{name}={text!r}: give comma-separated compute fractions in (0, 1], e.g. 0.25,0.5."
         ) from None
-    if not budgets or any(not 0.0 < b <= 1.0 for b in budgets):
+    if not budgets or not all(is_budget(b) for b in budgets):
         raise ConfigError(f"{name}={text!r}: every budget is a compute fraction in (0, 1], e.g. 0.25 for 4x.")
     return budgets
 
@@ -219,7 +220,7 @@ class LearnedGrid:
         shared_decisions: Also evaluate it with one decision per group for the whole batch (the samples'
             majority), which turns saved FLOPs into saved time on models whose blocks cost mostly per call.
         static_replay: Also evaluate its static replay at each budget: the majority schedule of its own decisions on
-            the benchmark's samples, played for all of them (see ``agents.benchmark.replay``).
+            the benchmark's samples, played for all of them (see ``bench.replay``).
     """
 
     policy: str | None = None
@@ -228,14 +229,14 @@ class LearnedGrid:
     static_replay: bool = True
 
     def __post_init__(self) -> None:
-        if any(not 0.0 < b <= 1.0 for b in self.budgets):
-            raise ConfigError(f"budgets={self.budgets}: every budget is a compute fraction in (0, 1].")
+        if self.budgets:  # none: no learned rows
+            check_budgets(self.budgets, "budgets", ConfigError)
 
 
 @dataclass
 class OracleConfig:
     """The per-sample oracle: a schedule searched for each of the first ``samples`` samples alone, against its
-    uncached output (an upper bound, not a causal policy; see ``agents.benchmark.oracle``).
+    uncached output (an upper bound, not a causal policy; see ``bench.oracle``).
 
     Attributes:
         samples: Samples it is searched on, the benchmark's first ones (0: no oracle rows).
@@ -255,8 +256,8 @@ class OracleConfig:
                 f"samples={self.samples}, sweeps={self.sweeps}, workers={self.workers}: need samples >= 0 (0: off), "
                 "sweeps >= 1 and workers >= 1."
             )
-        if self.budgets is not None and any(not 0.0 < b <= 1.0 for b in self.budgets):
-            raise ConfigError(f"budgets={self.budgets}: every budget is a compute fraction in (0, 1].")
+        if self.budgets:  # None: the learned policy's
+            check_budgets(self.budgets, "budgets", ConfigError)
 
 
 @dataclass
@@ -295,7 +296,7 @@ class BenchmarkConfig:
 
     Attributes:
         model: A shipped model name, a local pipeline folder or a hub id.
-        scheduler: ``"default"`` (the model's) or ``"ddim"``, ``"dpmsolver++"``, ``"euler"``.
+        scheduler: ``"default"`` (the model's) or a name of ``envs.config.SCHEDULERS`` (``"ddim"``, ...).
         steps: Denoising steps (``None``: the pipeline's default).
         guidance: Classifier-free guidance scale (``None``: the pipeline's default).
         seeds: Seed range ``"A-B"``, both ends included; one sample per seed.
@@ -359,8 +360,8 @@ class BenchmarkConfig:
             raise ConfigError(f"guidance={self.guidance}: a guidance scale is a finite number >= 0.")
         if self.steps is not None and self.steps < 2:
             raise ConfigError(f"steps={self.steps}: use at least 2 denoising steps.")
-        if self.scheduler not in ("default", "ddim", "dpmsolver++", "euler"):
-            raise ConfigError(f"scheduler={self.scheduler!r}: use 'default', 'ddim', 'dpmsolver++' or 'euler'.")
+        if self.scheduler not in SCHEDULER_NAMES:
+            raise ConfigError(f"scheduler={self.scheduler!r}: use one of {list(SCHEDULER_NAMES)}.")
         if self.repeats < 1:
             raise ConfigError(f"repeats={self.repeats}: time at least one pair.")
         if self.warmup_steps < 1:

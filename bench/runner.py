@@ -22,7 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from agents.evaluation import class_accuracy, fidelity, timed_generation
+from reporting.evaluation import class_accuracy, fidelity, timed_generation
 from zoo.metrics import capped_psnr
 
 from .adaptivity import adaptivity_summary, tenth_percentile
@@ -307,7 +307,7 @@ def run_benchmark(
     Args:
         pipe: The pipeline (progress bar off, no cache attached).
         config: The benchmark config.
-        methods: Every method at every knob (see ``methods.build_methods``).
+        methods: Every method at every knob (see ``grid.build_methods``).
         model_name: Name recorded in the results.
         progress: Show a tqdm bar over methods × knobs.
         notes: Remarks added to the results.

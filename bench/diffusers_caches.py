@@ -29,13 +29,18 @@ from diffusers.hooks import (
     apply_mag_cache,
     apply_taylorseer_cache,
 )
-from diffusers.hooks._common import _ATTENTION_CLASSES, _FEEDFORWARD_CLASSES
-from diffusers.hooks.first_block_cache import _FBC_BLOCK_HOOK, _FBC_LEADER_BLOCK_HOOK
-from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK, _MAG_CACHE_LEADER_BLOCK_HOOK
-from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
-from diffusers.models.cache_utils import CacheMixin
 
 import runtime
+from runtime.diffusers_internals import (
+    _ATTENTION_CLASSES,
+    _FBC_BLOCK_HOOK,
+    _FBC_LEADER_BLOCK_HOOK,
+    _FEEDFORWARD_CLASSES,
+    _MAG_CACHE_BLOCK_HOOK,
+    _MAG_CACHE_LEADER_BLOCK_HOOK,
+    _TAYLORSEER_CACHE_HOOK,
+    CacheMixin,
+)
 
 from .config import BenchmarkConfig, MagCacheGrid, MethodsConfig
 from .methods import Method, Settings

@@ -1,11 +1,12 @@
 """The benchmark: every caching method swept over its knob on one model, against the uncached pipeline.
 
-``python benchmark.py`` runs it (see :mod:`agents.benchmark.cli`); :func:`run_benchmark` is the programmatic entry.
+``python benchmark.py`` runs it (see :mod:`bench.cli`); :func:`run_benchmark` is the programmatic entry.
 """
 
 from .adaptivity import adaptivity_summary
 from .config import BenchmarkConfig, load_config, parse_budgets, parse_classes, parse_seeds
-from .methods import EngineMethod, Method, Settings, build_methods
+from .grid import build_methods
+from .methods import EngineMethod, Method, Settings
 from .oracle import PerSampleOracle, build_upper_bounds
 from .replay import RecordedLearnedMethod, StaticReplayMethod
 from .report import pareto_front, psnr_at, summarize, write_results

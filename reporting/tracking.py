@@ -1,4 +1,4 @@
-"""Weights & Biases tracking: mode resolution (online when logged in, else offline), runs, SB3 logger output."""
+"""Weights & Biases tracking: mode resolution (online when logged in, else offline) and runs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
-
-import numpy as np
-from stable_baselines3.common.logger import KVWriter
 
 MODES = ("online", "offline", "disabled")
 RESUME_WAIT_SECONDS = 60.0
@@ -102,28 +99,3 @@ def start_run(
     if mode == "offline":
         print(f"W&B is offline (not logged in). To upload this run later: wandb sync {run.dir.rsplit('/files', 1)[0]}")
     return run
-
-
-class WandbOutputFormat(KVWriter):
-    """An SB3 logger output that sends every logged scalar to W&B (no TensorBoard needed).
-
-    Args:
-        run: The W&B run.
-    """
-
-    def __init__(self, run: Any) -> None:
-        self.run = run
-
-    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
-        scalars = {}
-        for key, value in key_values.items():
-            excluded = key_excluded.get(key) or ()
-            if "wandb" in excluded:
-                continue
-            if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-                scalars[key] = float(value)
-        if scalars:
-            self.run.log({**scalars, "global_step": step})
-
-    def close(self) -> None:
-        pass

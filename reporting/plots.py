@@ -1,4 +1,4 @@
-"""Figures logged during training: uncached-vs-cached image grids and the speed/quality Pareto plot."""
+"""Figures: uncached-vs-cached image grids and the speed/quality Pareto plot (for training and generate.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,12 @@
+"""Measuring and recording runs: policy evaluation, figures, run folders and W&B tracking.
+
+Training (``agents``), the benchmark (``bench``) and ``generate.py`` all use these services, so they live in a package
+of their own below the three, importing only ``envs``, ``policies``, ``runtime`` and ``zoo``: neither the benchmark
+nor ``generate.py`` has to import the training package to evaluate a policy or start a W&B run.
+
+Modules:
+    evaluation: A policy inside an unmodified pipeline: FLOP and wall-clock speedup, fidelity, class accuracy.
+    plots: Image grids and the speed/quality Pareto plot, as RGB arrays.
+    outputs: Checking an output folder before a long run writes into it.
+    tracking: W&B mode resolution and runs.
+"""

@@ -1,0 +1,72 @@
+"""The layering of the project's packages: importing one of them (every module in it) loads only the packages its
+arrows in :data:`ALLOWED` point to.
+
+Data flows one way: ``agents -> envs -> runtime <- policies``. The benchmark (``bench``) and training (``agents``)
+stand side by side and share ``reporting``; ``zoo`` (the shipped models) is loaded by ``envs`` to build pipelines.
+Imports made inside functions are not followed (they happen only when the function runs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ALLOWED: dict[str, set[str]] = {
+    "runtime": set(),
+    "policies": {"runtime"},
+    "zoo": set(),
+    "envs": {"runtime", "zoo"},
+    "reporting": {"envs", "policies", "runtime", "zoo"},
+    "bench": {"envs", "policies", "reporting", "runtime", "zoo"},
+    "agents": {"envs", "policies", "reporting", "runtime", "zoo"},
+}
+"""Each package and the project packages it may import; an arrow not listed here is a layering error."""
+
+_IMPORT_ALL = """
+import importlib, json, pkgutil, sys
+package = importlib.import_module(sys.argv[1])
+for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+    if not module.name.endswith("__main__"):
+        importlib.import_module(module.name)
+print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
+"""
+
+
+def imported_packages(package: str) -> set[str]:
+    """The other project packages in ``sys.modules`` after importing every module of ``package`` in a fresh process."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_ALL, package],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    return (loaded & set(ALLOWED)) - {package}
+
+
+def test_the_table_names_every_package_and_its_arrows_form_a_dag() -> None:
+    packages = {path.parent.name for path in ROOT.glob("*/__init__.py")} - {"tests"}
+    assert packages == set(ALLOWED)
+    done: set[str] = set()
+    while len(done) < len(ALLOWED):
+        ready = {package for package, targets in ALLOWED.items() if package not in done and targets <= done}
+        assert ready, f"the arrows among {sorted(set(ALLOWED) - done)} form a cycle"
+        done |= ready
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_a_package_imports_only_what_its_arrows_allow(package: str) -> None:
+    imported = imported_packages(package)
+    assert imported <= ALLOWED[package], f"{package} imports {sorted(imported - ALLOWED[package])}: not in ALLOWED"
