@@ -202,8 +202,60 @@ class WandbConfig:
 
 
 @dataclass
+class RayConfig:
+    """Where the work runs: in this process (the default) or on Ray workers (``pip install -e .[ray]``).
+
+    With ``workers: 1`` and no ``address`` everything runs here as always, and Ray is never imported. Otherwise each
+    worker is a Ray actor holding one pipeline with the cache engine (one GPU, or ``cpus_per_worker`` cores), serving
+    reference generation, the warm start's search candidates, the environment's sub-batches, validation and
+    benchmark rows (see docs/distributed.md).
+
+    Attributes:
+        workers: Ray actors (``--workers N``); 1 without an address: no Ray.
+        address: Ray cluster to join: ``"auto"`` (a cluster started with ``ray start``), ``"ray://host:10001"``,
+            or ``None``: start a Ray instance on this machine when ``workers > 1``.
+        env_shards: Sub-batches the environment's ``agent.num_envs`` samples are split into, each one batched
+            generation (with Ray: on its own worker). ``None``: one per worker. Results depend on the shard count,
+            never on the worker count: fix it to compare runs with different ``workers`` (with ``workers: 1`` the
+            shards run here, one after another, in copies of the pipeline).
+        cpus_per_worker: CPU cores (and torch threads) of each worker.
+        gpus_per_worker: GPUs of each worker; ``None``: 1 when ``env.device`` is CUDA, else 0.
+        max_restarts: Times Ray restarts a worker whose process died (``-1``: always); its work is redone.
+        max_task_retries: Times a task of a dead worker is retried on its restarted self (``-1``: always).
+    """
+
+    workers: int = 1
+    address: str | None = None
+    env_shards: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None
+    max_restarts: int = 3
+    max_task_retries: int = 3
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"workers={self.workers}: use 1 (this process) or more Ray workers.")
+        if self.env_shards is not None and self.env_shards < 1:
+            raise ConfigError(f"env_shards={self.env_shards}: use 1 or more (or null: one per worker).")
+        if self.cpus_per_worker <= 0 or (self.gpus_per_worker is not None and self.gpus_per_worker < 0):
+            raise ConfigError("cpus_per_worker must be > 0 and gpus_per_worker >= 0 (or null).")
+        if self.max_restarts < -1 or self.max_task_retries < -1:
+            raise ConfigError("max_restarts and max_task_retries: -1 (always) or a count >= 0.")
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the run uses Ray workers."""
+        return self.workers > 1 or self.address is not None
+
+    @property
+    def shards(self) -> int:
+        """Sub-batches of the environment: ``env_shards``, else one per worker."""
+        return self.env_shards if self.env_shards is not None else self.workers
+
+
+@dataclass
 class TrainConfig:
-    """Everything ``train_agent.py`` needs: environment, agent, evaluation, checkpoints and tracking."""
+    """Everything ``train_agent.py`` needs: environment, agent, evaluation, checkpoints, tracking and workers."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
@@ -211,8 +263,16 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
+        shards, groups = self.ray.shards, self.env.group_rollouts
+        if self.agent.num_envs % (shards * groups):
+            raise ConfigError(
+                f"agent.num_envs={self.agent.num_envs} does not split into {shards} environment shards "
+                f"(ray.env_shards, default one per worker) of whole groups of env.group_rollouts={groups}: use a "
+                "num_envs that is a multiple of their product, or set ray.env_shards."
+            )
         warm = self.warm_start
         if warm.enabled and not self.env.budget_conditioned and len(warm.budgets) != 1:
             raise ConfigError(

@@ -6,12 +6,18 @@ schedule) or packed towards the first steps, and improves it by local search at 
 computed step (then one group's computed cell) a few steps earlier or later and keeps the move that raises the mean
 PSNR against the uncached images the most. Every candidate of a round is evaluated in one batched generation, one
 table per block of samples.
+
+The search loops (:meth:`ScheduleSearch.search_steps`, :meth:`ScheduleSearch.search_per_sample_steps`) are generators:
+they yield the generations they need scored (:class:`Generation`, a fixed unit of ``(table, sample)`` pairs whose
+make-up depends only on the search, never on where it runs) and receive their PSNRs. :meth:`ScheduleSearch.search`
+scores them here; ``distributed`` scores the generations of every budget at once on its workers, with the same
+results.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +48,24 @@ class _TablePolicy(Policy):
         return self.tables[:, step].clone()
 
 
+@dataclass(frozen=True)
+class Generation:
+    """One batched generation of a search: ``tables[i]`` played on search sample ``samples[i]``.
+
+    Attributes:
+        tables: ``(steps, groups)`` action tables, one per row of the batch.
+        samples: Index of the search sample each row generates.
+    """
+
+    tables: tuple[np.ndarray, ...]
+    samples: tuple[int, ...]
+
+
+SearchSteps = Generator[list[Generation], list[torch.Tensor], Any]
+"""A search loop: yields the generations it needs, receives one capped-PSNR vector (one value per row) for each, and
+returns its result."""
+
+
 @dataclass
 class SearchResult:
     """A searched schedule.
@@ -66,7 +90,7 @@ class ScheduleSearch:
 
     Args:
         pipe: A pipeline or ``envs.pipelines.Sampler`` (its transformer gets hooked for each evaluation and unhooked
-            after).
+            after); ``None`` for a search whose generations are scored elsewhere (see :meth:`search_steps`).
         conditions: One condition (class label or prompt) per search sample.
         seeds: One seed per search sample.
         steps: Denoising steps.
@@ -98,8 +122,19 @@ class ScheduleSearch:
         self.tables_per_batch = max(1, tables_per_batch)
         self.evaluations = 0
         self.sample_evaluations = np.zeros(len(self.seeds), dtype=np.int64)
-        with torch.inference_mode():
-            self.reference = generate(pipe, self.conditions, self.seeds, steps, guidance)
+        self._reference: torch.Tensor | None = None
+        if pipe is not None:
+            self._reference = self.reference
+
+    @property
+    def reference(self) -> torch.Tensor:
+        """The uncached images of the search samples (generated in one batch, on first use)."""
+        if self._reference is None:
+            if self.pipe is None:
+                raise RuntimeError("This ScheduleSearch has no pipeline: its generations are scored elsewhere.")
+            with torch.inference_mode():
+                self._reference = generate(self.pipe, self.conditions, self.seeds, self.steps, self.guidance)
+        return self._reference
 
     def evenly_spaced(self, budget: float, warp: float = 1.0) -> np.ndarray:
         """The schedule computing every group at ``round(budget * steps)`` steps, step 0 first.
@@ -121,26 +156,53 @@ class ScheduleSearch:
 
     def evaluate(self, tables: Sequence[np.ndarray]) -> np.ndarray:
         """Mean PSNR of each schedule over the search samples."""
-        n = len(self.seeds)
-        scores: list[float] = []
-        for start in range(0, len(tables), self.tables_per_batch):
-            chunk = tables[start : start + self.tables_per_batch]
-            pairs = self._psnr_of_pairs([t for t in chunk for _ in range(n)], list(range(n)) * len(chunk))
-            scores.extend(float(v) for v in pairs.view(len(chunk), n).mean(dim=1))
-        self.evaluations += len(tables)
-        return np.asarray(scores)
+        return self.run(self._evaluate_steps(tables))
 
     def evaluate_per_sample(self, tables: Sequence[np.ndarray], samples: Sequence[int]) -> np.ndarray:
         """PSNR of each ``(table, sample)`` pair: ``tables[i]`` played on search sample ``samples[i]`` alone.
 
         Pairs are evaluated ``tables_per_batch * samples`` to a generation, the batch :meth:`evaluate` runs.
         """
+        return self.run(self._evaluate_per_sample_steps(tables, samples))
+
+    def score(self, generation: Generation) -> torch.Tensor:
+        """Runs one generation here; the capped PSNR of each of its rows."""
+        return self._psnr_of_pairs(generation.tables, generation.samples)
+
+    def run(self, steps: SearchSteps) -> Any:
+        """Drives a search loop, scoring each generation it asks for here, in order; returns its result."""
+        try:
+            request = next(steps)
+            while True:
+                request = steps.send([self.score(generation) for generation in request])
+        except StopIteration as stop:
+            return stop.value
+
+    def _evaluate_steps(self, tables: Sequence[np.ndarray]) -> SearchSteps:
+        """Mean PSNR of each schedule: one generation of ``tables_per_batch`` tables × all samples per chunk."""
+        n = len(self.seeds)
+        chunks = [
+            tables[start : start + self.tables_per_batch] for start in range(0, len(tables), self.tables_per_batch)
+        ]
+        request = [
+            Generation(tuple(t for t in chunk for _ in range(n)), tuple(range(n)) * len(chunk)) for chunk in chunks
+        ]
+        scored = yield request
+        scores: list[float] = []
+        for chunk, pairs in zip(chunks, scored, strict=True):
+            scores.extend(float(v) for v in pairs.view(len(chunk), n).mean(dim=1))
+        self.evaluations += len(tables)
+        return np.asarray(scores)
+
+    def _evaluate_per_sample_steps(self, tables: Sequence[np.ndarray], samples: Sequence[int]) -> SearchSteps:
         if len(tables) != len(samples):
             raise ValueError(f"Give one search sample per table: got {len(tables)} tables, {len(samples)} samples.")
         rows = self.tables_per_batch * len(self.seeds)
-        scores = [
-            self._psnr_of_pairs(tables[i : i + rows], samples[i : i + rows]) for i in range(0, len(tables), rows)
+        request = [
+            Generation(tuple(tables[i : i + rows]), tuple(int(s) for s in samples[i : i + rows]))
+            for i in range(0, len(tables), rows)
         ]
+        scores = (yield request) if request else []
         np.add.at(self.sample_evaluations, np.asarray(samples, dtype=np.int64), 1)
         return torch.cat(scores).double().numpy() if scores else np.zeros(0)
 
@@ -162,7 +224,15 @@ class ScheduleSearch:
             runtime.disable_cache(self.pipe.transformer)
         return capped_psnr(images, self.reference[list(samples)], self.psnr_cap)
 
-    def search(
+    def search(self, budget: float, **options: Any) -> SearchResult:
+        """:meth:`search_steps` run here: every generation it asks for is scored in this pipeline."""
+        return self.run(self.search_steps(budget, **options))
+
+    def search_per_sample(self, budget: float, **options: Any) -> list[SearchResult]:
+        """:meth:`search_per_sample_steps` run here: every generation it asks for is scored in this pipeline."""
+        return self.run(self.search_per_sample_steps(budget, **options))
+
+    def search_steps(
         self,
         budget: float,
         sweeps: int = 3,
@@ -171,7 +241,7 @@ class ScheduleSearch:
         per_group: bool = True,
         warps: Sequence[float] = (0.9, 1.0, 1.1, 1.2, 1.3),
         log: Callable[[str], None] | None = None,
-    ) -> SearchResult:
+    ) -> SearchSteps:
         """Improves the evenly spaced schedule of ``budget`` by moving computed steps, then computed cells.
 
         Args:
@@ -184,10 +254,13 @@ class ScheduleSearch:
             warps: Spacings of the starting schedules tried (see :meth:`evenly_spaced`); the search starts from
                 the best. ``start_psnr`` of the result is the evenly spaced one's (warp 1).
             log: Called with a line after each pass.
+
+        Returns:
+            (As the generator's value.) The searched schedule; ``evaluations`` counts this search's schedules only.
         """
-        first = self.evaluations
+        evaluations = len(warps)
         starts = [self.evenly_spaced(budget, warp) for warp in warps]
-        scores = self.evaluate(starts)
+        scores = yield from self._evaluate_steps(starts)
         start_psnr = float(scores[list(warps).index(1.0)]) if 1.0 in warps else float(scores[0])
         best_table, best = starts[int(np.argmax(scores))], float(np.max(scores))
         phases = [False, True] if per_group and self.groups > 1 else [False]
@@ -198,7 +271,8 @@ class ScheduleSearch:
                     candidates = self._moves(best_table, unit, cell_moves if cells else moves)
                     if not candidates:
                         continue
-                    scores = self.evaluate(candidates)
+                    scores = yield from self._evaluate_steps(candidates)
+                    evaluations += len(candidates)
                     top = int(np.argmax(scores))
                     if scores[top] > best + 1e-4:
                         best_table, best, improved = candidates[top], float(scores[top]), True
@@ -207,9 +281,9 @@ class ScheduleSearch:
                     log(f"budget {budget:g}: {kind} pass {sweep + 1}: {best:.2f} dB (start {start_psnr:.2f} dB)")
                 if not improved:
                     break
-        return SearchResult(budget, best_table, best, start_psnr, self.evaluations - first)
+        return SearchResult(budget, best_table, best, start_psnr, evaluations)
 
-    def search_per_sample(
+    def search_per_sample_steps(
         self,
         budget: float,
         sweeps: int = 3,
@@ -218,20 +292,23 @@ class ScheduleSearch:
         per_group: bool = True,
         warps: Sequence[float] = (0.9, 1.0, 1.1, 1.2, 1.3),
         log: Callable[[str], None] | None = None,
-    ) -> list[SearchResult]:
-        """:meth:`search` run for each search sample on its own, all samples' candidates in the same generations.
+    ) -> SearchSteps:
+        """:meth:`search_steps` run for each search sample on its own, all samples' candidates in the same generations.
 
         The result for sample ``i`` is, up to rounding, the schedule :meth:`search` finds on a search set of sample
         ``i`` alone: a per-sample oracle, chosen against that sample's uncached output. It costs what :meth:`search`
         costs on all samples: each candidate is played on one sample instead of all of them.
 
         Returns:
-            One result per search sample, in order; ``psnr`` and ``start_psnr`` are that sample's.
+            (As the generator's value.) One result per search sample, in order; ``psnr`` and ``start_psnr`` are that
+            sample's.
         """
         n = len(self.seeds)
-        first = self.sample_evaluations.copy()
+        evaluations = np.full(n, len(warps), dtype=np.int64)
         starts = [self.evenly_spaced(budget, warp) for warp in warps]
-        scores = self.evaluate_per_sample([t for t in starts for _ in range(n)], list(range(n)) * len(starts))
+        scores = yield from self._evaluate_per_sample_steps(
+            [t for t in starts for _ in range(n)], list(range(n)) * len(starts)
+        )
         scores = scores.reshape(len(starts), n)
         start_psnr = scores[list(warps).index(1.0) if 1.0 in warps else 0]
         tables = [starts[int(i)].copy() for i in scores.argmax(axis=0)]
@@ -252,7 +329,8 @@ class ScheduleSearch:
                             owners += [s] * len(found)
                     if not candidates:
                         continue
-                    values = self.evaluate_per_sample(candidates, owners)
+                    values = yield from self._evaluate_per_sample_steps(candidates, owners)
+                    np.add.at(evaluations, np.asarray(owners, dtype=np.int64), 1)
                     for s in set(owners):
                         mine = [i for i, owner in enumerate(owners) if owner == s]
                         top = mine[int(np.argmax(values[mine]))]
@@ -267,7 +345,6 @@ class ScheduleSearch:
                     )
                 if not active.any():
                     break
-        evaluations = self.sample_evaluations - first
         return [
             SearchResult(budget, tables[s], float(best[s]), float(start_psnr[s]), int(evaluations[s]))
             for s in range(n)

@@ -19,23 +19,23 @@ from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 from tqdm.auto import tqdm
 
 import runtime
-from envs import CacheScheduleVecEnv
 from envs.conditions import condition_label
 from envs.pipelines import make_sampler
 from envs.sampling import SamplingSetting, default_setting
 from envs.schedulers import SchedulerSwitch
 from policies import ActionRecorder, LearnedPolicy, export_policy, export_schedule, from_sb3
 from policies.learned import ACTIVATIONS
-from reporting.evaluation import EvaluationPoint, evaluate_policy, timed_generation
+from reporting.evaluation import EvaluationPoint, timed_generation
 from reporting.plots import image_grid, pareto_plot
 from reporting.tracking import start_run
 
 from .callbacks import CheckpointCallback, EvaluationCallback, ProgressBarCallback
 from .checkpoints import MODEL_FILE, NORMALIZATION_FILE, atomic_write, read_state
 from .config import ConfigError, TrainConfig
-from .schedule_search import SearchResult, search_schedules
+from .schedule_search import SearchResult
 from .wandb_output import WandbOutputFormat
 from .warm_start import behaviour_clone, merge_demonstrations, model_actor, record_demonstrations
+from .workers import LocalWorkers, Workers
 
 CONFIG_FILE = "config.yaml"
 POLICY_FILE = "policy.safetensors"
@@ -75,9 +75,18 @@ class Trainer:
         run_dir: Folder of the run (config, checkpoints, policy, W&B files).
         wandb_mode: ``"online"``, ``"offline"``, ``"disabled"`` or ``None`` (automatic).
         resume: Continue from the last checkpoint in ``run_dir`` and the same W&B run.
+        workers: Where the environment, the search and validation run (default: this process; see
+            :mod:`agents.workers`). The caller closes them.
     """
 
-    def __init__(self, config: TrainConfig, run_dir: Path, wandb_mode: str | None = None, resume: bool = False):
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        wandb_mode: str | None = None,
+        resume: bool = False,
+        workers: Workers | None = None,
+    ):
         self.config = config
         self.run_dir = Path(run_dir)
         self.wandb_mode = wandb_mode
@@ -85,6 +94,7 @@ class Trainer:
         self.state: dict[str, Any] = {"best_score": None, "evaluations": 0, "wandb_run_id": None}
         self.history: list[tuple[int, list[EvaluationPoint]]] = []
         self.best_points: list[EvaluationPoint] = []
+        self.workers = workers if workers is not None else LocalWorkers(config.ray.shards)
 
     # -- the run ---------------------------------------------------------------------------------------------
 
@@ -121,7 +131,7 @@ class Trainer:
         self.state["wandb_run_id"] = self.wandb.id
 
         torch.manual_seed(agent.seed)
-        self.vec_env = CacheScheduleVecEnv(agent.num_envs, config.env, seed=agent.seed)
+        self.vec_env = self.workers.vec_env(agent.num_envs, config.env, seed=agent.seed)
         env = VecMonitor(self.vec_env)
         if agent.normalize_observations:
             if self.resume and (checkpoints / NORMALIZATION_FILE).is_file():
@@ -187,7 +197,7 @@ class Trainer:
         if warm.schedules_from is not None:
             results = load_teacher(warm.schedules_from, warm, len(search_split[1]), setting.steps)
         else:
-            results = search_schedules(
+            results = self.workers.search_schedules(
                 env_config.model,
                 warm.budgets,
                 scheduler=setting.scheduler,
@@ -363,9 +373,10 @@ class Trainer:
         points = []
         for setting in self.eval_settings:
             reference = self._reference(setting)
-            measured = evaluate_policy(
+            measured = self.workers.evaluate_policy(
                 self.eval_pipe,
                 policy,
+                setting=setting,
                 conditions=self.eval_conditions,
                 seeds=self.eval_seeds,
                 steps=setting.steps,

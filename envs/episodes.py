@@ -84,12 +84,17 @@ class EpisodeBatch:
         seeds: Sequence[int],
         budgets: Sequence[float] | None,
         setting: SamplingSetting | None = None,
+        references: Sequence[Reference] | None = None,
     ) -> np.ndarray:
-        """Starts the episodes with ``setting`` (default: the configured one); returns the first observations."""
+        """Starts the episodes with ``setting`` (default: the configured one); returns the first observations.
+
+        ``references``: the uncached trajectories of these conditions and seeds at ``setting``, when they come from
+        elsewhere (e.g. a store shared by several batches); by default this batch's own store gives them.
+        """
         self.abort()
         self.setting = setting if setting is not None else default_setting(self.config)
         self.references = self._references(self.setting)
-        references = self.references.get(conditions, seeds)
+        references = list(references) if references is not None else self.references.get(conditions, seeds)
         budget_tensor = None if budgets is None else torch.tensor(list(budgets), dtype=torch.float64)
         self.engine.set_budget(budget_tensor)
         self._episode = {
@@ -215,26 +220,44 @@ class EpisodeBatch:
             on_step=lambda: self._step_costs.append(self._last_step_cost()),
         )
 
+    def reference_store(self, setting: SamplingSetting) -> ReferenceStore:
+        """The references of ``setting`` (one store each); switches the pipeline to ``setting``'s scheduler."""
+        return self._references(setting)
+
+    def reference_identity(self, setting: SamplingSetting) -> dict[str, Any]:
+        """Everything besides condition and seed that a reference trajectory at ``setting`` depends on."""
+        identity = {
+            **describe(self.pipe),
+            "weights": self._weights,
+            "steps": setting.steps,
+            "guidance": self.config.guidance_scale,
+        }
+        config = self.config
+        if self.sampler.family.takes_prompts or config.dtype != "float32" or config.device != "cpu":
+            identity.update(
+                call=self.sampler.call_kwargs,
+                negative_prompt=self.sampler.negative_prompt,
+                dtype=config.dtype,
+                device=torch.device(config.device).type,
+            )
+        return identity
+
+    def generate_references(
+        self, conditions: Sequence[Condition], seeds: Sequence[int], setting: SamplingSetting
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One uncached generation at ``setting`` (no episode may be running): per-step latents and images."""
+        self.abort()
+        self.schedulers.use(setting.scheduler)
+        return self._generate_references(conditions, seeds, setting.steps)
+
     def _references(self, setting: SamplingSetting) -> ReferenceStore:
         """Switches the pipeline to ``setting``'s scheduler; returns the setting's references (one store each)."""
         self.schedulers.use(setting.scheduler)
         if setting not in self._stores:
-            identity = {
-                **describe(self.pipe),
-                "weights": self._weights,
-                "steps": setting.steps,
-                "guidance": self.config.guidance_scale,
-            }
-            config = self.config
-            if self.sampler.family.takes_prompts or config.dtype != "float32" or config.device != "cpu":
-                identity.update(
-                    call=self.sampler.call_kwargs,
-                    negative_prompt=self.sampler.negative_prompt,
-                    dtype=config.dtype,
-                    device=torch.device(config.device).type,
-                )
             generate_setting = functools.partial(self._generate_references, steps=setting.steps)
-            self._stores[setting] = ReferenceStore(generate_setting, identity, self.config.reference_cache_dir)
+            self._stores[setting] = ReferenceStore(
+                generate_setting, self.reference_identity(setting), self.config.reference_cache_dir
+            )
         return self._stores[setting]
 
     def _generate_references(

@@ -58,14 +58,55 @@ class ReferenceStore:
         given = dict(zip(keys, conditions, strict=True))
         missing = [k for k in dict.fromkeys(keys) if k not in self._memory and not self._load(k)]
         if missing:
-            latents, images = self._generate([given[k] for k in missing], [s for _, s in missing])
-            stacked = torch.stack(latents, dim=1)
-            for index, key in enumerate(missing):
-                reference = Reference(stacked[index].clone(), images[index].clone())
-                self._memory[key] = reference
-                self._save(key, reference)
-            self.generated += len(missing)
+            self._keep(missing, *self._generate([given[k] for k in missing], [s for _, s in missing]))
         return [self._memory[k] for k in keys]
+
+    def get_parts(
+        self,
+        parts: Sequence[tuple[Sequence[Condition], Sequence[int]]],
+        generate_many: Callable[
+            [list[tuple[list[Condition], list[int]]]], list[tuple[list[torch.Tensor], torch.Tensor]]
+        ]
+        | None = None,
+    ) -> list[list[Reference]]:
+        """References for several sub-batches ``(conditions, seeds)``, one list per sub-batch.
+
+        Each sub-batch's missing references (those not kept yet, nor missing from an earlier sub-batch) are generated
+        together, one generation per sub-batch: with one part this is :meth:`get`. The generations are the same
+        whether they run one after another here or all at once elsewhere.
+
+        Args:
+            parts: The sub-batches, in order.
+            generate_many: Runs several generations (each ``(conditions, seeds)``) and returns their
+                ``(latents, images)`` in order; ``None``: one after another with this store's ``generate``.
+        """
+        wanted: list[list[tuple[str, int]]] = []
+        given: dict[tuple[str, int], Condition] = {}
+        missing: list[list[tuple[str, int]]] = []
+        seen: set[tuple[str, int]] = set()
+        for conditions, seeds in parts:
+            keys = [(condition_key(c), int(s)) for c, s in zip(conditions, seeds, strict=True)]
+            given.update(zip(keys, conditions, strict=True))
+            wanted.append(keys)
+            fresh = [k for k in dict.fromkeys(keys) if k not in seen and k not in self._memory and not self._load(k)]
+            seen.update(fresh)
+            missing.append(fresh)
+        batches = [([given[k] for k in keys], [s for _, s in keys]) for keys in missing if keys]
+        if generate_many is None:
+            generated = [self._generate(conditions, seeds) for conditions, seeds in batches]
+        else:
+            generated = generate_many(batches) if batches else []
+        for keys, (latents, images) in zip([keys for keys in missing if keys], generated, strict=True):
+            self._keep(keys, latents, images)
+        return [[self._memory[k] for k in keys] for keys in wanted]
+
+    def _keep(self, keys: list[tuple[str, int]], latents: list[torch.Tensor], images: torch.Tensor) -> None:
+        stacked = torch.stack(latents, dim=1)
+        for index, key in enumerate(keys):
+            reference = Reference(stacked[index].clone(), images[index].clone())
+            self._memory[key] = reference
+            self._save(key, reference)
+        self.generated += len(keys)
 
     def _path(self, key: tuple[str, int]) -> Path:
         return self.folder / f"{key[0]}_seed{key[1]}.safetensors"

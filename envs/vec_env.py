@@ -9,8 +9,8 @@ import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
 from .config import EnvConfig, from_dict
-from .episodes import EpisodeBatch
 from .sampling import SETTING_KEYS, draw_episode, draw_setting
+from .shards import EpisodeShards, LocalShards, ShardStart
 
 
 class CacheScheduleVecEnv(VecEnv):
@@ -34,12 +34,18 @@ class CacheScheduleVecEnv(VecEnv):
     the mean over its group: a group-relative advantage (GRPO) that leaves out how hard the sample is, so that
     only what the actions changed is rewarded. ``info["reward"]`` keeps the episode's own reward.
 
+    With ``shards = S > 1`` the batch is split into ``S`` contiguous sub-batches, each its own batched generation
+    through its own engine (see :mod:`envs.shards`): in this process, or on Ray workers
+    (``distributed.RayShards``), with the same results. Draws, rewards and resets are those of one batch.
+
     Args:
         num_envs: Samples per batch.
         config: An :class:`EnvConfig` or a dict of its fields.
         pipe: An already loaded pipeline to use instead of ``config.model``.
         split: ``"train"`` or ``"eval"``.
         seed: Seed of the episode draws.
+        shards: Number of sub-batches run in this process (each but the first in a copy of the pipeline), or the
+            :class:`~envs.shards.EpisodeShards` that run them elsewhere.
     """
 
     def __init__(
@@ -49,6 +55,7 @@ class CacheScheduleVecEnv(VecEnv):
         pipe: Any = None,
         split: str = "train",
         seed: int | None = None,
+        shards: int | EpisodeShards = 1,
     ) -> None:
         self.config = config if isinstance(config, EnvConfig) else from_dict(EnvConfig, config, prefix="env.")
         self.split = split
@@ -59,10 +66,17 @@ class CacheScheduleVecEnv(VecEnv):
                 f"num_envs={num_envs} is not a multiple of env.group_rollouts={self.group_rollouts}: each draw runs "
                 "group_rollouts times in one batch."
             )
-        self.episodes = EpisodeBatch(self.config, pipe)
+        self.shards = LocalShards(self.config, shards, pipe) if isinstance(shards, int) else shards
+        count = self.shards.count
+        if num_envs % count or (num_envs // count) % self.group_rollouts:
+            raise ValueError(
+                f"num_envs={num_envs} does not split into {count} shards of whole groups of "
+                f"env.group_rollouts={self.group_rollouts}: use a shard count that divides num_envs / group_rollouts."
+            )
+        self.episodes = self.shards.episodes
         super().__init__(num_envs, self.episodes.observation_space, self.episodes.action_space)
         self._rng = np.random.default_rng(seed)
-        self._actions: np.ndarray | None = None
+        self._masks: np.ndarray | None = None
 
     @property
     def engine(self):
@@ -80,8 +94,19 @@ class CacheScheduleVecEnv(VecEnv):
             draw_episode(self._rng, self.config, self.split, self._options[i]) for i in range(0, self.num_envs, g)
         ]
         specs = [spec for spec in draws for _ in range(g)]
-        budgets = None if specs[0].budget is None else [s.budget for s in specs]
-        observations = self.episodes.begin([s.condition for s in specs], [s.seed for s in specs], budgets, setting)
+        size = self.num_envs // self.shards.count
+        starts = [
+            ShardStart(
+                tuple(s.condition for s in part),
+                tuple(s.seed for s in part),
+                None if part[0].budget is None else tuple(s.budget for s in part),
+                setting,
+            )
+            for part in (specs[i : i + size] for i in range(0, self.num_envs, size))
+        ]
+        begun = self.shards.begin(starts)
+        observations = np.concatenate([observations for observations, _ in begun])
+        self._masks = np.concatenate([masks for _, masks in begun])
         self.reset_infos = [
             {
                 "condition": s.condition,
@@ -109,18 +134,27 @@ class CacheScheduleVecEnv(VecEnv):
         return fixed
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._actions = np.asarray(actions)
+        actions = np.asarray(actions).reshape(self.num_envs, -1)
+        self.shards.step_async(np.split(actions, self.shards.count))
 
     def step_wait(self) -> VecEnvStepReturn:
-        result = self.episodes.step(self._actions)
-        observations, infos, rewards = result.observations, result.infos, result.rewards
+        stepped = self.shards.step_wait()
+        results = [result for result, _ in stepped]
+        done = results[0].done
+        if any(result.done != done for result in results):
+            raise RuntimeError("The shards of one batch ended their episodes at different steps.")
+        observations = np.concatenate([r.observations for r in results])
+        rewards = np.concatenate([r.rewards for r in results])
+        infos = [info for r in results for info in r.infos]
+        if not done:
+            self._masks = np.concatenate([masks for _, masks in stepped])
         if self.group_rollouts > 1:
             for info, reward in zip(infos, rewards, strict=True):
                 info["reward"] = float(reward)
             grouped = rewards.reshape(-1, self.group_rollouts)
             rewards = (grouped - grouped.mean(axis=1, keepdims=True)).reshape(-1).astype(np.float32)
-        dones = np.full(self.num_envs, result.done)
-        if result.done:
+        dones = np.full(self.num_envs, done)
+        if done:
             for info, observation in zip(infos, observations, strict=True):
                 info["terminal_observation"] = observation
             observations = self.reset()
@@ -128,10 +162,10 @@ class CacheScheduleVecEnv(VecEnv):
 
     def action_masks(self) -> np.ndarray:
         """``(num_envs, groups * 3)`` possible actions."""
-        return self.episodes.action_masks()
+        return self._masks
 
     def close(self) -> None:
-        self.episodes.close()
+        self.shards.close()
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         return [getattr(self, attr_name) for _ in self._get_indices(indices)]
