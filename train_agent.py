@@ -7,8 +7,10 @@ Examples:
     python train_agent.py --wandb-mode disabled --out runs/try
     python train_agent.py --model PixArt-alpha/PixArt-Sigma-XL-2-1024-MS --prompts prompts.txt --device cuda \
         --dtype bfloat16
+    python train_agent.py --workers 8 --ray-address auto --device cuda     # 8 Ray workers, one GPU each
 
---model, --prompts, --device and --dtype set env.model, env.prompts, env.device and env.dtype (as --set would).
+--model, --prompts, --device and --dtype set env.model, env.prompts, env.device and env.dtype (as --set would);
+--workers and --ray-address set ray.workers and ray.address (Ray workers, see docs/distributed.md).
 With --model, the denoising steps and guidance scale are the pipeline's defaults unless the config file or --set
 names them. One --prompts file is split into training, validation and test prompts by the SHA-256 of each prompt's
 text: 10% (at least one) test, 10% (at least one) validation, the rest training; give the splits yourself with
@@ -35,7 +37,7 @@ from reporting.outputs import output_folder_problem
 from reporting.tracking import MODES as WANDB_MODES
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
-RESUMABLE_FIELDS = ("agent.total_timesteps",)
+RESUMABLE_FIELDS = ("agent.total_timesteps", "ray.workers", "ray.address")
 RESUMABLE_SECTIONS = ("eval", "checkpoint", "wandb")
 
 
@@ -59,6 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompts", type=Path, help="prompt file of a text model: .txt one a line, or a YAML list")
     parser.add_argument("--device", help="where the pipeline runs: cpu (default), cuda, cuda:1, ... (env.device)")
     parser.add_argument("--dtype", help="weights' dtype: float32 (default), bfloat16 or float16 (env.dtype)")
+    parser.add_argument(
+        "--workers", type=int, help="Ray workers, one pipeline each (ray.workers; default 1: this process, no Ray)"
+    )
+    parser.add_argument("--ray-address", help="Ray cluster to join: auto or ray://host:port (ray.address)")
     return parser.parse_args(argv)
 
 
@@ -118,10 +124,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"--resume {args.resume}: no complete checkpoint yet (the first one is written after the warm "
                     "start); start the run again without --resume, with another --out."
                 )
-            config = load_config(config_path, args.set)
+            config = load_config(config_path, [*args.set, *worker_overrides(args)])
             run_dir = args.resume
         else:
-            config = load_config(args.config, [*args.set, *flag_overrides(args, args.config)])
+            config = load_config(args.config, [*args.set, *flag_overrides(args, args.config), *worker_overrides(args)])
+            config.ray.env_shards = config.ray.shards  # recorded: a resumed run keeps its shards, whatever its workers
             run_dir = (
                 args.out or Path("runs") / f"{config.env.model.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
             )
@@ -138,7 +145,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {error}", file=sys.stderr)
         return 2
 
-    result = Trainer(config, run_dir, wandb_mode=args.wandb_mode, resume=args.resume is not None).run()
+    workers = None
+    if config.ray.distributed:
+        try:
+            from distributed import RayWorkers
+        except ImportError as error:
+            print(f"--workers / ray.workers > 1 needs Ray: pip install -e '.[ray]' ({error}).", file=sys.stderr)
+            return 2
+        workers = RayWorkers(config)
+    try:
+        result = Trainer(
+            config, run_dir, wandb_mode=args.wandb_mode, resume=args.resume is not None, workers=workers
+        ).run()
+    finally:
+        if workers is not None:
+            workers.close()
     print(f"\ntrained {result.num_timesteps} steps; run folder: {result.run_dir}")
     if result.policy_path is None:
         print("no policy was exported (no evaluation ran)")
@@ -155,6 +176,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f'use it: runtime.enable_cache(pipe.transformer, "{result.policy_path}", budget=0.3)')
     return 0
+
+
+def worker_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides of ``--workers`` and ``--ray-address`` (they may change on ``--resume``)."""
+    overrides = []
+    if args.workers is not None:
+        overrides.append(f"ray.workers={int(args.workers)}")
+    if args.ray_address is not None:
+        overrides.append(f"ray.address={json.dumps(args.ray_address)}")
+    return overrides
 
 
 def check_resume_overrides(overrides: list[str]) -> None:

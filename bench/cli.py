@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from .config import (
 from .grid import build_methods
 from .oracle import build_upper_bounds
 from .report import TABLE_COLUMNS, headline_wall_ratio, write_results
-from .runner import make_settings, run_benchmark
+from .runner import make_settings, measure_all, run_benchmark
 
 ADAPTIVITY_KEYS = (
     "minus_replay",
@@ -103,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the config's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Ray workers measuring the methods, one pipeline each (default 1: this process, no Ray; needs the ray "
+        "extra, see docs/distributed.md)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join: auto (one started with `ray start`) or ray://host:port",
+    )
     return parser
 
 
@@ -247,14 +259,27 @@ def log_to_wandb(
         run.finish()
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None, distribute: Callable[..., Any] | None = None) -> dict[str, Any]:
     """Parses flags, runs the benchmark, writes the three files, prints the summary and logs to W&B.
+
+    Args:
+        argv: The flags (default: the command line's).
+        distribute: With ``--workers N > 1`` or ``--ray-address``: ``distribute(config, workers, address)`` returns
+            ``(measure, close)``, a ``measure`` for :func:`~bench.runner.run_benchmark` and what releases its
+            workers (``benchmark.py`` passes the ``distributed`` package's).
 
     Returns:
         The results written to ``results.json``.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers={args.workers}: use 1 (this process) or more Ray workers.")
+    remote = args.workers > 1 or args.ray_address is not None
+    if remote and distribute is None:
+        parser.error(
+            "--workers / --ray-address: run benchmark.py, which measures on Ray workers (docs/distributed.md)."
+        )
     overrides = overrides_from_args(args, parser)
     try:
         config = load_config(args.config, quick=args.quick, overrides=overrides)
@@ -301,15 +326,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             print(f"notice: {training_notice}")
             notes.append(training_notice)
     methods = build_methods(config, policy)
-    results = run_benchmark(
-        pipe,
-        config,
-        methods,
-        model_name=str(config.model),
-        progress=not args.no_progress,
-        notes=notes,
-        upper_bounds=build_upper_bounds(config, policy),
-    )
+    measure, close = distribute(config, args.workers, args.ray_address) if remote else (measure_all, None)
+    try:
+        results = run_benchmark(
+            pipe,
+            config,
+            methods,
+            model_name=str(config.model),
+            progress=not args.no_progress,
+            notes=notes,
+            upper_bounds=build_upper_bounds(config, policy),
+            measure=measure,
+        )
+    finally:
+        if close is not None:
+            close()
+    results["workers"] = args.workers
     benchmarked = policy_path is not None and bool(config.methods.learned.budgets)  # no budgets: no learned rows
     results["policy"] = _shown_path(policy_path) if benchmarked else None
     results["freed_memory_kept"] = kept

@@ -301,6 +301,7 @@ def run_benchmark(
     notes: Sequence[str] = (),
     echo: Callable[[str], None] | None = None,
     upper_bounds: Sequence[Any] = (),
+    measure: Callable[..., list[dict[str, Any]]] = measure_all,
 ) -> dict[str, Any]:
     """Runs the whole benchmark and returns the results (as written to ``results.json``).
 
@@ -314,6 +315,8 @@ def run_benchmark(
         echo: Where per-row lines go (default: ``tqdm.write``).
         upper_bounds: Untimed rows measured after the timed ones, e.g. ``oracle.PerSampleOracle``: objects with
             ``name``, ``family``, ``knob`` and ``rows(pipe, settings, reference, psnr_cap, echo)``.
+        measure: Measures the methods' rows, as :func:`measure_all` (the default, in ``pipe``) does; e.g.
+            ``distributed.measure_on(pool)`` measures each method on a Ray worker.
 
     Returns:
         ``{"model", "scheduler", "steps", "guidance", "n_samples", "seeds", "classes", "rows", "summary",
@@ -344,7 +347,7 @@ def run_benchmark(
         disable=not progress,
         dynamic_ncols=True,
     )
-    rows = measure_all(
+    rows = measure(
         pipe, methods, settings, reference, config.repeats, config.psnr_cap, record_failure, lambda: bar.update()
     )
     for row in rows:
