@@ -3,6 +3,7 @@ arrows in :data:`ALLOWED` point to.
 
 Data flows one way: ``agents -> envs -> runtime <- policies``. The benchmark (``bench``) and training (``agents``)
 stand side by side and share ``reporting``; ``zoo`` (the shipped models) is loaded by ``envs`` to build pipelines.
+``distributed`` (Ray workers) sits on top: nothing imports it but the entry points, and only with ``--workers``.
 Imports made inside functions are not followed (they happen only when the function runs).
 """
 
@@ -26,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "reporting": {"envs", "policies", "runtime", "zoo"},
     "bench": {"envs", "policies", "reporting", "runtime", "zoo"},
     "agents": {"envs", "policies", "reporting", "runtime", "zoo"},
+    "distributed": {"agents", "bench", "envs", "policies", "reporting", "runtime", "zoo"},
 }
 """Each package and the project packages it may import; an arrow not listed here is a layering error."""
 
@@ -70,3 +72,33 @@ def test_the_table_names_every_package_and_its_arrows_form_a_dag() -> None:
 def test_a_package_imports_only_what_its_arrows_allow(package: str) -> None:
     imported = imported_packages(package)
     assert imported <= ALLOWED[package], f"{package} imports {sorted(imported - ALLOWED[package])}: not in ALLOWED"
+
+
+_IMPORT_DEFAULT_PATH = """
+import importlib, json, pkgutil, sys
+for name in sys.argv[1:]:
+    package = importlib.import_module(name)
+    for module in pkgutil.walk_packages(getattr(package, "__path__", []), name + "."):
+        if not module.name.endswith("__main__"):
+            importlib.import_module(module.name)
+import train_agent, benchmark
+train_agent.parse_args(["--workers", "1"])
+print(json.dumps(sorted(name for name in sys.modules if name == "ray" or name.startswith("ray."))))
+"""
+
+
+def test_the_default_path_never_imports_ray() -> None:
+    """Every package but ``distributed``, and both entry points, load without Ray (an optional extra)."""
+    packages = sorted(set(ALLOWED) - {"distributed"})
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_DEFAULT_PATH, *packages],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
