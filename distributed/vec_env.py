@@ -3,9 +3,9 @@
 Shard ``i`` lives in worker ``i % workers``; each step sends every shard its actions at once and waits for all
 (``ray.get``), so the shards' generations run in parallel. The driver keeps what an episode is: its start (in
 Ray's object store, with its references) and the actions taken so far; a worker that lost the episode (restarted by
-Ray, or unhooked by a task in between) replays it (see :mod:`distributed.worker`). References come from one store
-in the driver, filled one generation per shard as :class:`envs.shards.LocalShards` fills its own, the generations
-run on the workers at once.
+Ray, or unhooked by a task in between) replays it (see :mod:`distributed.worker`). References come from the store of
+the driver's own episode batch (the one the warm start's demonstrations fill), one generation per shard as
+:class:`envs.shards.LocalShards` fills shard 0's, the generations run on the workers at once.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import ray
 
 from envs.config import EnvConfig
 from envs.episodes import EpisodeBatch, StepResult
-from envs.references import ReferenceStore
 from envs.sampling import SamplingSetting
 from envs.shards import ShardStart
 
@@ -40,7 +39,6 @@ class RayShards:
     def __init__(self, pool: WorkerPool, config: EnvConfig, count: int, episodes: EpisodeBatch | None = None):
         self.pool, self.config, self.count = pool, config, count
         self.episodes = episodes if episodes is not None else EpisodeBatch(config)
-        self._stores: dict[SamplingSetting, ReferenceStore] = {}
         self._episode = 0
         self._starts: list[list[ray.ObjectRef]] = []
         self._numbers: list[int] = []
@@ -53,7 +51,7 @@ class RayShards:
 
     def begin(self, starts: Sequence[ShardStart]) -> list[tuple[np.ndarray, np.ndarray]]:
         setting = starts[0].setting
-        references = self._store(setting).get_parts(
+        references = self.episodes.reference_store(setting).get_parts(
             [(s.conditions, s.seeds) for s in starts], lambda batches: self._generate(setting, batches)
         )
         self._starts, self._numbers = [], []
@@ -88,16 +86,6 @@ class RayShards:
 
     def close(self) -> None:
         self.episodes.close()
-
-    def _store(self, setting: SamplingSetting) -> ReferenceStore:
-        if setting not in self._stores:
-            identity = self.episodes.reference_identity(setting)
-
-            def generate(conditions: Sequence[Any], seeds: Sequence[int]) -> Any:
-                return self._generate(setting, [(conditions, seeds)])[0]
-
-            self._stores[setting] = ReferenceStore(generate, identity, self.config.reference_cache_dir)
-        return self._stores[setting]
 
     def _generate(self, setting: SamplingSetting, batches: list[tuple[Sequence[Any], Sequence[int]]]) -> list[Any]:
         """The uncached generations of ``batches``, each on a worker, all at once."""

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+import yaml
 
+from bench import cli
 from bench.config import load_config
 from bench.methods import EngineMethod, Settings
 from bench.runner import run_benchmark
@@ -16,9 +20,29 @@ from distributed.training import RayWorkers
 from envs.config import EnvConfig
 from envs.pipelines import make_sampler
 from envs.sampling import SamplingSetting
-from policies import FORA, TaylorSeer
+from policies import FORA, TaylorSeer, export_schedule
 from reporting.evaluation import evaluate_policy
 from tests.digits_fixtures import tiny_digits_pipeline
+
+OPTIONS = {"groups": 2, "probe_blocks": 0, "forecast_order": 1}
+BENCHMARK_CONFIG = {
+    "model": "tiny-random-dit",
+    "repeats": 1,
+    "warmup_steps": 1,
+    "flops_check": False,
+    "methods": {
+        "fora": {"intervals": [2]},
+        "first_block": {"thresholds": [0.1]},
+        "teacache": {"thresholds": [0.2]},
+        "taylorseer": {"intervals": [2], "orders": [1]},
+        "delta_dit": {"intervals": [2], "spans": [1.0]},
+        "diffusers_first_block": {"thresholds": [0.05]},
+        "diffusers_taylorseer": {"intervals": [2], "orders": [1], "disable_cache_before_step": 1},
+        "diffusers_magcache": {"thresholds": [0.5], "max_skip_steps": [2], "retention_ratio": 0.2},
+        "learned": {"budgets": [0.5], "static_replay": True},
+    },
+}
+"""A small benchmark: one knob of every method, the learned stand-in with its static replay."""
 
 TIMINGS = {"wall_speedup", "wall_speedups", "seconds", "uncached_seconds"}
 """Row fields measured by the clock: each worker's own."""
@@ -104,3 +128,34 @@ def test_worker_options_follow_the_device() -> None:
     assert worker_options(cpu)["gpus_per_worker"] == 0.0
     cuda = dataclasses.replace(cpu, env=dataclasses.replace(cpu.env, device="cuda"))
     assert worker_options(cuda)["gpus_per_worker"] == 1.0
+
+
+def test_benchmark_cli_measures_on_the_workers_it_is_given(
+    bench_pool: WorkerPool, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config_path = tmp_path / "benchmark.yaml"
+    table = torch.ones(4, 2, dtype=torch.int64)  # a learned stand-in: computes the first step only
+    table[0] = 0
+    policy = export_schedule(tmp_path / "policy.safetensors", table, engine_options=OPTIONS)
+    config_path.write_text(yaml.safe_dump(BENCHMARK_CONFIG))
+    argv = [
+        *("--config", str(config_path), "--steps", "4", "--seeds", "1000000-1000001", "--policy", str(policy)),
+        *("--out", str(tmp_path / "out"), "--wandb-mode", "disabled", "--no-progress", "--workers", "2"),
+    ]
+    with pytest.raises(SystemExit):
+        cli.main(argv)  # --workers without the Ray side (benchmark.py passes it)
+    assert "run benchmark.py" in capsys.readouterr().err
+    opened: list[tuple[int, str | None]] = []
+
+    def distribute(config: Any, workers: int, address: str | None) -> tuple[Any, Any]:
+        opened.append((workers, address))
+        return measure_on(bench_pool), lambda: opened.append((0, "closed"))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "load_model", lambda model, scheduler, **options: bench_pipeline())
+        results = cli.main(argv, distribute=distribute)
+    assert opened == [(2, None), (0, "closed")]
+    assert results["workers"] == 2 and not results["failures"]
+    names = [row["method"] for row in results["rows"]]
+    assert {"FORA", "AlwaysCompute", "TaylorSeer"} <= set(names)
+    assert any("static replay" in name for name in names)  # recorded on its worker, as in one process
