@@ -1,10 +1,13 @@
-"""``train_agent.py --workers 2``: the schedules, evaluations and policy of the same run in one process."""
+"""``train_agent.py --workers 2``: the schedules, evaluations and policy of the same run in one process; its
+``--resume`` may go on in one process."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import pytest
 import ray
 import yaml
 from safetensors.torch import load_file
@@ -20,11 +23,15 @@ def train(model_dir: Path, out: Path, *flags: str) -> Path:
     return out
 
 
-def test_two_ray_workers_train_the_policy_of_one_process(
-    ray_cluster: None, tiny_digits_dir: Path, tmp_path: Path
-) -> None:
-    local = train(tiny_digits_dir, tmp_path / "local")
-    remote = train(tiny_digits_dir, tmp_path / "ray", "--workers", "2")
+@pytest.fixture(scope="module")
+def runs(ray_cluster: None, tiny_digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The same run in this process (two shards, one after another) and on two Ray workers."""
+    folder = tmp_path_factory.mktemp("runs")
+    return train(tiny_digits_dir, folder / "local"), train(tiny_digits_dir, folder / "ray", "--workers", "2")
+
+
+def test_two_ray_workers_train_the_policy_of_one_process(runs: tuple[Path, Path]) -> None:
+    local, remote = runs
     assert yaml.safe_load((remote / "config.yaml").read_text())["ray"]["workers"] == 2
     teacher = "teacher-schedules.json"
     assert json.loads((local / teacher).read_text()) == json.loads((remote / teacher).read_text())
@@ -40,3 +47,13 @@ def test_two_ray_workers_train_the_policy_of_one_process(
     for key in mine:
         assert bool((mine[key] == theirs[key]).all()), key
     assert ray.is_initialized()  # the run joined the running cluster and left it running
+
+
+def test_a_ray_run_resumes_in_one_process_with_its_shards(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    run = shutil.copytree(runs[1], tmp_path / "run")
+    argv = ["--resume", str(run), "--workers", "1", "--set", "agent.total_timesteps=128", "--wandb-mode", "disabled"]
+    assert train_agent.main(argv) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["ray"]["workers"], config["ray"]["env_shards"]) == (1, 2)
+    history = json.loads((run / "eval-history.json").read_text())
+    assert [entry["timesteps"] for entry in history] == [0, 96, 128]
