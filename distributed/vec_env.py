@@ -11,6 +11,7 @@ the driver's own episode batch (the one the warm start's demonstrations fill), o
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,9 +40,9 @@ class RayShards:
     def __init__(self, pool: WorkerPool, config: EnvConfig, count: int, episodes: EpisodeBatch | None = None):
         self.pool, self.config, self.count = pool, config, count
         self.episodes = episodes if episodes is not None else EpisodeBatch(config)
-        self._episode = 0
+        self._name, self._episode = uuid.uuid4().hex, 0  # episodes are (name, count): unique on every worker
         self._starts: list[list[ray.ObjectRef]] = []
-        self._numbers: list[int] = []
+        self._numbers: list[tuple[str, int]] = []
         self._history: list[list[np.ndarray]] = [[] for _ in range(count)]
         self._pending: tuple[list[ray.ObjectRef], Sequence[np.ndarray]] | None = None
 
@@ -57,7 +58,7 @@ class RayShards:
         self._starts, self._numbers = [], []
         for start, found in zip(starts, references, strict=True):
             self._episode += 1
-            self._numbers.append(self._episode)
+            self._numbers.append((self._name, self._episode))
             self._starts.append([ray.put(dataclasses.replace(start, references=tuple(found)))])
         self._history = [[] for _ in range(self.count)]
         return ray.get(

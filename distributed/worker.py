@@ -52,7 +52,7 @@ class PipelineWorker:
         self._main: EpisodeBatch | None = None  # the episode batch in this worker's own pipeline
         self._owner: int | None = None  # the shard whose episodes run in it
         self._copies: dict[int, EpisodeBatch] = {}  # further shards on this worker, each in a copy of the pipeline
-        self._live: dict[int, tuple[int, int]] = {}  # shard -> (episode, steps taken) its batch holds
+        self._live: dict[int, tuple[Any, int]] = {}  # shard -> (episode, steps taken) its batch holds
 
     def ready(self) -> dict[str, Any]:
         """The worker's process id and whether Ray restarted it (its first call waits for the pipeline)."""
@@ -86,7 +86,7 @@ class PipelineWorker:
         index: int,
         config: EnvConfig,
         start: list[ray.ObjectRef],
-        episode: int,
+        episode: Any,
         history: Sequence[np.ndarray],
         actions: np.ndarray | None,
     ) -> tuple[np.ndarray | StepResult, np.ndarray | None]:
@@ -98,7 +98,7 @@ class PipelineWorker:
             config: The environment's configuration.
             start: ``[ref]`` of the episode's ``envs.shards.ShardStart`` (in a list, so Ray fetches it only when a
                 replay needs it).
-            episode: The episode's number (the driver counts them).
+            episode: The episode's name (unique in the cluster: the driver's environment and its count).
             history: The actions taken so far in this episode.
             actions: This step's ``(samples, groups)`` actions, or ``None`` for the first observations.
 
@@ -120,9 +120,12 @@ class PipelineWorker:
         return result, None if result.done else batch.action_masks()
 
     def _batch(self, index: int, config: EnvConfig) -> EpisodeBatch:
-        """Shard ``index``'s episode batch: in this worker's pipeline for its first shard, else in a copy."""
+        """Shard ``index``'s episode batch: in this worker's pipeline for its first shard, else in a copy (made
+        anew for another environment configuration)."""
         if index in self._copies:
-            return self._copies[index]
+            if self._copies[index].config == config:
+                return self._copies[index]
+            self._copies.pop(index).close()
         if self._owner is None or self._owner == index:
             self._owner = index
             return self._main_batch(config)
@@ -131,6 +134,8 @@ class PipelineWorker:
         return self._copies[index]
 
     def _main_batch(self, config: EnvConfig) -> EpisodeBatch:
+        if self._main is not None and self._main.config != config:
+            self._release()
         if self._main is None:
             self.schedulers.use("default")  # the batch's scheduler switch starts from the pipeline's own
             self._main = EpisodeBatch(config, self.pipe)
