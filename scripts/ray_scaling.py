@@ -23,7 +23,7 @@ import numpy as np
 import ray
 import torch
 
-from agents.schedule_search import search_schedules
+from agents.schedule_search import ScheduleSearch
 from distributed import RayShards, WorkerPool
 from distributed import search_schedules as search_on_workers
 from envs import CacheScheduleVecEnv
@@ -46,20 +46,22 @@ def parse_args() -> argparse.Namespace:
 
 
 def measure_search(args: argparse.Namespace, config: EnvConfig, pool: WorkerPool | None) -> dict[str, float]:
-    """Tables scored per second over every budget's search (one sweep of whole steps and cells)."""
+    """Tables scored per second over every budget's search (one sweep of whole steps and cells), after the
+    references of the search samples are made (here: in the untimed construction; on workers: by an untimed run)."""
     samples = {
         "conditions": [i % 7 for i in range(args.search_samples)],
         "seeds": list(range(args.search_samples)),
         "steps": args.steps,
         "guidance": config.guidance_scale,
         "engine_options": {"groups": config.groups, "probe_blocks": 0, "forecast_order": 1},
-        "sweeps": 1,
     }
-    started = time.perf_counter()
     if pool is None:
-        found = search_schedules(config.model, args.budgets, workers=1, env_config=config, **samples)
+        search = ScheduleSearch(make_sampler(config, scheduler="default"), **samples)
+        started = time.perf_counter()
+        found = [search.search(budget, sweeps=1) for budget in args.budgets]
     else:
-        found = search_on_workers(pool, args.budgets, **samples)
+        started = time.perf_counter()
+        found = search_on_workers(pool, args.budgets, sweeps=1, **samples)
     seconds = time.perf_counter() - started
     tables = sum(result.evaluations for result in found)
     return {"seconds": seconds, "tables": tables, "tables_per_second": tables / seconds}
@@ -77,7 +79,7 @@ def measure_rollouts(args: argparse.Namespace, config: EnvConfig, pool: WorkerPo
             venv.step_async(rng.integers(0, 3, size=(venv.num_envs, config.groups)))
             venv.step_wait()
 
-    episode()  # references of every (class, seed) drawn below, engine costs, warm caches
+    episode()  # references of every (class, seed) drawn below, engine costs, the workers' first generations
     started = time.perf_counter()
     for _ in range(args.episodes):
         episode()
