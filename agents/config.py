@@ -100,6 +100,11 @@ class WarmStartConfig:
             largest count; the policy is cloned at this one count and PPO then trains it across the range.
         scheduler: Scheduler the teacher is searched and demonstrated with. ``None``: the environment's, or with
             a list of schedulers the first.
+        settings: Several anchors to search and demonstrate the teacher at, each ``<scheduler>_<steps>`` (e.g.
+            ``[ddim_50, ddim_20, dpmsolver++_20]``): a schedule is searched per anchor and budget, and the policy is
+            cloned on all of them at once, so that it reads the step count and the scheduler from its features and
+            interpolates between the anchors. Replaces ``num_inference_steps`` and ``scheduler`` (leave those
+            null).
     """
 
     enabled: bool = True
@@ -117,8 +122,19 @@ class WarmStartConfig:
     schedules_from: str | None = None
     num_inference_steps: int | None = None
     scheduler: str | None = None
+    settings: list[str] | None = None
 
     def __post_init__(self) -> None:
+        if self.settings is not None:
+            if self.num_inference_steps is not None or self.scheduler is not None:
+                raise ConfigError(
+                    "settings names the teacher's schedulers and step counts: leave num_inference_steps and "
+                    "scheduler null beside it."
+                )
+            if not self.settings or len(set(self.settings)) != len(self.settings):
+                raise ConfigError(f"settings={self.settings}: name each anchor once, at least one.")
+            for label in self.settings:
+                parse_setting(label)
         if self.num_inference_steps is not None and self.num_inference_steps < 2:
             raise ConfigError(f"num_inference_steps={self.num_inference_steps}: use at least 2 (or null).")
         if self.scheduler is not None and self.scheduler not in SCHEDULER_NAMES:
@@ -219,9 +235,27 @@ class TrainConfig:
                 f"warm_start.budgets={warm.budgets}: a policy without a budget (env.budget_conditioned: false) can "
                 "follow one schedule only; give one budget, or set warm_start.enabled: false."
             )
+        self._check_anchors()
+
+    def _check_anchors(self) -> None:
+        """The teacher's anchors must lie among the settings the environment trains on."""
+        low, high = self.env.steps_range
+        for setting in self.warm_start_settings() if self.warm_start.settings is not None else []:
+            if setting.scheduler not in self.env.scheduler_names or not low <= setting.steps <= high:
+                raise ConfigError(
+                    f"warm_start.settings: {setting.label} lies outside what the environment trains on (schedulers "
+                    f"{list(self.env.scheduler_names)}, {low} to {high} steps): widen env.scheduler / "
+                    "env.num_inference_steps or drop the anchor."
+                )
+
+    def warm_start_settings(self) -> list[SamplingSetting]:
+        """The schedulers and step counts the warm start searches and demonstrates its teacher at."""
+        if self.warm_start.settings is not None:
+            return [parse_setting(label) for label in self.warm_start.settings]
+        return [self.warm_start_setting()]
 
     def warm_start_setting(self) -> SamplingSetting:
-        """The scheduler and step count the warm start searches and demonstrates its teacher at."""
+        """The scheduler and step count of a warm start at one setting (``warm_start.settings`` unset)."""
         warm, env = self.warm_start, self.env
         return SamplingSetting(
             warm.scheduler if warm.scheduler is not None else env.scheduler_names[0],
@@ -237,6 +271,21 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as plain data."""
         return asdict(self)
+
+
+def parse_setting(label: str) -> SamplingSetting:
+    """Reads ``<scheduler>_<steps>`` (e.g. ``dpmsolver++_20``, ``SamplingSetting.label``'s format).
+
+    Raises:
+        ConfigError: For an unknown scheduler or a step count that is not a whole number >= 2.
+    """
+    scheduler, _, steps = str(label).rpartition("_")
+    if scheduler not in SCHEDULER_NAMES or not steps.isdigit() or int(steps) < 2:
+        raise ConfigError(
+            f"settings: {label!r} is not <scheduler>_<steps> with a scheduler of {list(SCHEDULER_NAMES)} "
+            "and a step count >= 2, e.g. ddim_50."
+        )
+    return SamplingSetting(scheduler, int(steps))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

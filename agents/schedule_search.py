@@ -23,6 +23,8 @@ import torch
 import runtime
 from envs.config import EnvConfig
 from envs.pipelines import generate, make_sampler, prepare_pipeline
+from envs.sampling import SamplingSetting
+from envs.schedulers import SchedulerSwitch
 from policies import Policy
 from runtime import Action, Observation
 from zoo.metrics import capped_psnr
@@ -297,24 +299,128 @@ class ScheduleSearch:
         return out
 
 
-_WORKER: dict[str, ScheduleSearch] = {}
+class SettingSearches:
+    """The searches of one process: a :class:`ScheduleSearch` per sampling setting, on one pipeline.
+
+    Args:
+        pipe: An unhooked pipeline or ``envs.pipelines.Sampler``.
+        schedulers: Switches ``pipe`` between the settings' schedulers.
+        arguments: ``conditions``, ``seeds``, ``guidance`` and ``engine_options`` of every search.
+    """
+
+    def __init__(self, pipe: Any, schedulers: SchedulerSwitch, arguments: dict[str, Any]) -> None:
+        self.pipe, self.schedulers, self.arguments = pipe, schedulers, arguments
+        self.searches: dict[SamplingSetting, ScheduleSearch] = {}
+
+    def run(
+        self,
+        setting: SamplingSetting,
+        budget: float,
+        options: dict[str, Any],
+        per_sample: bool,
+        log: Callable[[str], None] | None,
+    ) -> SearchResult | list[SearchResult]:
+        """Searches ``budget``'s schedule at ``setting`` (its references are generated on first use)."""
+        self.schedulers.use(setting.scheduler)
+        if setting not in self.searches:
+            self.searches[setting] = ScheduleSearch(self.pipe, steps=setting.steps, **self.arguments)
+        search = self.searches[setting]
+        method = search.search_per_sample if per_sample else search.search
+        prefix = f"{setting.label}: "
+        return method(budget, **options, log=None if log is None else lambda line: log(prefix + line))
 
 
-def _start_worker(model: str, scheduler: str, arguments: dict[str, Any], env_config: EnvConfig | None = None) -> None:
-    """Loads the pipeline and the search samples' references in a worker (started by :func:`agents.workers.start`,
-    which ends the worker when the training process is gone)."""
+_WORKER: dict[str, SettingSearches] = {}
+
+
+def _start_worker(model: str, arguments: dict[str, Any], env_config: EnvConfig | None = None) -> None:
+    """Loads the pipeline in a worker (started by :func:`agents.process_guard.start`, which ends the worker when
+    the training process is gone)."""
     torch.set_num_threads(1)  # one process per core beats two threads on these small batches
     diffusers.utils.logging.set_verbosity_error()
-    pipe = (
-        make_sampler(env_config, scheduler=scheduler) if env_config is not None else prepare_pipeline(model, scheduler)
-    )
-    _WORKER["search"] = ScheduleSearch(pipe, **arguments)
+    pipe = make_sampler(env_config, scheduler="default") if env_config is not None else prepare_pipeline(model)
+    _WORKER["search"] = SettingSearches(pipe, SchedulerSwitch(getattr(pipe, "pipe", pipe)), arguments)
 
 
-def _search_in_worker(budget: float, options: dict[str, Any], per_sample: bool) -> SearchResult | list[SearchResult]:
-    search = _WORKER["search"]
-    method = search.search_per_sample if per_sample else search.search
-    return method(budget, **options, log=lambda line: print(line, flush=True))
+def _search_in_worker(
+    setting: SamplingSetting, budget: float, options: dict[str, Any], per_sample: bool
+) -> SearchResult | list[SearchResult]:
+    return _WORKER["search"].run(setting, budget, options, per_sample, lambda line: print(line, flush=True))
+
+
+def search_settings(
+    model: str,
+    settings: Sequence[SamplingSetting],
+    budgets: Sequence[float],
+    *,
+    conditions: Sequence[int | str],
+    seeds: Sequence[int],
+    guidance: float,
+    engine_options: dict[str, Any],
+    sweeps: int = 2,
+    per_group: bool = True,
+    workers: int = 1,
+    pipe: Any = None,
+    schedulers: SchedulerSwitch | None = None,
+    log: Callable[[str], None] | None = None,
+    per_sample: bool = False,
+    env_config: EnvConfig | None = None,
+) -> dict[SamplingSetting, list[SearchResult] | list[list[SearchResult]]]:
+    """Searches one schedule per setting and budget, in ``workers`` processes (one torch thread each) when above 1.
+
+    Every ``(setting, budget)`` pair is one job; the costliest (most steps, largest budget) start first.
+
+    Args:
+        model: Zoo model name or pipeline folder (loaded by each worker process).
+        settings: Schedulers and step counts to search at.
+        budgets: Compute budgets, searched at every setting.
+        conditions / seeds: The search samples.
+        guidance: Classifier-free guidance scale.
+        engine_options: ``groups``, ``probe_blocks``, ``forecast_order``.
+        sweeps / per_group: As in :meth:`ScheduleSearch.search`.
+        workers: Processes; 1 searches here, in ``pipe`` (or a pipeline loaded from ``model``).
+        pipe: An unhooked pipeline to search in when ``workers == 1``.
+        schedulers: The switch of ``pipe``'s schedulers (made from ``pipe`` when not given: ``pipe`` must then hold
+            its original scheduler).
+        log: Progress lines (worker processes print theirs).
+        per_sample: Search a schedule for each sample on its own (:meth:`ScheduleSearch.search_per_sample`).
+        env_config: The environment configuration the worker processes build their sampler from (prompts, device,
+            dtype, call arguments); ``None``: ``model`` only.
+
+    Returns:
+        Per setting, one result per budget in the order given; with ``per_sample``, one list of per-sample results
+        per budget.
+    """
+    arguments = {
+        "conditions": list(conditions),
+        "seeds": list(seeds),
+        "guidance": guidance,
+        "engine_options": dict(engine_options),
+    }
+    options = {"sweeps": sweeps, "per_group": per_group}
+    jobs = [(setting, float(budget)) for setting in settings for budget in budgets]
+    found: dict[tuple[SamplingSetting, float], Any] = {}
+    if workers <= 1:
+        if pipe is None:
+            pipe = make_sampler(env_config, scheduler="default") if env_config is not None else prepare_pipeline(model)
+        if schedulers is None:
+            schedulers = SchedulerSwitch(getattr(pipe, "pipe", pipe))
+        searches = SettingSearches(pipe, schedulers, arguments)
+        for job in jobs:
+            found[job] = searches.run(*job, options, per_sample, log)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=context,
+            initializer=process_guard.start,
+            initargs=process_guard.initializer_arguments(f"{__name__}:_start_worker", model, arguments, env_config),
+        ) as pool:
+            # A search costs about steps^2 (more steps to move, each a longer generation) times the budget.
+            ordered = sorted(jobs, key=lambda job: -(job[0].steps ** 2) * job[1])
+            futures = {job: pool.submit(_search_in_worker, *job, options, per_sample) for job in ordered}
+            found = {job: futures[job].result() for job in jobs}
+    return {setting: [found[(setting, float(budget))] for budget in budgets] for setting in settings}
 
 
 def search_schedules(
@@ -322,67 +428,9 @@ def search_schedules(
     budgets: Sequence[float],
     *,
     scheduler: str = "default",
-    conditions: Sequence[int | str],
-    seeds: Sequence[int],
     steps: int,
-    guidance: float,
-    engine_options: dict[str, Any],
-    sweeps: int = 2,
-    per_group: bool = True,
-    workers: int = 1,
-    pipe: Any = None,
-    log: Callable[[str], None] | None = None,
-    per_sample: bool = False,
-    env_config: EnvConfig | None = None,
+    **kwargs: Any,
 ) -> list[SearchResult] | list[list[SearchResult]]:
-    """Searches one schedule per budget, in ``workers`` processes (one torch thread each) when above 1.
-
-    Args:
-        model: Zoo model name or pipeline folder (loaded by each worker process).
-        budgets: Compute budgets.
-        scheduler: Scheduler name for :func:`envs.pipelines.prepare_pipeline`.
-        conditions / seeds: The search samples.
-        steps / guidance: Sampling settings.
-        engine_options: ``groups``, ``probe_blocks``, ``forecast_order``.
-        sweeps / per_group: As in :meth:`ScheduleSearch.search`.
-        workers: Processes; 1 searches here, in ``pipe`` (or a pipeline loaded from ``model``).
-        pipe: An unhooked pipeline to search in when ``workers == 1``.
-        log: Progress lines (worker processes print theirs).
-        per_sample: Search a schedule for each sample on its own (:meth:`ScheduleSearch.search_per_sample`).
-        env_config: The environment configuration the worker processes build their sampler from (prompts, device,
-            dtype, call arguments); ``None``: ``model`` and ``scheduler`` only.
-
-    Returns:
-        One result per budget, in the order given; with ``per_sample``, one list of per-sample results per budget.
-    """
-    arguments = {
-        "conditions": list(conditions),
-        "seeds": list(seeds),
-        "steps": steps,
-        "guidance": guidance,
-        "engine_options": dict(engine_options),
-    }
-    options = {"sweeps": sweeps, "per_group": per_group}
-    if workers <= 1:
-        if pipe is None:
-            pipe = (
-                make_sampler(env_config, scheduler=scheduler)
-                if env_config is not None
-                else prepare_pipeline(model, scheduler)
-            )
-        search = ScheduleSearch(pipe, **arguments)
-        method = search.search_per_sample if per_sample else search.search
-        return [method(budget, **options, log=log) for budget in budgets]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        workers,
-        mp_context=context,
-        initializer=process_guard.start,
-        initargs=process_guard.initializer_arguments(
-            f"{__name__}:_start_worker", model, scheduler, arguments, env_config
-        ),
-    ) as pool:
-        # Larger budgets have more computed cells to move: start them first.
-        order = sorted(range(len(budgets)), key=lambda i: -budgets[i])
-        futures = {i: pool.submit(_search_in_worker, budgets[i], options, per_sample) for i in order}
-        return [futures[i].result() for i in range(len(budgets))]
+    """:func:`search_settings` at one setting: one result per budget, in the order given."""
+    setting = SamplingSetting(scheduler, steps)
+    return search_settings(model, [setting], budgets, **kwargs)[setting]

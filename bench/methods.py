@@ -128,9 +128,7 @@ class EngineMethod(Method):
         self.engine: runtime.CacheEngine | None = None
 
     def attach(self, pipe: Any, settings: Settings) -> None:
-        self.engine = runtime.enable_cache(
-            pipe.transformer, self.make_policy(), budget=self.budget, **self.engine_options
-        )
+        self.engine = runtime.enable_cache(pipe, self.make_policy(), budget=self.budget, **self.engine_options)
         # The engine measures its per-block costs with FlopCounterMode on its first pass: do that here, untimed.
         settings.run(pipe, steps=settings.warmup_steps, samples=1)
         self.engine.reset()

@@ -53,7 +53,7 @@ class EpisodeBatch:
         self.schedulers = SchedulerSwitch(self.pipe)
         self.bridge = BridgePolicy(config.forecast_order, feature_names(config.groups, tuple(config.features)))
         self.engine = runtime.enable_cache(
-            self.pipe.transformer,
+            self.pipe,  # its scheduler, switched per batch, is read at every generation
             self.bridge,
             groups=config.groups,
             probe_blocks=config.probe_blocks,

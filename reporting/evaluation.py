@@ -163,7 +163,7 @@ def evaluate_policy(
         recorder = ActionRecorder(policy)
         for _ in range(repeats):
             _, uncached_seconds = timed_generation(pipe, conditions, seeds, steps, guidance)
-            engine = runtime.enable_cache(pipe.transformer, recorder, budget=budget, **engine_options)
+            engine = runtime.enable_cache(pipe, recorder, budget=budget, **engine_options)
             try:
                 timed_generation(pipe, conditions, seeds, 2, guidance)  # measures FLOPs, outside the timing
                 engine.reset()
@@ -178,7 +178,7 @@ def evaluate_policy(
         if replay:
             options = {**(getattr(policy, "engine_options", None) or {}), **engine_options}  # what the policy ran with
             static = StaticSchedulePolicy(recorder.static_replay(), engine_options=options or None)
-            runtime.enable_cache(pipe.transformer, static, **engine_options)
+            runtime.enable_cache(pipe, static, **engine_options)
             try:
                 replay_images, _ = timed_generation(pipe, conditions, seeds, steps, guidance)
             finally:

@@ -32,7 +32,14 @@ from .forecast import (
 )
 from .hooks import BLOCK_HOOK, ROOT_HOOK, BlockHook, RootHook
 from .layout import batch_layout, layout_class_name, resolve_cfg_layout
-from .observations import Observation, build_observation, check_feature_names, feature_names
+from .observations import (
+    SCHEDULER_FEATURES,
+    Observation,
+    build_observation,
+    check_feature_names,
+    feature_names,
+    solver_order,
+)
 from .state import DEFAULT_CONTEXT, ContextStateManager, GenerationState, SpanSum, StepDecision
 
 DEFAULT_GROUPS = 4
@@ -125,6 +132,7 @@ class CacheEngine:
         self._sample_budgets: torch.Tensor | None = None
         self._uncached = False
         self.side_pass_blocks: list[int] | None = None  # while a side pass runs: the blocks it ran
+        self._scheduler_source: Any = None
         self._check_policy()
 
     @property
@@ -160,6 +168,27 @@ class CacheEngine:
         self._sample_budgets = None
         if budget is not None:
             warn_outside_trained_budgets(self.policy, budget, budget)
+
+    @property
+    def reads_scheduler(self) -> bool:
+        """Whether the policy reads features of the pipeline's scheduler (e.g. ``solver_order``)."""
+        return any(name in SCHEDULER_FEATURES for name in self._feature_names)
+
+    def set_scheduler(self, scheduler: Any) -> None:
+        """Tells the engine the pipeline's scheduler, read at the start of every generation.
+
+        Args:
+            scheduler: A diffusers scheduler, or the pipeline itself (anything with a ``scheduler`` attribute),
+                whose current scheduler is then read at every generation, so that swapping ``pipe.scheduler``
+                needs no call here.
+        """
+        self._scheduler_source = scheduler
+
+    @property
+    def scheduler(self) -> Any:
+        """The scheduler the engine reads at the next generation (``None`` when it was given none)."""
+        source = self._scheduler_source
+        return getattr(source, "scheduler", source) if source is not None else None
 
     def current_state(self, context: str | None = None) -> GenerationState | None:
         """The generation state of a cache context (the default one outside ``cache_context``), if any."""
@@ -235,6 +264,7 @@ class CacheEngine:
             layout = batch_layout(self.cfg_layout, self.transformer_class, hidden)
             state.start(time, rows, layout, self.num_groups, self.order + 1)
             state.shape = shape
+            state.solver_order = solver_order(self.scheduler)
             if self._track_accumulation:
                 state.accumulated_input_change = torch.zeros(rows, dtype=torch.float64, device=HOST)
             self.stats.generations += 1
@@ -768,9 +798,10 @@ def safe_actions(actions: torch.Tensor, action_mask: torch.Tensor) -> torch.Tens
 
 
 def enable_cache(
-    transformer: torch.nn.Module,
+    transformer: torch.nn.Module | Any,
     policy: PolicyLike | str | Path,
     *,
+    scheduler: Any = None,
     groups: int | Sequence[float] | None = None,
     probe_blocks: int | None = None,
     forecast_order: int | None = None,
@@ -782,8 +813,11 @@ def enable_cache(
 
     Args:
         transformer: Any transformer whose blocks diffusers' ``TransformerBlockRegistry`` knows (DiT, PixArt,
-            SD3, Flux, Wan, ...), e.g. ``pipe.transformer`` of an unmodified pipeline.
+            SD3, Flux, Wan, ...), e.g. ``pipe.transformer`` of an unmodified pipeline; or the pipeline itself,
+            whose transformer is hooked and whose scheduler the engine reads at every generation.
         policy: A policy object, or the path of an exported ``.safetensors`` policy.
+        scheduler: The pipeline's scheduler (or the pipeline), for policies that read it (feature
+            ``solver_order``); taken from the pipeline when one is passed as ``transformer``.
         groups: Block groups in relative depth (default 4, fewer on shallow models, or what an exported policy
             was trained with).
         probe_blocks: Always-computed front blocks (default 1, or the exported policy's).
@@ -798,12 +832,17 @@ def enable_cache(
         The engine; ``engine.summary()`` reports what was computed.
 
     Raises:
-        TypeError: If ``transformer`` is not a module (e.g. the pipeline itself).
-        ValueError: If the model has no supported blocks, the options do not fit it, or caching is already on.
+        TypeError: If ``transformer`` is neither a module nor a pipeline with a ``transformer`` module.
+        ValueError: If the model has no supported blocks, the options do not fit it, caching is already on, or the
+            policy reads the scheduler and none was given.
     """
     if not isinstance(transformer, torch.nn.Module):
-        hint = " (a pipeline: pass pipe.transformer)" if hasattr(transformer, "transformer") else ""
-        raise TypeError(f"enable_cache takes the transformer module, got a {type(transformer).__name__}{hint}.")
+        if not isinstance(getattr(transformer, "transformer", None), torch.nn.Module):
+            raise TypeError(
+                f"enable_cache takes a transformer module or a pipeline with one, got a {type(transformer).__name__}."
+            )
+        scheduler = transformer if scheduler is None else scheduler
+        transformer = transformer.transformer
     if isinstance(policy, (str, Path)):
         from policies.loading import load_policy  # the one import of the policies package, for exported files
 
@@ -822,6 +861,12 @@ def enable_cache(
             "Caching is already enabled on this transformer: call runtime.disable_cache(transformer) first."
         )
     engine = CacheEngine(transformer, policy, config)
+    if engine.reads_scheduler and scheduler is None:
+        raise ValueError(
+            f"The policy reads the pipeline's scheduler (features {sorted(SCHEDULER_FEATURES)}): pass the pipeline, "
+            "enable_cache(pipe, ...), or scheduler=pipe.scheduler."
+        )
+    engine.set_scheduler(scheduler)
     if budget is not None:
         warn_outside_trained_budgets(policy, budget, budget)
     group_of = {block: g for g, members in enumerate(engine.groups) for block in members}
@@ -853,26 +898,36 @@ def warn_outside_trained_budgets(policy: Any, low: float, high: float) -> None:
         )
 
 
-def get_engine(transformer: torch.nn.Module) -> CacheEngine | None:
-    """The engine hooked into ``transformer``, or ``None``."""
+def get_engine(transformer: torch.nn.Module | Any) -> CacheEngine | None:
+    """The engine hooked into ``transformer`` (or a pipeline's transformer), or ``None``."""
+    transformer = _transformer_of(transformer)
     registry = getattr(transformer, "_diffusers_hook", None)
     hook = registry.get_hook(ROOT_HOOK) if registry is not None else None
     return hook.engine if hook is not None else None
 
 
-def disable_cache(transformer: torch.nn.Module) -> None:
-    """Removes the engine's hooks and cached tensors; the transformer behaves exactly as before.
+def disable_cache(transformer: torch.nn.Module | Any) -> None:
+    """Removes the engine's hooks and cached tensors; the transformer (or a pipeline's) behaves exactly as before.
 
     The engine object keeps its statistics, so ``engine.summary()`` still reports the generations it cached.
 
     Raises:
         ValueError: If caching is not enabled on ``transformer``.
     """
+    transformer = _transformer_of(transformer)
     engine = get_engine(transformer)
     if engine is None:
         raise ValueError("Caching is not enabled on this transformer; nothing to disable.")
     engine.state_manager.reset()
     _remove_hooks(transformer, engine)
+
+
+def _transformer_of(model: Any) -> Any:
+    """``model`` itself, or the transformer of a pipeline."""
+    if isinstance(model, torch.nn.Module):
+        return model
+    inner = getattr(model, "transformer", None)
+    return inner if isinstance(inner, torch.nn.Module) else model
 
 
 def _remove_hooks(transformer: torch.nn.Module, engine: CacheEngine) -> None:

@@ -103,6 +103,8 @@ class GenerationState(BaseState):
         time: Diffusion time the transformer received at the current step.
         previous_time: Diffusion time of the previous step (0 at the first).
         time_scale: What the time is divided by to lie in [0, 1] (1000 for timesteps, 1 for sigmas).
+        solver_order: Order of the pipeline's scheduler at the start of the generation
+            (``runtime.observations.solver_order``; 1 when the engine was given none).
         rows: Batch rows; ``shape``: hidden-state shape without the batch; ``layout``: how rows pair into samples.
         row_samples: ``(rows,)`` sample index of each row.
 
@@ -132,6 +134,7 @@ class GenerationState(BaseState):
     time: float = 0.0
     previous_time: float = 0.0
     time_scale: float = 1.0
+    solver_order: int = 1
     rows: int = 0
     shape: tuple[int, ...] = ()
     layout: CfgLayout = CfgLayout.NONE

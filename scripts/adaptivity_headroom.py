@@ -42,7 +42,7 @@ METHODS = ("shared", "oracle", "learned", "replay")
 
 def _flops_speedup(search: ScheduleSearch, policy: Any, budget: float | None) -> tuple[float, torch.Tensor]:
     """Runs ``policy`` through the engine on the search samples: ``(FLOP speedup, images)``."""
-    engine = runtime.enable_cache(search.pipe.transformer, policy, budget=budget, **search.engine_options)
+    engine = runtime.enable_cache(search.pipe, policy, budget=budget, **search.engine_options)
     try:
         with torch.inference_mode():
             images = generate(search.pipe, search.conditions, search.seeds, search.steps, search.guidance)

@@ -73,7 +73,7 @@ def measure(model: str, budget: float, repeats: int, keep: bool) -> dict[str, fl
         return time.perf_counter() - started
 
     recorder = _Recorder(policy)
-    runtime.enable_cache(pipe.transformer, recorder, budget=budget, **options)
+    runtime.enable_cache(pipe, recorder, budget=budget, **options)
     run()
     runtime.disable_cache(pipe.transformer)
     candidates = {"policy": policy, "replay": _Replay(recorder.actions[-STEPS:])}
@@ -81,7 +81,7 @@ def measure(model: str, budget: float, repeats: int, keep: bool) -> dict[str, fl
     for _ in range(repeats):
         for name, candidate in candidates.items():
             uncached = run()
-            engine = runtime.enable_cache(pipe.transformer, candidate, budget=budget, **options)
+            engine = runtime.enable_cache(pipe, candidate, budget=budget, **options)
             run(samples=1, steps=2)  # the engine measures its costs on its first pass, untimed
             engine.reset()
             cached = run()

@@ -51,7 +51,8 @@ def test_training_exports_a_policy_and_logs_to_wandb(trained_run: Path) -> None:
     assert policy.engine_options["forecast_order"] == config.env.forecast_order
     assert (trained_run / "schedule.safetensors").is_file()
     teacher = json.loads((trained_run / "teacher-schedules.json").read_text())
-    assert set(teacher["budgets"]) == {"0.4", "0.6"} and 0.0 <= teacher["clone"]["accuracy"] <= 1.0
+    (anchor,) = teacher["settings"]
+    assert set(anchor["budgets"]) == {"0.4", "0.6"} and 0.0 <= teacher["clone"]["accuracy"] <= 1.0
     history = json.loads((trained_run / "eval-history.json").read_text())
     assert [entry["timesteps"] for entry in history] == [0, 200]  # after the warm start, then at the end
     best = max(history, key=lambda entry: entry["score"])

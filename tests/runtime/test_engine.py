@@ -29,12 +29,18 @@ def test_always_compute_is_bit_identical_and_disable_restores() -> None:
     assert torch.equal(denoise_dit(model, [3, 7]), reference)
 
 
-def test_enable_cache_on_a_pipeline_says_to_pass_its_transformer() -> None:
+def test_enable_cache_on_a_pipeline_hooks_its_transformer() -> None:
     class Pipeline:
         transformer = tiny_dit()
+        scheduler = None
 
-    with pytest.raises(TypeError, match=r"got a Pipeline \(a pipeline: pass pipe.transformer\)"):
-        runtime.enable_cache(Pipeline(), AlwaysCompute())
+    pipe = Pipeline()
+    engine = runtime.enable_cache(pipe, AlwaysCompute())
+    assert runtime.get_engine(pipe.transformer) is engine and engine.scheduler is None
+    runtime.disable_cache(pipe)
+    assert runtime.get_engine(pipe.transformer) is None
+    with pytest.raises(TypeError, match=r"takes a transformer module or a pipeline with one, got a object"):
+        runtime.enable_cache(object(), AlwaysCompute())
 
 
 @pytest.mark.parametrize("interval", [2, 3])
