@@ -342,6 +342,7 @@ def test_wandb_logs_table_image_and_artifact(benchmark_run: tuple[dict[str, Any]
         ("--classes", "3,12"),
         ("--repeats", "0"),
         ("--guidance", "-1"),
+        ("--scheduler", "pndm"),
     ],
 )
 def test_bad_flag_names_the_flag(flag: str, value: str, capsys: pytest.CaptureFixture) -> None:
@@ -391,9 +392,10 @@ def test_config_file_mistakes_name_the_field(tmp_path: Path) -> None:
 
 def test_flags_override_the_config() -> None:
     parser = cli.build_parser()
-    args = parser.parse_args(["--quick", "--repeats", "5", "--threads", "2", "--budgets", "0.25,0.5"])
-    config = load_config(quick=True, overrides=cli.overrides_from_args(args, parser))
+    flags = ["--quick", "--repeats", "5", "--threads", "2", "--budgets", "0.25,0.5", "--scheduler", "dpmsolver++"]
+    config = load_config(quick=True, overrides=cli.overrides_from_args(parser.parse_args(flags), parser))
     assert (config.repeats, config.threads, config.methods.learned.budgets) == (5, 2, [0.25, 0.5])
+    assert config.scheduler == "dpmsolver++" and load_config().scheduler == "default"
     assert load_config(quick=True).repeats == 2 and load_config().repeats == 3
 
 
