@@ -23,6 +23,7 @@ from envs import CacheScheduleVecEnv
 from envs.conditions import condition_label
 from envs.pipelines import make_sampler
 from envs.sampling import SamplingSetting, default_setting
+from envs.schedule_search import SearchResult, search_schedules
 from envs.schedulers import SchedulerSwitch
 from policies import ActionRecorder, LearnedPolicy, export_policy, export_schedule, from_sb3
 from policies.learned import ACTIVATIONS
@@ -33,7 +34,6 @@ from reporting.tracking import start_run
 from .callbacks import CheckpointCallback, EvaluationCallback, ProgressBarCallback
 from .checkpoints import MODEL_FILE, NORMALIZATION_FILE, atomic_write, read_state
 from .config import ConfigError, TrainConfig
-from .schedule_search import SearchResult, search_schedules
 from .wandb_output import WandbOutputFormat
 from .warm_start import behaviour_clone, merge_demonstrations, model_actor, record_demonstrations
 

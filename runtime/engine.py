@@ -769,7 +769,7 @@ def safe_actions(actions: torch.Tensor, action_mask: torch.Tensor) -> torch.Tens
 
 def enable_cache(
     transformer: torch.nn.Module,
-    policy: PolicyLike | str | Path,
+    policy: PolicyLike,
     *,
     groups: int | Sequence[float] | None = None,
     probe_blocks: int | None = None,
@@ -783,7 +783,7 @@ def enable_cache(
     Args:
         transformer: Any transformer whose blocks diffusers' ``TransformerBlockRegistry`` knows (DiT, PixArt,
             SD3, Flux, Wan, ...), e.g. ``pipe.transformer`` of an unmodified pipeline.
-        policy: A policy object, or the path of an exported ``.safetensors`` policy.
+        policy: A policy object (``policies.enable_cache`` also takes the path of an exported policy).
         groups: Block groups in relative depth (default 4, fewer on shallow models, or what an exported policy
             was trained with).
         probe_blocks: Always-computed front blocks (default 1, or the exported policy's).
@@ -798,16 +798,17 @@ def enable_cache(
         The engine; ``engine.summary()`` reports what was computed.
 
     Raises:
-        TypeError: If ``transformer`` is not a module (e.g. the pipeline itself).
+        TypeError: If ``transformer`` is not a module (e.g. the pipeline itself), or ``policy`` is a file path.
         ValueError: If the model has no supported blocks, the options do not fit it, or caching is already on.
     """
     if not isinstance(transformer, torch.nn.Module):
         hint = " (a pipeline: pass pipe.transformer)" if hasattr(transformer, "transformer") else ""
         raise TypeError(f"enable_cache takes the transformer module, got a {type(transformer).__name__}{hint}.")
     if isinstance(policy, (str, Path)):
-        from policies.loading import load_policy  # the one import of the policies package, for exported files
-
-        policy = load_policy(policy)
+        raise TypeError(
+            f"runtime.enable_cache takes a policy object, got the path {str(policy)!r}: load an exported policy with "
+            "policies.enable_cache(transformer, path, ...) or policies.load_policy(path)."
+        )
     defaults = getattr(policy, "engine_options", {}) or {}
     config = CacheConfig(
         groups=groups if groups is not None else defaults.get("groups"),

@@ -752,12 +752,12 @@ def test_adaptivity_summary_reads_each_front_and_excludes_replay_and_oracle() ->
 
 
 def test_oracle_rows_only_when_configured(tmp_path: Path) -> None:
-    from agents.schedule_search import ScheduleSearch
     from bench.grid import build_methods
     from bench.oracle import build_upper_bounds
     from bench.report import write_results
     from bench.runner import run_benchmark
     from envs.pipelines import generate
+    from envs.schedule_search import ScheduleSearch
     from policies import StaticSchedulePolicy
 
     table = torch.ones(STEPS, 4, dtype=torch.int64)

@@ -21,17 +21,16 @@ import numpy as np
 import torch
 
 import runtime
-from envs.config import EnvConfig
-from envs.pipelines import generate, make_sampler, prepare_pipeline
-from policies import Policy
 from runtime import Action, Observation
 from zoo.metrics import capped_psnr
 
 from . import process_guard
+from .config import EnvConfig
+from .pipelines import generate, make_sampler, prepare_pipeline
 
 
-class _TablePolicy(Policy):
-    """Plays one ``(steps, groups)`` table per sample, by step index."""
+class _TablePolicy:
+    """Plays one ``(steps, groups)`` table per sample, by step index (a ``runtime.PolicyLike``)."""
 
     def __init__(self, tables: torch.Tensor, forecast_order: int) -> None:
         self.tables = tables

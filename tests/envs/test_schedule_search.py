@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import runtime
-from agents.schedule_search import ScheduleSearch, search_schedules
 from envs.pipelines import generate
+from envs.schedule_search import ScheduleSearch, search_schedules
 from policies import TaylorSeer
 from tests.digits_fixtures import tiny_digits_pipeline
 from zoo.metrics import capped_psnr
