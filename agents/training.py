@@ -460,13 +460,10 @@ class Trainer:
             for point in points:
                 if (point.scheduler, point.num_inference_steps) != (setting.scheduler, setting.steps):
                     continue
-                runtime.enable_cache(self.eval_pipe.transformer, policy, budget=point.budget, **self.engine_options)
-                try:
+                with runtime.cached(self.eval_pipe.transformer, policy, budget=point.budget, **self.engine_options):
                     images, _ = timed_generation(
                         self.eval_pipe, conditions, seeds, setting.steps, env_config.guidance_scale
                     )
-                finally:
-                    runtime.disable_cache(self.eval_pipe.transformer)
                 rows.append(images)
                 labels.append(f"budget {point.budget}\n{point.flops_speedup:.1f}x" if point.budget else "cached")
             figures["eval/samples"] = wandb.Image(
@@ -575,9 +572,6 @@ def record_schedule(
     """
     steps = steps if steps is not None else config.env.steps_range[1]
     recorder = ActionRecorder(policy)
-    runtime.enable_cache(pipe.transformer, recorder, budget=budget, **engine_options)
-    try:
+    with runtime.cached(pipe.transformer, recorder, budget=budget, **engine_options):
         timed_generation(pipe, conditions, seeds, steps, config.env.guidance_scale)
-    finally:
-        runtime.disable_cache(pipe.transformer)
     return recorder.static_replay()

@@ -147,18 +147,14 @@ class ScheduleSearch:
         """One batched generation playing ``tables[i]`` on sample ``samples[i]``; capped PSNR per pair."""
         per_row = torch.as_tensor(np.stack(tables), dtype=torch.int64)
         policy = _TablePolicy(per_row, int(self.engine_options["forecast_order"]))
-        runtime.enable_cache(self.pipe.transformer, policy, **self.engine_options)
-        try:
-            with torch.inference_mode():
-                images = generate(
-                    self.pipe,
-                    [self.conditions[s] for s in samples],
-                    [self.seeds[s] for s in samples],
-                    self.steps,
-                    self.guidance,
-                )
-        finally:
-            runtime.disable_cache(self.pipe.transformer)
+        with runtime.cached(self.pipe.transformer, policy, **self.engine_options), torch.inference_mode():
+            images = generate(
+                self.pipe,
+                [self.conditions[s] for s in samples],
+                [self.seeds[s] for s in samples],
+                self.steps,
+                self.guidance,
+            )
         return capped_psnr(images, self.reference[list(samples)], self.psnr_cap)
 
     def search(

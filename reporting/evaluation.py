@@ -163,26 +163,20 @@ def evaluate_policy(
         recorder = ActionRecorder(policy)
         for _ in range(repeats):
             _, uncached_seconds = timed_generation(pipe, conditions, seeds, steps, guidance)
-            engine = runtime.enable_cache(pipe.transformer, recorder, budget=budget, **engine_options)
-            try:
+            with runtime.cached(pipe.transformer, recorder, budget=budget, **engine_options) as engine:
                 timed_generation(pipe, conditions, seeds, 2, guidance)  # measures FLOPs, outside the timing
                 engine.reset()
                 recorder.actions.clear()  # the replay is of the timed generation's decisions only
                 images, cached_seconds = timed_generation(pipe, conditions, seeds, steps, guidance)
                 summary = engine.summary()
-            finally:
-                runtime.disable_cache(pipe.transformer)
             ratios.append(uncached_seconds / cached_seconds)
         psnr_value, ssim_value = fidelity(images, reference_images)
         replay_psnr = disagreement = None
         if replay:
             options = {**(getattr(policy, "engine_options", None) or {}), **engine_options}  # what the policy ran with
             static = StaticSchedulePolicy(recorder.static_replay(), engine_options=options or None)
-            runtime.enable_cache(pipe.transformer, static, **engine_options)
-            try:
+            with runtime.cached(pipe.transformer, static, **engine_options):
                 replay_images, _ = timed_generation(pipe, conditions, seeds, steps, guidance)
-            finally:
-                runtime.disable_cache(pipe.transformer)
             replay_psnr, disagreement = fidelity(replay_images, reference_images)[0], recorder.disagreement()
         points.append(
             EvaluationPoint(

@@ -42,13 +42,10 @@ METHODS = ("shared", "oracle", "learned", "replay")
 
 def _flops_speedup(search: ScheduleSearch, policy: Any, budget: float | None) -> tuple[float, torch.Tensor]:
     """Runs ``policy`` through the engine on the search samples: ``(FLOP speedup, images)``."""
-    engine = runtime.enable_cache(search.pipe.transformer, policy, budget=budget, **search.engine_options)
-    try:
+    with runtime.cached(search.pipe.transformer, policy, budget=budget, **search.engine_options) as engine:
         with torch.inference_mode():
             images = generate(search.pipe, search.conditions, search.seeds, search.steps, search.guidance)
         speedup = float(engine.summary()["flops_speedup"])
-    finally:
-        runtime.disable_cache(search.pipe.transformer)
     return speedup, images
 
 

@@ -177,13 +177,9 @@ def split_cached_time(
 
 def always_flops_share(pipe: Any) -> float:
     """Share of the transformer's FLOPs outside the hooked blocks (embeddings, final layer), per the engine."""
-    engine = runtime.enable_cache(pipe.transformer, AlwaysCompute(), probe_blocks=0)
-    try:
-        with torch.inference_mode():
-            generate(pipe, [0], [0], 1, 2.0)
+    with runtime.cached(pipe.transformer, AlwaysCompute(), probe_blocks=0) as engine, torch.inference_mode():
+        generate(pipe, [0], [0], 1, 2.0)
         return engine.costs.always_flops / engine.costs.full_flops
-    finally:
-        runtime.disable_cache(pipe.transformer)
 
 
 if __name__ == "__main__":
