@@ -30,6 +30,7 @@ from policies.learned import ACTIVATIONS
 from reporting.evaluation import EvaluationPoint, evaluate_policy, timed_generation
 from reporting.plots import image_grid, pareto_plot
 from reporting.tracking import start_run
+from runtime import EngineOptions
 
 from .callbacks import CheckpointCallback, EvaluationCallback, ProgressBarCallback
 from .checkpoints import MODEL_FILE, NORMALIZATION_FILE, atomic_write, read_state
@@ -328,14 +329,9 @@ class Trainer:
         return list(dict.fromkeys(names))
 
     @property
-    def engine_options(self) -> dict[str, Any]:
+    def engine_options(self) -> EngineOptions:
         """Engine options of the training environment."""
-        env_config = self.config.env
-        return {
-            "groups": env_config.groups,
-            "probe_blocks": env_config.probe_blocks,
-            "forecast_order": env_config.forecast_order,
-        }
+        return self.config.env.engine_options
 
     @property
     def budgets(self) -> list[float | None]:
@@ -460,7 +456,7 @@ class Trainer:
             for point in points:
                 if (point.scheduler, point.num_inference_steps) != (setting.scheduler, setting.steps):
                     continue
-                with runtime.cached(self.eval_pipe.transformer, policy, budget=point.budget, **self.engine_options):
+                with runtime.cached(self.eval_pipe.transformer, policy, self.engine_options, budget=point.budget):
                     images, _ = timed_generation(
                         self.eval_pipe, conditions, seeds, setting.steps, env_config.guidance_scale
                     )
@@ -563,7 +559,7 @@ def record_schedule(
     conditions: list[int | str],
     seeds: list[int],
     config: TrainConfig,
-    engine_options: dict[str, Any],
+    engine_options: EngineOptions,
     steps: int | None = None,
 ) -> torch.Tensor:
     """The policy's deterministic decisions on the given samples, reduced to one static ``(steps, groups)`` table.
@@ -572,6 +568,6 @@ def record_schedule(
     """
     steps = steps if steps is not None else config.env.steps_range[1]
     recorder = ActionRecorder(policy)
-    with runtime.cached(pipe.transformer, recorder, budget=budget, **engine_options):
+    with runtime.cached(pipe.transformer, recorder, engine_options, budget=budget):
         timed_generation(pipe, conditions, seeds, steps, config.env.guidance_scale)
     return recorder.static_replay()

@@ -15,13 +15,15 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import runtime
-from runtime import CacheEngine, PolicyLike
+from runtime import CacheEngine, EngineOptions, PolicyLike
 
 from .loading import load_policy
 
@@ -35,16 +37,47 @@ def as_policy(policy: PolicyLike | str | Path) -> PolicyLike:
     return load_policy(policy) if isinstance(policy, (str, Path)) else policy
 
 
-def enable_cache(transformer: torch.nn.Module, policy: PolicyLike | str | Path, **options: Any) -> CacheEngine:
+def enable_cache(
+    transformer: torch.nn.Module,
+    policy: PolicyLike | str | Path,
+    options: EngineOptions | None = None,
+    **keywords: Any,
+) -> CacheEngine:
     """:func:`runtime.enable_cache`, also taking the path of an exported policy.
 
     Args:
         transformer: The transformer to accelerate, e.g. ``pipe.transformer``.
-        policy: A policy object, or the path of a file written by ``export_policy`` or ``export_schedule`` (its
-            engine options are the defaults of those not given).
-        **options: The options of :func:`runtime.enable_cache` (``groups``, ``budget``, ...).
+        policy: A policy object, or the path of a file written by ``export_policy`` or ``export_schedule`` (the
+            engine options it was trained with are the defaults of those not given).
+        options: Engine options, as for :func:`runtime.enable_cache`.
+        **keywords: The keyword options of :func:`runtime.enable_cache` (``groups``, ``budget``, ...).
 
     Returns:
         The engine; ``engine.summary()`` reports what was computed.
+
+    Raises:
+        PolicyFormatError: If ``policy`` is the path of a missing or malformed file.
     """
-    return runtime.enable_cache(transformer, as_policy(policy), **options)
+    return runtime.enable_cache(transformer, as_policy(policy), options, **keywords)
+
+
+@contextlib.contextmanager
+def cached(
+    transformer: torch.nn.Module,
+    policy: PolicyLike | str | Path,
+    options: EngineOptions | None = None,
+    **keywords: Any,
+) -> Iterator[CacheEngine]:
+    """:func:`runtime.cached`, also taking the path of an exported policy: the engine for a ``with`` block.
+
+    Example::
+
+        with policies.cached(pipe.transformer, "policy.safetensors", budget=0.3) as engine:
+            images = pipe([3, 1, 4], output_type="pt").images
+        print(engine.summary()["flops_speedup"])
+
+    Yields:
+        The engine, removed from the transformer when the block ends.
+    """
+    with runtime.cached(transformer, as_policy(policy), options, **keywords) as engine:
+        yield engine

@@ -4,7 +4,7 @@ from .actions import NUM_ACTIONS, Action
 from .allocator import keep_freed_memory
 from .api import cached, disable_cache, enable_cache, get_engine
 from .blocks import find_blocks, split_groups, supported_block_classes
-from .config import CacheConfig
+from .config import CacheConfig, EngineOptions
 from .decisions import PolicyLike, safe_actions
 from .engine import CacheEngine
 from .layout import CfgLayout
@@ -16,6 +16,7 @@ __all__ = [
     "CacheConfig",
     "CacheEngine",
     "CfgLayout",
+    "EngineOptions",
     "Observation",
     "PolicyLike",
     "build_observation",

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .config import CacheConfig
+from .config import EngineOptions
 from .decisions import PolicyLike, warn_outside_trained_budgets
 from .diffusers_internals import HOOK_REGISTRY_ATTRIBUTE, HookRegistry
 from .engine import CacheEngine
@@ -32,25 +32,32 @@ from .hooks import BLOCK_HOOK, ROOT_HOOK, BlockHook, RootHook
 def enable_cache(
     transformer: torch.nn.Module,
     policy: PolicyLike,
+    options: EngineOptions | None = None,
     *,
     groups: int | Sequence[float] | None = None,
     probe_blocks: int | None = None,
     forecast_order: int | None = None,
-    cfg_layout: str = "auto",
+    cfg_layout: str | None = None,
     budget: float | None = None,
-    shared_decisions: bool = False,
+    shared_decisions: bool | None = None,
 ) -> CacheEngine:
     """Hooks the cache engine into a diffusers transformer.
+
+    Options come from ``options``, then the keywords (each one given replaces ``options``' value), then, for those
+    still unset, the policy's ``trained_options`` (what an exported policy was trained with), then the engine's
+    defaults (see :class:`EngineOptions`).
 
     Args:
         transformer: Any transformer whose blocks diffusers' ``TransformerBlockRegistry`` knows (DiT, PixArt,
             SD3, Flux, Wan, ...), e.g. ``pipe.transformer`` of an unmodified pipeline.
         policy: A policy object (``policies.enable_cache`` also takes the path of an exported policy).
+        options: Engine options, e.g. from a config or a policy.
         groups: Block groups in relative depth (default 4, fewer on shallow models, or what an exported policy
             was trained with).
         probe_blocks: Always-computed front blocks (default 1, or the exported policy's).
         forecast_order: Taylor order of FORECAST (default: the policy's).
-        cfg_layout: Order of batched CFG halves: ``"auto"``, ``"none"``, ``"cond_uncond"``, ``"uncond_cond"``.
+        cfg_layout: Order of batched CFG halves: ``"auto"`` (the default), ``"none"``, ``"cond_uncond"``,
+            ``"uncond_cond"``.
         budget: Target compute fraction for budget-conditioned policies (the speed knob).
         shared_decisions: One action per group for the whole batch (the samples' majority) instead of one per
             sample: on models small enough that a block's cost is mostly per call rather than per sample (CPU,
@@ -71,22 +78,28 @@ def enable_cache(
             f"runtime.enable_cache takes a policy object, got the path {str(policy)!r}: load an exported policy with "
             "policies.enable_cache(transformer, path, ...) or policies.load_policy(path)."
         )
-    defaults = getattr(policy, "engine_options", {}) or {}
-    config = CacheConfig(
-        groups=groups if groups is not None else defaults.get("groups"),
-        probe_blocks=probe_blocks if probe_blocks is not None else defaults.get("probe_blocks", 1),
-        forecast_order=forecast_order if forecast_order is not None else defaults.get("forecast_order"),
+    if options is not None and not isinstance(options, EngineOptions):
+        raise TypeError(
+            f"options must be a runtime.EngineOptions, got a {type(options).__name__}: pass EngineOptions(...) or "
+            "the options as keywords (groups=..., budget=...)."
+        )
+    given = dict(
+        groups=groups,
+        probe_blocks=probe_blocks,
+        forecast_order=forecast_order,
         cfg_layout=cfg_layout,
         budget=budget,
         shared_decisions=shared_decisions,
     )
+    options = (options or EngineOptions()).replace(**{k: v for k, v in given.items() if v is not None})
+    options = options.with_defaults(getattr(policy, "trained_options", None))
     if get_engine(transformer) is not None:
         raise ValueError(
             "Caching is already enabled on this transformer: call runtime.disable_cache(transformer) first."
         )
-    engine = CacheEngine(transformer, policy, config)
-    if budget is not None:
-        warn_outside_trained_budgets(policy, budget, budget)
+    engine = CacheEngine(transformer, policy, options)
+    if options.budget is not None:
+        warn_outside_trained_budgets(policy, options.budget, options.budget)
     group_of = {block: g for g, members in enumerate(engine.groups) for block in members}
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     try:  # all hooks or none: a failure (e.g. a forward without a timestep) leaves the model as it was
@@ -124,7 +137,9 @@ def disable_cache(transformer: torch.nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def cached(transformer: torch.nn.Module, policy: PolicyLike, **options: Any) -> Iterator[CacheEngine]:
+def cached(
+    transformer: torch.nn.Module, policy: PolicyLike, options: EngineOptions | None = None, **keywords: Any
+) -> Iterator[CacheEngine]:
     """:func:`enable_cache` for the length of a ``with`` block: yields the engine, and disables caching when the
     block ends, also on an error.
 
@@ -133,12 +148,13 @@ def cached(transformer: torch.nn.Module, policy: PolicyLike, **options: Any) -> 
     Args:
         transformer: As for :func:`enable_cache`.
         policy: As for :func:`enable_cache`.
-        **options: The options of :func:`enable_cache`.
+        options: As for :func:`enable_cache`.
+        **keywords: The keyword options of :func:`enable_cache` (``groups``, ``budget``, ...).
 
     Yields:
         The engine.
     """
-    engine = enable_cache(transformer, policy, **options)
+    engine = enable_cache(transformer, policy, options, **keywords)
     try:
         yield engine
     finally:

@@ -21,7 +21,7 @@ import torch
 
 from .accounting import EngineStats, FlopAccount
 from .blocks import find_blocks, split_groups
-from .config import CacheConfig
+from .config import EngineOptions
 from .costs import CostMeter, CostModel
 from .decisions import Decider, PolicyLike, RowIndex, check_policy, warn_outside_trained_budgets
 from .devices import HOST
@@ -32,6 +32,10 @@ from .residuals import ResidualCache
 from .state import DEFAULT_CONTEXT, ContextStateManager, GenerationState
 
 DEFAULT_GROUPS = 4
+"""Block groups when none are given (fewer on shallow models)."""
+
+DEFAULT_PROBE_BLOCKS = 1
+"""Probe blocks when none are given."""
 
 
 def outside_compiled_graphs(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -60,9 +64,10 @@ class CacheEngine:
     Args:
         transformer: The transformer to accelerate.
         policy: Anything with ``act(observation) -> (samples, groups)`` actions (see ``policies``).
-        config: Engine options.
+        options: Engine options; those left ``None`` get the engine's defaults here.
 
     Attributes:
+        options: The options it runs with, every one set.
         blocks: The hooked blocks, in order.
         groups: The blocks of each group.
         order: Taylor order of FORECAST.
@@ -72,26 +77,28 @@ class CacheEngine:
         residuals: Applies and stores the groups' residuals.
     """
 
-    def __init__(self, transformer: torch.nn.Module, policy: PolicyLike, config: CacheConfig) -> None:
+    def __init__(self, transformer: torch.nn.Module, policy: PolicyLike, options: EngineOptions) -> None:
         self.transformer = transformer
         self.policy = policy
-        self.config = config
         self.blocks = find_blocks(transformer)
-        groups = config.groups
+        probe_blocks = DEFAULT_PROBE_BLOCKS if options.probe_blocks is None else options.probe_blocks
+        groups = options.groups
         if groups is None:
-            groups = max(1, min(DEFAULT_GROUPS, len(self.blocks) - config.probe_blocks))
-        self.groups = split_groups(len(self.blocks), config.probe_blocks, groups)
-        self.order = config.forecast_order or int(getattr(policy, "forecast_order", 1) or 1)
-        self.cfg_layout = resolve_cfg_layout(config.cfg_layout, transformer)
+            groups = max(1, min(DEFAULT_GROUPS, len(self.blocks) - probe_blocks))
+        self.groups = split_groups(len(self.blocks), probe_blocks, groups)
+        self.order = options.forecast_order or int(getattr(policy, "forecast_order", 1) or 1)
+        self.options = options.replace(groups=groups, probe_blocks=probe_blocks, forecast_order=self.order)
+        self.cfg_layout = resolve_cfg_layout(options.cfg_layout, transformer)
         self.transformer_class = layout_class_name(unwrap_module(transformer))
         self.state_manager = ContextStateManager(GenerationState)
         self.stats = EngineStats(group_computed=[0] * len(self.groups))
-        self.flops = FlopAccount(self.groups, config.probe_blocks, len(self.blocks), self.stats)
+        self.flops = FlopAccount(self.groups, probe_blocks, len(self.blocks), self.stats)
         names = getattr(policy, "feature_names", None)
         self._feature_names = feature_names(self.num_groups) if names is None else tuple(names)
-        check_policy(policy, self.num_groups, config.probe_blocks, self._feature_names)
+        check_policy(policy, self.num_groups, probe_blocks, self._feature_names)
         rows = RowIndex()
-        self.decider = Decider(policy, self.num_groups, self._feature_names, config.shared_decisions, self.stats, rows)
+        shared = options.shared_decisions
+        self.decider = Decider(policy, self.num_groups, self._feature_names, shared, self.stats, rows)
         track_forecast_error = any(name.startswith("forecast_error_") for name in self._feature_names)
         self.residuals = ResidualCache(self.num_groups, self.order, self.stats, rows, track_forecast_error)
         self._track_accumulation = "accumulated_input_change" in getattr(policy, "required_signals", ())
@@ -122,7 +129,7 @@ class CacheEngine:
     @property
     def budget(self) -> float | torch.Tensor | None:
         """Target compute fraction shown to the policy: one for all samples, per sample, or ``None``."""
-        return self._sample_budgets if self._sample_budgets is not None else self.config.budget
+        return self._sample_budgets if self._sample_budgets is not None else self.options.budget
 
     def set_budget(self, budget: float | torch.Tensor | None) -> None:
         """Changes the target compute fraction (the speed knob) between or during generations.
@@ -138,7 +145,7 @@ class CacheEngine:
             self._sample_budgets = values
             warn_outside_trained_budgets(self.policy, values.min().item(), values.max().item())
             return
-        self.config = CacheConfig(**{**self.config.to_dict(), "budget": budget})
+        self.options = self.options.replace(budget=budget)
         self._sample_budgets = None
         if budget is not None:
             warn_outside_trained_budgets(self.policy, budget, budget)
@@ -178,7 +185,7 @@ class CacheEngine:
             ``steps``, ``generations``, ``decisions``, ``decision_seconds``, the ``actions`` histogram and
             ``side_passes`` (extra uncached passes within a step, see :meth:`is_side_pass`).
         """
-        return self.stats.summary(self.groups, self.config.probe_blocks, len(self.blocks))
+        return self.stats.summary(self.groups, self.options.probe_blocks, len(self.blocks))
 
     # -- step boundaries (called by RootHook) ---------------------------------------------------------------
 

@@ -42,7 +42,7 @@ METHODS = ("shared", "oracle", "learned", "replay")
 
 def _flops_speedup(search: ScheduleSearch, policy: Any, budget: float | None) -> tuple[float, torch.Tensor]:
     """Runs ``policy`` through the engine on the search samples: ``(FLOP speedup, images)``."""
-    with runtime.cached(search.pipe.transformer, policy, budget=budget, **search.engine_options) as engine:
+    with runtime.cached(search.pipe.transformer, policy, search.engine_options, budget=budget) as engine:
         with torch.inference_mode():
             images = generate(search.pipe, search.conditions, search.seeds, search.steps, search.guidance)
         speedup = float(engine.summary()["flops_speedup"])
@@ -62,7 +62,7 @@ def measure_budget(arguments: dict[str, Any], budget: float) -> dict[str, Any]:
     torch.set_num_threads(1)
     started = time.perf_counter()
     policy = load_policy(arguments["policy"])
-    options = dict(policy.engine_options)
+    options = policy.trained_options
     pipe = prepare_pipeline(arguments["model"], arguments["scheduler"])
     search = ScheduleSearch(
         pipe,

@@ -140,7 +140,7 @@ def split_cached_time(
         pairs = []
         for _ in range(args.repeats):
             uncached, uncached_blocks = timed_generation()
-            engine = runtime.enable_cache(pipe.transformer, policy, budget=budget, **policy.engine_options)
+            engine = runtime.enable_cache(pipe.transformer, policy, policy.trained_options, budget=budget)
             parts = time_engine(engine)
             with torch.inference_mode():
                 generate(pipe, conditions[:1], seeds[:1], 2, args.guidance)  # the engine measures its costs first
