@@ -25,8 +25,9 @@ from .state import GenerationState, StepDecision
 class PolicyLike(Protocol):
     """What the engine needs of a policy: ``act`` maps an observation to ``(samples, groups)`` actions.
 
-    It also reads these attributes when a policy has them: ``forecast_order``, ``num_groups``, ``feature_names``,
-    ``required_signals``, ``masks_actions`` and ``budget_range`` (see ``policies.Policy``).
+    It also reads these attributes when a policy has them: ``trained_options`` (an :class:`~runtime.EngineOptions`),
+    ``forecast_order``, ``num_groups``, ``feature_names``, ``required_signals``, ``masks_actions`` and
+    ``budget_range`` (see ``policies.Policy``).
     """
 
     def act(self, observation: Observation) -> torch.Tensor: ...
