@@ -23,12 +23,12 @@ from envs import CacheScheduleVecEnv
 from envs.conditions import condition_label
 from envs.pipelines import make_sampler
 from envs.sampling import SamplingSetting, default_setting
-from envs.schedule_search import SearchResult, search_schedules
 from envs.schedulers import SchedulerSwitch
 from policies import ActionRecorder, LearnedPolicy, export_policy, export_schedule, from_sb3
 from policies.learned import ACTIVATIONS
 from reporting.evaluation import EvaluationPoint, evaluate_policy, timed_generation
 from reporting.plots import image_grid, pareto_plot
+from reporting.schedule_search import SearchResult, search_schedules
 from reporting.tracking import start_run
 from runtime import EngineOptions
 

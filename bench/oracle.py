@@ -1,6 +1,6 @@
 """The per-sample oracle: an upper bound on what deciding per sample could add over one shared schedule.
 
-For each budget, :meth:`envs.schedule_search.ScheduleSearch.search_per_sample` searches a schedule for each of the
+For each budget, :meth:`reporting.schedule_search.ScheduleSearch.search_per_sample` searches a schedule for each of the
 first ``oracle.samples`` benchmark samples on its own, against that sample's uncached output. No causal policy can
 see that output, so its rows (family ``"oracle"``, ``causal: False``) bound from above what a policy reading the
 sample's own trajectory can reach with the engine's moves. Every per-sample schedule keeps the computed cells per
@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.schedule_search import search_schedules
 from policies import Policy
 from reporting.evaluation import class_accuracy
+from reporting.schedule_search import search_schedules
 from runtime import EngineOptions, Observation
 from zoo.metrics import capped_psnr, ssim
 

@@ -3,7 +3,7 @@
 For each budget, on ``--samples`` held-out samples (classes and seeds outside every training, validation and
 benchmark split), it measures against the uncached output of the same seed:
 
-- ``shared``: the static schedule :class:`envs.schedule_search.ScheduleSearch` finds on all the samples together;
+- ``shared``: the static schedule :class:`reporting.schedule_search.ScheduleSearch` finds on all the samples together;
 - ``oracle``: the schedule the same search finds for each sample on its own (it sees that sample's uncached output,
   so it bounds what any causal policy can reach with these moves);
 - ``learned``: the learned policy, deciding per sample;
@@ -31,8 +31,8 @@ import torch
 
 import runtime
 from envs.pipelines import generate, prepare_pipeline
-from envs.schedule_search import ScheduleSearch
 from policies import ActionRecorder, StaticSchedulePolicy, load_policy
+from reporting.schedule_search import ScheduleSearch
 from runtime.budget import is_budget
 from zoo.metrics import capped_psnr
 

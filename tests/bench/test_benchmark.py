@@ -758,8 +758,8 @@ def test_oracle_rows_only_when_configured(tmp_path: Path) -> None:
     from bench.report import write_results
     from bench.runner import run_benchmark
     from envs.pipelines import generate
-    from envs.schedule_search import ScheduleSearch
     from policies import StaticSchedulePolicy
+    from reporting.schedule_search import ScheduleSearch
 
     table = torch.ones(STEPS, 4, dtype=torch.int64)
     table[0] = 0

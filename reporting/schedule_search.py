@@ -21,16 +21,17 @@ import numpy as np
 import torch
 
 import runtime
+from envs.config import EnvConfig
+from envs.pipelines import generate, make_sampler, prepare_pipeline
+from policies import Policy
 from runtime import Action, EngineOptions, Observation
 from zoo.metrics import capped_psnr
 
 from . import process_guard
-from .config import EnvConfig
-from .pipelines import generate, make_sampler, prepare_pipeline
 
 
-class _TablePolicy:
-    """Plays one ``(steps, groups)`` table per sample, by step index (a ``runtime.PolicyLike``)."""
+class _TablePolicy(Policy):
+    """Plays one ``(steps, groups)`` table per sample, by step index."""
 
     def __init__(self, tables: torch.Tensor, forecast_order: int) -> None:
         self.tables = tables
@@ -300,8 +301,8 @@ _WORKER: dict[str, ScheduleSearch] = {}
 
 
 def _start_worker(model: str, scheduler: str, arguments: dict[str, Any], env_config: EnvConfig | None = None) -> None:
-    """Loads the pipeline and the search samples' references in a worker (started by :func:`envs.process_guard.start`,
-    which ends the worker when the training process is gone)."""
+    """Loads the pipeline and the search samples' references in a worker (started by
+    :func:`reporting.process_guard.start`, which ends the worker when the training process is gone)."""
     torch.set_num_threads(1)  # one process per core beats two threads on these small batches
     diffusers.utils.logging.set_verbosity_error()
     pipe = (

@@ -8,8 +8,8 @@ import torch
 
 import runtime
 from envs.pipelines import generate
-from envs.schedule_search import ScheduleSearch, search_schedules
 from policies import TaylorSeer
+from reporting.schedule_search import ScheduleSearch, search_schedules
 from runtime import EngineOptions
 from tests.digits_fixtures import tiny_digits_pipeline
 from zoo.metrics import capped_psnr
