@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  {budget}: {point.flops_speedup:.2f}x FLOPs, {point.wall_speedup:.2f}x wall, "
             f"PSNR {point.psnr:.1f} dB, SSIM {point.ssim:.3f}{accuracy}"
         )
-    print(f'use it: runtime.enable_cache(pipe, "{result.policy_path}", budget=0.3)')
+    print(f'use it: policies.enable_cache(pipe, "{result.policy_path}", budget=0.3)')
     return 0
 
 

@@ -28,12 +28,13 @@ from policies import ActionRecorder, LearnedPolicy, export_policy, export_schedu
 from policies.learned import ACTIVATIONS
 from reporting.evaluation import EvaluationPoint, evaluate_policy, timed_generation
 from reporting.plots import image_grid, pareto_plot
+from reporting.schedule_search import SearchResult, search_settings
 from reporting.tracking import start_run
+from runtime import EngineOptions
 
 from .callbacks import CheckpointCallback, EvaluationCallback, ProgressBarCallback
 from .checkpoints import MODEL_FILE, NORMALIZATION_FILE, atomic_write, read_state
 from .config import ConfigError, TrainConfig
-from .schedule_search import SearchResult, search_settings
 from .wandb_output import WandbOutputFormat
 from .warm_start import behaviour_clone, merge_demonstrations, model_actor, record_demonstrations
 
@@ -326,14 +327,9 @@ class Trainer:
         return list(dict.fromkeys(names))
 
     @property
-    def engine_options(self) -> dict[str, Any]:
+    def engine_options(self) -> EngineOptions:
         """Engine options of the training environment."""
-        env_config = self.config.env
-        return {
-            "groups": env_config.groups,
-            "probe_blocks": env_config.probe_blocks,
-            "forecast_order": env_config.forecast_order,
-        }
+        return self.config.env.engine_options
 
     @property
     def budgets(self) -> list[float | None]:
@@ -458,13 +454,10 @@ class Trainer:
             for point in points:
                 if (point.scheduler, point.num_inference_steps) != (setting.scheduler, setting.steps):
                     continue
-                runtime.enable_cache(self.eval_pipe, policy, budget=point.budget, **self.engine_options)
-                try:
+                with runtime.cached(self.eval_pipe, policy, self.engine_options, budget=point.budget):
                     images, _ = timed_generation(
                         self.eval_pipe, conditions, seeds, setting.steps, env_config.guidance_scale
                     )
-                finally:
-                    runtime.disable_cache(self.eval_pipe.transformer)
                 rows.append(images)
                 labels.append(f"budget {point.budget}\n{point.flops_speedup:.1f}x" if point.budget else "cached")
             figures["eval/samples"] = wandb.Image(
@@ -594,7 +587,7 @@ def record_schedule(
     conditions: list[int | str],
     seeds: list[int],
     config: TrainConfig,
-    engine_options: dict[str, Any],
+    engine_options: EngineOptions,
     steps: int | None = None,
 ) -> torch.Tensor:
     """The policy's deterministic decisions on the given samples, reduced to one static ``(steps, groups)`` table.
@@ -603,9 +596,6 @@ def record_schedule(
     """
     steps = steps if steps is not None else config.env.steps_range[1]
     recorder = ActionRecorder(policy)
-    runtime.enable_cache(pipe, recorder, budget=budget, **engine_options)
-    try:
+    with runtime.cached(pipe, recorder, engine_options, budget=budget):
         timed_generation(pipe, conditions, seeds, steps, config.env.guidance_scale)
-    finally:
-        runtime.disable_cache(pipe.transformer)
     return recorder.static_replay()

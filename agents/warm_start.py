@@ -1,7 +1,7 @@
 """Warm start: behaviour-clone searched schedules into the actor (and their returns into the critic) before PPO.
 
 PPO alone explores a 3^groups action space for 50 steps from scratch and settles on schedules a good static one beats.
-So training first searches schedules on training samples (:mod:`agents.schedule_search`) — one per budget shared by
+So training first searches schedules on training samples (:mod:`reporting.schedule_search`) — one per budget shared by
 all samples, or one per sample and budget (a privileged teacher) —, plays each in the training environment (same
 observations, normalisation and rewards as PPO sees), and fits the policy network to those actions and returns.
 With a per-sample teacher, DAgger rounds then run the policy itself and label the states it visits with its

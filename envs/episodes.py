@@ -55,9 +55,7 @@ class EpisodeBatch:
         self.engine = runtime.enable_cache(
             self.pipe,  # its scheduler, switched per batch, is read at every generation
             self.bridge,
-            groups=config.groups,
-            probe_blocks=config.probe_blocks,
-            forecast_order=config.forecast_order,
+            config.engine_options,
             cfg_layout=self.sampler.family.layout(config.guidance_scale),
         )
         self._weights = weights_fingerprint(self.pipe.transformer)

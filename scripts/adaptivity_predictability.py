@@ -35,10 +35,10 @@ import torch
 from sklearn.linear_model import Ridge
 
 import runtime
-from agents.schedule_search import ScheduleSearch
 from envs.pipelines import generate, prepare_pipeline
 from policies import Policy
-from runtime import Action, Observation
+from reporting.schedule_search import ScheduleSearch
+from runtime import Action, EngineOptions, Observation
 from runtime.observations import ADAPTIVE_FEATURES, feature_names
 
 PSNR_CAP = 60.0
@@ -117,7 +117,7 @@ def measure(arguments: argparse.Namespace, budget: float, schedule: np.ndarray |
     """The test at one budget."""
     started = time.perf_counter()
     pipe = prepare_pipeline(arguments.model, arguments.scheduler)
-    options = {"groups": arguments.groups, "probe_blocks": 0, "forecast_order": 1}
+    options = EngineOptions(groups=arguments.groups, probe_blocks=0, forecast_order=1)
     classes = list(range(arguments.classes))
     if schedule is None:
         count = arguments.search_samples
@@ -132,12 +132,8 @@ def measure(arguments: argparse.Namespace, budget: float, schedule: np.ndarray |
     test = ScheduleSearch(pipe, conditions, seeds, arguments.steps, arguments.guidance, options, psnr_cap=PSNR_CAP)
     names = feature_names(arguments.groups, ADAPTIVE_FEATURES)
     recorder = _Recorder(schedule, names, pipe.transformer)
-    runtime.enable_cache(pipe, recorder, **options)
-    try:
-        with torch.inference_mode():
-            generate(pipe, conditions, seeds, arguments.steps, arguments.guidance)
-    finally:
-        runtime.disable_cache(pipe)
+    with runtime.cached(pipe, recorder, options), torch.inference_mode():
+        generate(pipe, conditions, seeds, arguments.steps, arguments.guidance)
     features = torch.stack(recorder.features, dim=1).numpy()  # (samples, steps, F)
     hidden = torch.stack(recorder.hidden, dim=1).numpy()
     n = len(seeds)

@@ -33,6 +33,7 @@ from bench.runner import flops_cross_check, uncached_reference
 from envs.config import ConfigError
 from policies import FORA, export_schedule, load_policy
 from reporting.evaluation import trained_steps_notice
+from runtime import EngineOptions
 from tests.agents.wandb_records import read_offline_run
 from tests.digits_fixtures import tiny_digits_pipeline
 from zoo.pipelines import MiniDiTPipeline
@@ -180,7 +181,7 @@ def test_diffusers_rows_have_plausible_flop_counts(benchmark_run: tuple[dict[str
 def test_flop_counter_agrees_with_engine_counters(benchmark_run: tuple[dict[str, Any], Path]) -> None:
     pipe, run = tiny_pipeline(), settings()
     reference = uncached_reference(pipe, run)
-    method = EngineMethod("FORA", "baseline", "N=3", lambda: FORA(3), {"groups": 4, "probe_blocks": 1})
+    method = EngineMethod("FORA", "baseline", "N=3", lambda: FORA(3), EngineOptions(groups=4, probe_blocks=1))
     check = flops_cross_check(pipe, method, run, reference)
     assert check["engine"] > 1.5
     assert check["relative_difference"] < 0.03, check
@@ -461,7 +462,7 @@ def test_a_failing_method_is_recorded_and_the_others_still_run(tmp_path: Path) -
     )
     methods = [
         _Broken("Broken cache", "diffusers", "threshold=0.1", lambda: FORA(2)),
-        EngineMethod("FORA", "baseline", "N=2", lambda: FORA(2), {"groups": 2, "probe_blocks": 0}),
+        EngineMethod("FORA", "baseline", "N=2", lambda: FORA(2), EngineOptions(groups=2, probe_blocks=0)),
     ]
     lines: list[str] = []
     pipe = tiny_pipeline()
@@ -488,7 +489,7 @@ def test_the_flop_cross_check_picks_a_measured_method_and_its_failure_keeps_the_
     from bench.report import write_results
 
     config = load_config(overrides={"seeds": "1000000-1000001", "steps": STEPS, "repeats": 1, "warmup_steps": 1})
-    options = {"groups": 2, "probe_blocks": 0}
+    options = EngineOptions(groups=2, probe_blocks=0)
     methods = [
         _Broken("FORA", "baseline", "N=2", lambda: FORA(2), options),
         EngineMethod("FORA", "baseline", "N=3", lambda: FORA(3), options),
@@ -754,13 +755,13 @@ def test_adaptivity_summary_reads_each_front_and_excludes_replay_and_oracle() ->
 
 
 def test_oracle_rows_only_when_configured(tmp_path: Path) -> None:
-    from agents.schedule_search import ScheduleSearch
     from bench.grid import build_methods
     from bench.oracle import build_upper_bounds
     from bench.report import write_results
     from bench.runner import run_benchmark
     from envs.pipelines import generate
     from policies import StaticSchedulePolicy
+    from reporting.schedule_search import ScheduleSearch
 
     table = torch.ones(STEPS, 4, dtype=torch.int64)
     table[0] = 0
@@ -796,7 +797,7 @@ def test_oracle_rows_only_when_configured(tmp_path: Path) -> None:
 
     # Its FLOPs are those of the shared schedule the search starts from (moves keep the cells per group).
     samples = ([7, 8], [1000000, 1000001])
-    search = ScheduleSearch(pipe, *samples, STEPS, config.guidance, policy.engine_options)
+    search = ScheduleSearch(pipe, *samples, STEPS, config.guidance, policy.trained_options)
     start = StaticSchedulePolicy(search.evenly_spaced(0.5), engine_options=policy.engine_options)
     engine = runtime.enable_cache(pipe.transformer, start)
     try:

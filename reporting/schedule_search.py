@@ -26,7 +26,7 @@ from envs.pipelines import generate, make_sampler, prepare_pipeline
 from envs.sampling import SamplingSetting
 from envs.schedulers import SchedulerSwitch
 from policies import Policy
-from runtime import Action, Observation
+from runtime import Action, EngineOptions, Observation
 from zoo.metrics import capped_psnr
 
 from . import process_guard
@@ -73,7 +73,7 @@ class ScheduleSearch:
         seeds: One seed per search sample.
         steps: Denoising steps.
         guidance: Classifier-free guidance scale.
-        engine_options: ``groups``, ``probe_blocks`` and ``forecast_order`` for ``runtime.enable_cache``.
+        engine_options: The engine's options; ``groups`` and ``forecast_order`` must be set.
         psnr_cap: PSNR given to identical images.
         tables_per_batch: Candidate schedules evaluated together in one generation.
     """
@@ -85,7 +85,7 @@ class ScheduleSearch:
         seeds: Sequence[int],
         steps: int,
         guidance: float,
-        engine_options: dict[str, Any],
+        engine_options: EngineOptions,
         psnr_cap: float = 60.0,
         tables_per_batch: int = 8,
     ) -> None:
@@ -94,8 +94,12 @@ class ScheduleSearch:
         self.pipe = pipe
         self.conditions, self.seeds = list(conditions), list(seeds)
         self.steps, self.guidance = steps, guidance
-        self.engine_options = dict(engine_options)
-        self.groups = int(self.engine_options["groups"])
+        if engine_options.num_groups is None or engine_options.forecast_order is None:
+            raise ValueError(
+                f"{engine_options}: set groups and forecast_order; the search plays (steps, groups) tables with them."
+            )
+        self.engine_options = engine_options
+        self.groups = engine_options.num_groups
         self.psnr_cap = psnr_cap
         self.tables_per_batch = max(1, tables_per_batch)
         self.evaluations = 0
@@ -149,19 +153,15 @@ class ScheduleSearch:
     def _psnr_of_pairs(self, tables: Sequence[np.ndarray], samples: Sequence[int]) -> torch.Tensor:
         """One batched generation playing ``tables[i]`` on sample ``samples[i]``; capped PSNR per pair."""
         per_row = torch.as_tensor(np.stack(tables), dtype=torch.int64)
-        policy = _TablePolicy(per_row, int(self.engine_options["forecast_order"]))
-        runtime.enable_cache(self.pipe.transformer, policy, **self.engine_options)
-        try:
-            with torch.inference_mode():
-                images = generate(
-                    self.pipe,
-                    [self.conditions[s] for s in samples],
-                    [self.seeds[s] for s in samples],
-                    self.steps,
-                    self.guidance,
-                )
-        finally:
-            runtime.disable_cache(self.pipe.transformer)
+        policy = _TablePolicy(per_row, self.engine_options.forecast_order)
+        with runtime.cached(self.pipe.transformer, policy, self.engine_options), torch.inference_mode():
+            images = generate(
+                self.pipe,
+                [self.conditions[s] for s in samples],
+                [self.seeds[s] for s in samples],
+                self.steps,
+                self.guidance,
+            )
         return capped_psnr(images, self.reference[list(samples)], self.psnr_cap)
 
     def search(
@@ -334,7 +334,7 @@ _WORKER: dict[str, SettingSearches] = {}
 
 
 def _start_worker(model: str, arguments: dict[str, Any], env_config: EnvConfig | None = None) -> None:
-    """Loads the pipeline in a worker (started by :func:`agents.process_guard.start`, which ends the worker when
+    """Loads the pipeline in a worker (started by :func:`reporting.process_guard.start`, which ends the worker when
     the training process is gone)."""
     torch.set_num_threads(1)  # one process per core beats two threads on these small batches
     diffusers.utils.logging.set_verbosity_error()
@@ -356,7 +356,7 @@ def search_settings(
     conditions: Sequence[int | str],
     seeds: Sequence[int],
     guidance: float,
-    engine_options: dict[str, Any],
+    engine_options: EngineOptions,
     sweeps: int = 2,
     per_group: bool = True,
     workers: int = 1,
@@ -376,7 +376,7 @@ def search_settings(
         budgets: Compute budgets, searched at every setting.
         conditions / seeds: The search samples.
         guidance: Classifier-free guidance scale.
-        engine_options: ``groups``, ``probe_blocks``, ``forecast_order``.
+        engine_options: As for :class:`ScheduleSearch`.
         sweeps / per_group: As in :meth:`ScheduleSearch.search`.
         workers: Processes; 1 searches here, in ``pipe`` (or a pipeline loaded from ``model``).
         pipe: An unhooked pipeline to search in when ``workers == 1``.
@@ -395,7 +395,7 @@ def search_settings(
         "conditions": list(conditions),
         "seeds": list(seeds),
         "guidance": guidance,
-        "engine_options": dict(engine_options),
+        "engine_options": engine_options,
     }
     options = {"sweeps": sweeps, "per_group": per_group}
     jobs = [(setting, float(budget)) for setting in settings for budget in budgets]

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 import runtime
-from agents.schedule_search import ScheduleSearch, search_schedules
 from envs.pipelines import generate
 from policies import TaylorSeer
+from reporting.schedule_search import ScheduleSearch, search_schedules
+from runtime import EngineOptions
 from tests.digits_fixtures import tiny_digits_pipeline
 from zoo.metrics import capped_psnr
 
-OPTIONS = {"groups": 2, "probe_blocks": 0, "forecast_order": 1}
+OPTIONS = EngineOptions(groups=2, probe_blocks=0, forecast_order=1)
 COMPUTE = int(runtime.Action.COMPUTE)
 
 
@@ -36,7 +37,7 @@ def test_starting_schedules_spend_the_budget(search: ScheduleSearch) -> None:
 
 def test_evenly_spaced_schedule_scores_like_taylorseer(search: ScheduleSearch) -> None:
     pipe = search.pipe
-    runtime.enable_cache(pipe.transformer, TaylorSeer(2, 1), **OPTIONS)
+    runtime.enable_cache(pipe.transformer, TaylorSeer(2, 1), OPTIONS)
     try:
         with torch.inference_mode():
             images = generate(pipe, search.conditions, search.seeds, 8, 2.0)
