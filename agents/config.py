@@ -86,6 +86,9 @@ class WarmStartConfig:
         workers: Processes the budgets are searched in (one torch thread each).
         epochs: Behaviour-cloning epochs over the demonstrations.
         learning_rate: Behaviour-cloning Adam learning rate.
+        label_smoothing: Share of each cloned decision's probability spread over the possible actions (0: the
+            teacher's alone): the cloned policy's deterministic actions stay the teacher's, but PPO's sampled
+            rollouts then try other actions now and then, which is what PPO learns from.
         teacher: ``"shared"``: one schedule per budget, searched on all search samples together; ``"per_sample"``:
             one per search sample and budget, searched on that sample alone (a privileged teacher: it sees the
             sample's uncached output, which the policy must infer from its observations).
@@ -105,6 +108,9 @@ class WarmStartConfig:
             cloned on all of them at once, so that it reads the step count and the scheduler from its features and
             interpolates between the anchors. Replaces ``num_inference_steps`` and ``scheduler`` (leave those
             null).
+        sweeps_at: Anchors searched with another number of sweeps than ``sweeps``, by label (e.g.
+            ``{dpmsolver++_50: 0}``); 0 keeps the best evenly spaced start of each budget without local search:
+            an anchor that costs a few generations and still shows the policy that setting.
     """
 
     enabled: bool = True
@@ -116,6 +122,7 @@ class WarmStartConfig:
     workers: int = 2
     epochs: int = 300
     learning_rate: float = 1e-3
+    label_smoothing: float = 0.0
     teacher: str = "shared"
     dagger_rounds: int = 0
     dagger_epochs: int = 100
@@ -123,6 +130,7 @@ class WarmStartConfig:
     num_inference_steps: int | None = None
     scheduler: str | None = None
     settings: list[str] | None = None
+    sweeps_at: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.settings is not None:
@@ -135,6 +143,11 @@ class WarmStartConfig:
                 raise ConfigError(f"settings={self.settings}: name each anchor once, at least one.")
             for label in self.settings:
                 parse_setting(label)
+        unknown = sorted(set(self.sweeps_at) - set(self.settings or []))
+        if unknown:
+            raise ConfigError(f"sweeps_at names {unknown}, which are not in settings={self.settings}.")
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in self.sweeps_at.values()):
+            raise ConfigError(f"sweeps_at={self.sweeps_at}: give a whole number of sweeps >= 0 per anchor.")
         if self.num_inference_steps is not None and self.num_inference_steps < 2:
             raise ConfigError(f"num_inference_steps={self.num_inference_steps}: use at least 2 (or null).")
         if self.scheduler is not None and self.scheduler not in SCHEDULER_NAMES:
@@ -152,6 +165,8 @@ class WarmStartConfig:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1.")
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"learning_rate={self.learning_rate}: must lie in (0, 1).")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing={self.label_smoothing}: must lie in [0, 1).")
 
 
 @dataclass

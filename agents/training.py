@@ -34,7 +34,7 @@ from runtime import EngineOptions
 
 from .callbacks import CheckpointCallback, EvaluationCallback, ProgressBarCallback
 from .checkpoints import MODEL_FILE, NORMALIZATION_FILE, atomic_write, read_state
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, parse_setting
 from .wandb_output import WandbOutputFormat
 from .warm_start import behaviour_clone, merge_demonstrations, model_actor, record_demonstrations
 
@@ -205,6 +205,7 @@ class Trainer:
                 log=tqdm.write,
                 per_sample=per_sample,
                 env_config=env_config,
+                sweeps_at={parse_setting(label): n for label, n in warm.sweeps_at.items()},
             )
         # A per-sample teacher's schedules are played on the samples they were searched on.
         demo_split = search_split if per_sample else split(warm.search_samples, warm.demo_samples)
@@ -224,7 +225,12 @@ class Trainer:
             teacher.append(_teacher_entry(setting, warm.budgets, results, part, per_sample))
         demonstrations = merge_demonstrations(parts)
         metrics = behaviour_clone(
-            self.model, demonstrations, epochs=warm.epochs, learning_rate=warm.learning_rate, seed=config.agent.seed
+            self.model,
+            demonstrations,
+            epochs=warm.epochs,
+            learning_rate=warm.learning_rate,
+            seed=config.agent.seed,
+            label_smoothing=warm.label_smoothing,
         )
         rounds = []
         dataset = demonstrations
@@ -248,6 +254,7 @@ class Trainer:
                 learning_rate=warm.learning_rate,
                 seed=config.agent.seed + round_index + 1,
                 update_normalization=False,
+                label_smoothing=warm.label_smoothing,
             )
             psnr = {s.label: v.psnr for s, v in zip(settings, visited, strict=True)}
             fraction = {s.label: v.compute_fraction for s, v in zip(settings, visited, strict=True)}

@@ -365,6 +365,7 @@ def search_settings(
     log: Callable[[str], None] | None = None,
     per_sample: bool = False,
     env_config: EnvConfig | None = None,
+    sweeps_at: dict[SamplingSetting, int] | None = None,
 ) -> dict[SamplingSetting, list[SearchResult] | list[list[SearchResult]]]:
     """Searches one schedule per setting and budget, in ``workers`` processes (one torch thread each) when above 1.
 
@@ -386,6 +387,7 @@ def search_settings(
         per_sample: Search a schedule for each sample on its own (:meth:`ScheduleSearch.search_per_sample`).
         env_config: The environment configuration the worker processes build their sampler from (prompts, device,
             dtype, call arguments); ``None``: ``model`` only.
+        sweeps_at: Settings searched with another number of sweeps (0: the best evenly spaced start only).
 
     Returns:
         Per setting, one result per budget in the order given; with ``per_sample``, one list of per-sample results
@@ -397,7 +399,8 @@ def search_settings(
         "guidance": guidance,
         "engine_options": engine_options,
     }
-    options = {"sweeps": sweeps, "per_group": per_group}
+    sweeps_at = sweeps_at or {}
+    options = {s: {"sweeps": sweeps_at.get(s, sweeps), "per_group": per_group} for s in settings}
     jobs = [(setting, float(budget)) for setting in settings for budget in budgets]
     found: dict[tuple[SamplingSetting, float], Any] = {}
     if workers <= 1:
@@ -407,7 +410,7 @@ def search_settings(
             schedulers = SchedulerSwitch(getattr(pipe, "pipe", pipe))
         searches = SettingSearches(pipe, schedulers, arguments)
         for job in jobs:
-            found[job] = searches.run(*job, options, per_sample, log)
+            found[job] = searches.run(*job, options[job[0]], per_sample, log)
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(
@@ -416,9 +419,9 @@ def search_settings(
             initializer=process_guard.start,
             initargs=process_guard.initializer_arguments(f"{__name__}:_start_worker", model, arguments, env_config),
         ) as pool:
-            # A search costs about steps^2 (more steps to move, each a longer generation) times the budget.
-            ordered = sorted(jobs, key=lambda job: -(job[0].steps ** 2) * job[1])
-            futures = {job: pool.submit(_search_in_worker, *job, options, per_sample) for job in ordered}
+            # A search costs about sweeps * steps^2 (more steps to move, each a longer generation) * budget.
+            ordered = sorted(jobs, key=lambda job: -(job[0].steps ** 2) * job[1] * (options[job[0]]["sweeps"] + 0.1))
+            futures = {job: pool.submit(_search_in_worker, *job, options[job[0]], per_sample) for job in ordered}
             found = {job: futures[job].result() for job in jobs}
     return {setting: [found[(setting, float(budget))] for budget in budgets] for setting in settings}
 

@@ -109,6 +109,7 @@ def test_evaluation_settings_and_their_errors() -> None:
         ("warm_start.settings=[ddim]", r"warm_start\.settings"),
         ("warm_start.settings=[ddim_50, ddim_50]", r"warm_start\.settings"),
         ("warm_start.settings=[ddim_50]", r"warm_start\.settings: ddim_50 lies outside"),
+        ("warm_start.sweeps_at={ddim_6: 0}", r"warm_start\.sweeps_at names \['ddim_6'\]"),
     ]:
         with pytest.raises(ConfigError, match=field):
             load_config(None, [override])
