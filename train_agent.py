@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     print("validation (held-out conditions and seeds; it picked the exported checkpoint):")
     for point in result.points:
         budget = "policy" if point.budget is None else f"budget {point.budget:.2f}"
+        if point.scheduler is not None:
+            budget = f"{point.scheduler} {point.num_inference_steps} steps, {budget}"
         accuracy = "" if point.class_acc is None else f", class accuracy {100 * point.class_acc:.0f}%"
         print(
             f"  {budget}: {point.flops_speedup:.2f}x FLOPs, {point.wall_speedup:.2f}x wall, "
