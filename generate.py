@@ -20,7 +20,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from envs.conditions import condition_label, read_prompts
-from envs.config import ConfigError
+from envs.config import SCHEDULER_NAMES, ConfigError
 from envs.pipelines import DTYPES, Sampler, prepare_pipeline
 from policies import FORA, DeltaDiT, FirstBlockThreshold, Policy, PolicyFormatError, TaylorSeer, load_policy
 from reporting.evaluation import evaluate_policy, timed_generation, trained_scheduler_notice, trained_steps_notice
@@ -138,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="samples per class or prompt (default: %(default)s)")
     parser.add_argument("--first-seed", type=int, default=1_000_000, help="seed of the first sample")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's: 50 DiT, 28 flow)")
+    parser.add_argument(
+        "--scheduler",
+        default="default",
+        help=f"scheduler: {', '.join(SCHEDULER_NAMES)} (default: the model's own)",
+    )
     parser.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")
     parser.add_argument(
         "--out", type=Path, default=Path("grid.png"), help="image grid to write (default: %(default)s)"
@@ -148,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--budget {args.budget}: a compute fraction must lie in (0, 1].")
     if args.dtype not in DTYPES:
         parser.error(f"--dtype {args.dtype}: use one of {', '.join(DTYPES)}.")
+    if args.scheduler not in SCHEDULER_NAMES:
+        parser.error(f"--scheduler {args.scheduler}: use one of {', '.join(SCHEDULER_NAMES)}.")
     call_kwargs = yaml.safe_load(args.pipeline_kwargs)
     if not isinstance(call_kwargs, dict):
         parser.error(f"--pipeline-kwargs {args.pipeline_kwargs!r}: give a YAML mapping, e.g. '{{height: 512}}'.")
@@ -169,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     policy, policy_name = resolve_policy(args, parser)
     learned = bool(getattr(policy, "budget_conditioned", False))
     try:
-        pipe = prepare_pipeline(args.model, device=args.device, dtype=args.dtype)
+        pipe = prepare_pipeline(args.model, args.scheduler, device=args.device, dtype=args.dtype)
     except (FileNotFoundError, ValueError, OSError) as error:  # unknown model, or no weights and no network
         parser.exit(1, f"{parser.prog}: error: --model {args.model}: {str(error).splitlines()[0]}\n")
     try:
@@ -212,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     accuracy = "" if point.class_acc is None else f", class accuracy {100 * point.class_acc:.0f}%"
     knob = f" at budget {args.budget}" if learned else ""
-    print(f"{args.model}, {steps} steps, policy {policy_name}{knob}:")
+    print(f"{args.model}, {type(pipe.scheduler).__name__} {steps} steps, policy {policy_name}{knob}:")
     print(f"  {point.flops_speedup:.2f}x fewer FLOPs, {point.wall_speedup:.2f}x faster (wall clock, median of 3)")
     print(f"  against uncached: PSNR {point.psnr:.1f} dB, SSIM {point.ssim:.3f}{accuracy}")
     grid = image_grid(

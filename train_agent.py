@@ -7,13 +7,15 @@ Examples:
     python train_agent.py --wandb-mode disabled --out runs/try
     python train_agent.py --model PixArt-alpha/PixArt-Sigma-XL-2-1024-MS --prompts prompts.txt --device cuda \
         --dtype bfloat16
-    python train_agent.py --workers 8 --ray-address auto --device cuda     # 8 Ray workers, one GPU each
+    python train_agent.py --workers 8 --ray-address auto --device cuda --set agent.num_envs=32   # 8 GPUs, 4 envs each
 
 --model, --prompts, --device and --dtype set env.model, env.prompts, env.device and env.dtype (as --set would);
 --workers and --ray-address set ray.workers and ray.address (Ray workers, see docs/distributed.md).
 With --model, the denoising steps and guidance scale are the pipeline's defaults unless the config file or --set
-names them. One --prompts file is split into training, validation and test prompts by the SHA-256 of each prompt's
-text: 10% (at least one) test, 10% (at least one) validation, the rest training; give the splits yourself with
+names them; on the default config, whose schedulers, step range and warm-start anchors are the shipped model's, the
+run then samples with the pipeline's own scheduler at that one setting (unless --set names them). One --prompts file
+is split into training, validation and test prompts by the SHA-256 of each prompt's text: 10% (at least one) test,
+10% (at least one) validation, the rest training; give the splits yourself with
 --set env.prompts="{train: a.txt, eval: b.txt, test: c.txt}".
 """
 
@@ -39,6 +41,14 @@ from reporting.tracking import MODES as WANDB_MODES
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 RESUMABLE_FIELDS = ("agent.total_timesteps", "ray.workers", "ray.address")
 RESUMABLE_SECTIONS = ("eval", "checkpoint", "wandb")
+SHIPPED_SETTINGS = {
+    "env.scheduler": "default",
+    "warm_start.settings": None,
+    "warm_start.sweeps_at": {},
+    "eval.steps": None,
+}
+"""Fields of the default config that name the shipped model's sampling settings (its schedulers, anchors and
+validation step counts), and what ``--model`` puts in their place: the pipeline's own scheduler at one setting."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,7 +82,8 @@ def flag_overrides(args: argparse.Namespace, config_path: Path) -> list[str]:
     """``--set`` overrides of the ``--model``, ``--prompts``, ``--device`` and ``--dtype`` flags.
 
     With ``--model``, the steps and guidance scale default to the pipeline's own unless a ``--set`` or a config file
-    other than the default one (which is the shipped model's) gives them.
+    other than the default one (which is the shipped model's) gives them; on the default config, so do the scheduler,
+    the warm start's anchors and the validation step counts (:data:`SHIPPED_SETTINGS`), unless a ``--set`` names them.
 
     Raises:
         ConfigError: For a prompt file that does not exist or an unknown dtype.
@@ -90,6 +101,8 @@ def flag_overrides(args: argparse.Namespace, config_path: Path) -> list[str]:
             overrides.append(f"env.{key}={json.dumps(value)}")
             if key == "num_inference_steps" and "agent.n_steps" not in named:
                 overrides.append(f"agent.n_steps={int(value)}")  # whole episodes per rollout
+        if config_path.resolve() == DEFAULT_CONFIG.resolve():
+            overrides += [f"{key}={json.dumps(value)}" for key, value in SHIPPED_SETTINGS.items() if key not in named]
     if args.prompts is not None:
         if not args.prompts.is_file():
             raise ConfigError(f"--prompts {args.prompts}: no such file; give a .txt file with one prompt a line.")
@@ -169,12 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     print("validation (held-out conditions and seeds; it picked the exported checkpoint):")
     for point in result.points:
         budget = "policy" if point.budget is None else f"budget {point.budget:.2f}"
+        if point.scheduler is not None:
+            budget = f"{point.scheduler} {point.num_inference_steps} steps, {budget}"
         accuracy = "" if point.class_acc is None else f", class accuracy {100 * point.class_acc:.0f}%"
         print(
             f"  {budget}: {point.flops_speedup:.2f}x FLOPs, {point.wall_speedup:.2f}x wall, "
             f"PSNR {point.psnr:.1f} dB, SSIM {point.ssim:.3f}{accuracy}"
         )
-    print(f'use it: runtime.enable_cache(pipe.transformer, "{result.policy_path}", budget=0.3)')
+    print(f'use it: policies.enable_cache(pipe, "{result.policy_path}", budget=0.3)')
     return 0
 
 

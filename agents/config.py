@@ -10,6 +10,7 @@ import yaml
 
 from envs.config import SCHEDULER_NAMES, ConfigError, EnvConfig, from_dict
 from envs.sampling import SamplingSetting
+from envs.shards import check_shard_split
 from policies.learned import ACTIVATIONS
 from runtime.budget import check_budgets
 
@@ -86,6 +87,9 @@ class WarmStartConfig:
         workers: Processes the budgets are searched in (one torch thread each).
         epochs: Behaviour-cloning epochs over the demonstrations.
         learning_rate: Behaviour-cloning Adam learning rate.
+        label_smoothing: Share of each cloned decision's probability spread over the possible actions (0: the
+            teacher's alone): the cloned policy's deterministic actions stay the teacher's, but PPO's sampled
+            rollouts then try other actions now and then, which is what PPO learns from.
         teacher: ``"shared"``: one schedule per budget, searched on all search samples together; ``"per_sample"``:
             one per search sample and budget, searched on that sample alone (a privileged teacher: it sees the
             sample's uncached output, which the policy must infer from its observations).
@@ -100,6 +104,14 @@ class WarmStartConfig:
             largest count; the policy is cloned at this one count and PPO then trains it across the range.
         scheduler: Scheduler the teacher is searched and demonstrated with. ``None``: the environment's, or with
             a list of schedulers the first.
+        settings: Several anchors to search and demonstrate the teacher at, each ``<scheduler>_<steps>`` (e.g.
+            ``[ddim_50, ddim_20, dpmsolver++_20]``): a schedule is searched per anchor and budget, and the policy is
+            cloned on all of them at once, so that it reads the step count and the scheduler from its features and
+            interpolates between the anchors. Replaces ``num_inference_steps`` and ``scheduler`` (leave those
+            null).
+        sweeps_at: Anchors searched with another number of sweeps than ``sweeps``, by label (e.g.
+            ``{dpmsolver++_50: 0}``); 0 keeps the best evenly spaced start of each budget without local search:
+            an anchor that costs a few generations and still shows the policy that setting.
     """
 
     enabled: bool = True
@@ -111,14 +123,32 @@ class WarmStartConfig:
     workers: int = 2
     epochs: int = 300
     learning_rate: float = 1e-3
+    label_smoothing: float = 0.0
     teacher: str = "shared"
     dagger_rounds: int = 0
     dagger_epochs: int = 100
     schedules_from: str | None = None
     num_inference_steps: int | None = None
     scheduler: str | None = None
+    settings: list[str] | None = None
+    sweeps_at: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.settings is not None:
+            if self.num_inference_steps is not None or self.scheduler is not None:
+                raise ConfigError(
+                    "settings names the teacher's schedulers and step counts: leave num_inference_steps and "
+                    "scheduler null beside it."
+                )
+            if not self.settings or len(set(self.settings)) != len(self.settings):
+                raise ConfigError(f"settings={self.settings}: name each anchor once, at least one.")
+            for label in self.settings:
+                parse_setting(label)
+        unknown = sorted(set(self.sweeps_at) - set(self.settings or []))
+        if unknown:
+            raise ConfigError(f"sweeps_at names {unknown}, which are not in settings={self.settings}.")
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in self.sweeps_at.values()):
+            raise ConfigError(f"sweeps_at={self.sweeps_at}: give a whole number of sweeps >= 0 per anchor.")
         if self.num_inference_steps is not None and self.num_inference_steps < 2:
             raise ConfigError(f"num_inference_steps={self.num_inference_steps}: use at least 2 (or null).")
         if self.scheduler is not None and self.scheduler not in SCHEDULER_NAMES:
@@ -136,6 +166,8 @@ class WarmStartConfig:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1.")
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"learning_rate={self.learning_rate}: must lie in (0, 1).")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing={self.label_smoothing}: must lie in [0, 1).")
 
 
 @dataclass
@@ -266,22 +298,39 @@ class TrainConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
-        shards, groups = self.ray.shards, self.env.group_rollouts
-        if self.agent.num_envs % (shards * groups):
+        try:
+            check_shard_split(self.agent.num_envs, self.ray.shards, self.env.group_rollouts)
+        except ValueError as error:
             raise ConfigError(
-                f"agent.num_envs={self.agent.num_envs} does not split into {shards} environment shards "
-                f"(ray.env_shards, default one per worker) of whole groups of env.group_rollouts={groups}: use a "
-                "num_envs that is a multiple of their product, or set ray.env_shards."
-            )
+                f"agent.num_envs, ray.env_shards (default: one per ray.workers) and env.group_rollouts: {error}"
+            ) from None
         warm = self.warm_start
         if warm.enabled and not self.env.budget_conditioned and len(warm.budgets) != 1:
             raise ConfigError(
                 f"warm_start.budgets={warm.budgets}: a policy without a budget (env.budget_conditioned: false) can "
                 "follow one schedule only; give one budget, or set warm_start.enabled: false."
             )
+        self._check_anchors()
+
+    def _check_anchors(self) -> None:
+        """The teacher's anchors must lie among the settings the environment trains on."""
+        low, high = self.env.steps_range
+        for setting in self.warm_start_settings() if self.warm_start.settings is not None else []:
+            if setting.scheduler not in self.env.scheduler_names or not low <= setting.steps <= high:
+                raise ConfigError(
+                    f"warm_start.settings: {setting.label} lies outside what the environment trains on (schedulers "
+                    f"{list(self.env.scheduler_names)}, {low} to {high} steps): widen env.scheduler / "
+                    "env.num_inference_steps or drop the anchor."
+                )
+
+    def warm_start_settings(self) -> list[SamplingSetting]:
+        """The schedulers and step counts the warm start searches and demonstrates its teacher at."""
+        if self.warm_start.settings is not None:
+            return [parse_setting(label) for label in self.warm_start.settings]
+        return [self.warm_start_setting()]
 
     def warm_start_setting(self) -> SamplingSetting:
-        """The scheduler and step count the warm start searches and demonstrates its teacher at."""
+        """The scheduler and step count of a warm start at one setting (``warm_start.settings`` unset)."""
         warm, env = self.warm_start, self.env
         return SamplingSetting(
             warm.scheduler if warm.scheduler is not None else env.scheduler_names[0],
@@ -297,6 +346,21 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as plain data."""
         return asdict(self)
+
+
+def parse_setting(label: str) -> SamplingSetting:
+    """Reads ``<scheduler>_<steps>`` (e.g. ``dpmsolver++_20``, ``SamplingSetting.label``'s format).
+
+    Raises:
+        ConfigError: For an unknown scheduler or a step count that is not a whole number >= 2.
+    """
+    scheduler, _, steps = str(label).rpartition("_")
+    if scheduler not in SCHEDULER_NAMES or not steps.isdigit() or int(steps) < 2:
+        raise ConfigError(
+            f"settings: {label!r} is not <scheduler>_<steps> with a scheduler of {list(SCHEDULER_NAMES)} "
+            "and a step count >= 2, e.g. ddim_50."
+        )
+    return SamplingSetting(scheduler, int(steps))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -27,12 +27,13 @@ from policies import ActionRecorder, LearnedPolicy, export_policy, export_schedu
 from policies.learned import ACTIVATIONS
 from reporting.evaluation import EvaluationPoint, timed_generation
 from reporting.plots import image_grid, pareto_plot
+from reporting.schedule_search import SearchResult
 from reporting.tracking import start_run
+from runtime import EngineOptions
 
 from .callbacks import CheckpointCallback, EvaluationCallback, ProgressBarCallback
 from .checkpoints import MODEL_FILE, NORMALIZATION_FILE, atomic_write, read_state
-from .config import ConfigError, TrainConfig
-from .schedule_search import SearchResult
+from .config import ConfigError, TrainConfig, parse_setting
 from .wandb_output import WandbOutputFormat
 from .warm_start import behaviour_clone, merge_demonstrations, model_actor, record_demonstrations
 from .workers import LocalWorkers, Workers
@@ -180,7 +181,8 @@ class Trainer:
         return result
 
     def warm_start(self) -> None:
-        """Searches a schedule per budget, records it in the training environment and clones it into the model."""
+        """Searches a schedule per anchor setting and budget, records them in the training environment and clones
+        them all into the model."""
         config, warm = self.config, self.config.warm_start
         env_config = config.env
         seeds_from = env_config.train_seeds[0]
@@ -192,64 +194,69 @@ class Trainer:
 
         search_split = split(0, warm.search_samples)
         per_sample = warm.teacher == "per_sample"
-        setting = config.warm_start_setting()
-        self.eval_schedulers.use(setting.scheduler)
+        settings = config.warm_start_settings()
         if warm.schedules_from is not None:
-            results = load_teacher(warm.schedules_from, warm, len(search_split[1]), setting.steps)
+            found = load_teacher(warm.schedules_from, warm, len(search_split[1]), settings)
         else:
-            results = self.workers.search_schedules(
+            self.eval_schedulers.use("default")  # the search switches schedulers itself
+            found = self.workers.search_settings(
                 env_config.model,
+                settings,
                 warm.budgets,
-                scheduler=setting.scheduler,
                 conditions=search_split[0],
                 seeds=search_split[1],
-                steps=setting.steps,
                 guidance=env_config.guidance_scale,
                 engine_options=self.engine_options,
                 sweeps=warm.sweeps,
                 per_group=warm.per_group,
                 workers=warm.workers if env_config.device == "cpu" else 1,  # one model copy per accelerator
                 pipe=self.eval_pipe,
+                schedulers=self.eval_schedulers,
                 log=tqdm.write,
                 per_sample=per_sample,
                 env_config=env_config,
+                sweeps_at={parse_setting(label): n for label, n in warm.sweeps_at.items()},
             )
-        schedules = {}
-        for budget, found in zip(warm.budgets, results, strict=True):
-            schedules[float(budget)] = np.stack([r.schedule for r in found]) if per_sample else found.schedule
         # A per-sample teacher's schedules are played on the samples they were searched on.
         demo_split = search_split if per_sample else split(warm.search_samples, warm.demo_samples)
         episodes, conditioned = self.vec_env.episodes, env_config.budget_conditioned
-        demonstrations = record_demonstrations(
-            episodes, schedules, *demo_split, budget_conditioned=conditioned, setting=setting
-        )
-        teacher = {}
-        for budget, found in zip(warm.budgets, results, strict=True):
-            found = found if per_sample else [found]
-            teacher[f"{budget:g}"] = {
-                "psnr": float(np.mean([r.psnr for r in found])),
-                "start_psnr": float(np.mean([r.start_psnr for r in found])),
-                "compute_fraction": demonstrations.compute_fraction[float(budget)],  # FLOPs, as the engine counts
-                "schedule": found[0].schedule.tolist() if not per_sample else [r.schedule.tolist() for r in found],
+        schedules: dict[SamplingSetting, dict[float, np.ndarray]] = {}
+        parts, teacher = [], []
+        for setting in settings:
+            results = found[setting]
+            schedules[setting] = {
+                float(budget): np.stack([r.schedule for r in result]) if per_sample else result.schedule
+                for budget, result in zip(warm.budgets, results, strict=True)
             }
-            if per_sample:
-                teacher[f"{budget:g}"]["sample_psnr"] = [r.psnr for r in found]
-                teacher[f"{budget:g}"]["sample_start_psnr"] = [r.start_psnr for r in found]
+            part = record_demonstrations(
+                episodes, schedules[setting], *demo_split, budget_conditioned=conditioned, setting=setting
+            )
+            parts.append(part)
+            teacher.append(_teacher_entry(setting, warm.budgets, results, part, per_sample))
+        demonstrations = merge_demonstrations(parts)
         metrics = behaviour_clone(
-            self.model, demonstrations, epochs=warm.epochs, learning_rate=warm.learning_rate, seed=config.agent.seed
+            self.model,
+            demonstrations,
+            epochs=warm.epochs,
+            learning_rate=warm.learning_rate,
+            seed=config.agent.seed,
+            label_smoothing=warm.label_smoothing,
         )
         rounds = []
         dataset = demonstrations
         for round_index in range(warm.dagger_rounds):
-            visited = record_demonstrations(
-                episodes,
-                schedules,
-                *demo_split,
-                budget_conditioned=conditioned,
-                actor=model_actor(self.model),
-                setting=setting,
-            )
-            dataset = merge_demonstrations([dataset, visited])
+            visited = [
+                record_demonstrations(
+                    episodes,
+                    schedules[setting],
+                    *demo_split,
+                    budget_conditioned=conditioned,
+                    actor=model_actor(self.model),
+                    setting=setting,
+                )
+                for setting in settings
+            ]
+            dataset = merge_demonstrations([dataset, *visited])
             metrics = behaviour_clone(
                 self.model,
                 dataset,
@@ -257,31 +264,30 @@ class Trainer:
                 learning_rate=warm.learning_rate,
                 seed=config.agent.seed + round_index + 1,
                 update_normalization=False,
+                label_smoothing=warm.label_smoothing,
             )
-            rounds.append({"policy_psnr": visited.psnr, "policy_fraction": visited.compute_fraction, **metrics})
+            psnr = {s.label: v.psnr for s, v in zip(settings, visited, strict=True)}
+            fraction = {s.label: v.compute_fraction for s, v in zip(settings, visited, strict=True)}
+            rounds.append({"policy_psnr": psnr, "policy_fraction": fraction, **metrics})
+            mean_psnr = np.mean([value for v in visited for value in v.psnr.values()])
             tqdm.write(
-                f"DAgger round {round_index + 1}: the policy's own rollouts scored "
-                f"{np.mean(list(visited.psnr.values())):.2f} dB; refitted on {len(dataset.actions)} states, "
-                f"{metrics['accuracy']:.1%} of the teacher's labels matched"
+                f"DAgger round {round_index + 1}: the policy's own rollouts scored {mean_psnr:.2f} dB; refitted on "
+                f"{len(dataset.actions)} states, {metrics['accuracy']:.1%} of the teacher's labels matched"
             )
         normalizer = self.model.get_vec_normalize_env()
         if normalizer is not None:
             # The cloned network reads features scaled by these statistics: letting PPO's exploration move them
             # would change the cloned policy's decisions without any gradient step. (Saved with the checkpoint.)
             normalizer.training = False
-        summary = {
-            "clone": metrics,
-            "teacher": warm.teacher,
-            "scheduler": setting.scheduler,
-            "num_inference_steps": setting.steps,
-            "budgets": teacher,
-            "dagger": rounds,
-        }
+        summary = {"clone": metrics, "teacher": warm.teacher, "settings": teacher, "dagger": rounds}
         atomic_write(self.run_dir / TEACHER_FILE, lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
         logged = {f"warm_start/{key}": value for key, value in metrics.items()}
-        for budget, entry in teacher.items():
-            logged[f"warm_start/budget_{budget}/psnr"] = entry["psnr"]
-            logged[f"warm_start/budget_{budget}/start_psnr"] = entry["start_psnr"]
+        for entry in teacher:
+            label = f"{entry['scheduler']}_{entry['num_inference_steps']}"
+            prefix = "warm_start" if len(teacher) == 1 else f"warm_start/{label}"
+            for budget, values in entry["budgets"].items():
+                logged[f"{prefix}/budget_{budget}/psnr"] = values["psnr"]
+                logged[f"{prefix}/budget_{budget}/start_psnr"] = values["start_psnr"]
         self.wandb.log({**logged, "global_step": 0})
         tqdm.write(f"warm start: behaviour cloning matches {metrics['accuracy']:.1%} of the teacher's decisions")
 
@@ -338,14 +344,9 @@ class Trainer:
         return list(dict.fromkeys(names))
 
     @property
-    def engine_options(self) -> dict[str, Any]:
+    def engine_options(self) -> EngineOptions:
         """Engine options of the training environment."""
-        env_config = self.config.env
-        return {
-            "groups": env_config.groups,
-            "probe_blocks": env_config.probe_blocks,
-            "forecast_order": env_config.forecast_order,
-        }
+        return self.config.env.engine_options
 
     @property
     def budgets(self) -> list[float | None]:
@@ -471,13 +472,10 @@ class Trainer:
             for point in points:
                 if (point.scheduler, point.num_inference_steps) != (setting.scheduler, setting.steps):
                     continue
-                runtime.enable_cache(self.eval_pipe.transformer, policy, budget=point.budget, **self.engine_options)
-                try:
+                with runtime.cached(self.eval_pipe, policy, self.engine_options, budget=point.budget):
                     images, _ = timed_generation(
                         self.eval_pipe, conditions, seeds, setting.steps, env_config.guidance_scale
                     )
-                finally:
-                    runtime.disable_cache(self.eval_pipe.transformer)
                 rows.append(images)
                 labels.append(f"budget {point.budget}\n{point.flops_speedup:.1f}x" if point.budget else "cached")
             figures["eval/samples"] = wandb.Image(
@@ -525,14 +523,34 @@ class Trainer:
         )
 
 
+def _teacher_entry(
+    setting: SamplingSetting, budgets: list[float], results: list[Any], demonstrations: Any, per_sample: bool
+) -> dict[str, Any]:
+    """The teacher of one anchor setting as ``teacher-schedules.json`` keeps it (read back by :func:`load_teacher`)."""
+    entry: dict[str, Any] = {"scheduler": setting.scheduler, "num_inference_steps": setting.steps, "budgets": {}}
+    for budget, found in zip(budgets, results, strict=True):
+        found = found if per_sample else [found]
+        values = {
+            "psnr": float(np.mean([r.psnr for r in found])),
+            "start_psnr": float(np.mean([r.start_psnr for r in found])),
+            "compute_fraction": demonstrations.compute_fraction[float(budget)],  # FLOPs, as the engine counts
+            "schedule": found[0].schedule.tolist() if not per_sample else [r.schedule.tolist() for r in found],
+        }
+        if per_sample:
+            values["sample_psnr"] = [r.psnr for r in found]
+            values["sample_start_psnr"] = [r.start_psnr for r in found]
+        entry["budgets"][f"{budget:g}"] = values
+    return entry
+
+
 def load_teacher(
-    path: str | Path, warm: Any, samples: int, steps: int | None = None
-) -> list[SearchResult] | list[list[SearchResult]]:
-    """The searched schedules of an earlier run's ``teacher-schedules.json``, as ``search_schedules`` returns them.
+    path: str | Path, warm: Any, samples: int, settings: list[SamplingSetting]
+) -> dict[SamplingSetting, list[SearchResult] | list[list[SearchResult]]]:
+    """The searched schedules of an earlier run's ``teacher-schedules.json``, as ``search_settings`` returns them.
 
     Raises:
-        ConfigError: If the file is missing, or was searched with another teacher, other budgets, another number
-            of steps than ``steps`` or, for a per-sample teacher, another number of search samples.
+        ConfigError: If the file is missing, or was searched with another teacher, other budgets, other anchor
+            settings or, for a per-sample teacher, another number of search samples.
     """
     path = Path(path)
     if path.is_dir():
@@ -541,33 +559,43 @@ def load_teacher(
         raise ConfigError(f"warm_start.schedules_from={str(path)!r}: no such file (a run's {TEACHER_FILE}).")
     saved = json.loads(path.read_text())
     teacher = saved.get("teacher", "shared")
+    entries = saved.get("settings")
+    if entries is None:  # written before anchors: one setting
+        entries = [{k: saved.get(k) for k in ("scheduler", "num_inference_steps", "budgets")}]
+    by_setting = {SamplingSetting(e["scheduler"], int(e["num_inference_steps"])): e for e in entries}
     budgets = [f"{b:g}" for b in warm.budgets]
-    if teacher != warm.teacher or sorted(saved["budgets"]) != sorted(budgets):
+    missing = [s.label for s in settings if s not in by_setting]
+    if teacher != warm.teacher or missing:
         raise ConfigError(
-            f"warm_start.schedules_from={str(path)!r} holds a {teacher!r} teacher for budgets "
-            f"{list(saved['budgets'])}; this run asks for a {warm.teacher!r} teacher for budgets {budgets}."
+            f"warm_start.schedules_from={str(path)!r} holds a {teacher!r} teacher at "
+            f"{[s.label for s in by_setting]}; this run asks for a {warm.teacher!r} teacher at "
+            f"{[s.label for s in settings]}."
         )
-    results: list[Any] = []
-    for budget, key in zip(warm.budgets, budgets, strict=True):
-        entry = saved["budgets"][key]
-        rows = np.shape(entry["schedule"])[-2]
-        if steps is not None and rows != steps:
+    found: dict[SamplingSetting, list[Any]] = {}
+    for setting in settings:
+        entry = by_setting[setting]
+        if sorted(entry["budgets"]) != sorted(budgets):
             raise ConfigError(
-                f"warm_start.schedules_from={str(path)!r} holds schedules of {rows} steps; this run's warm start "
-                f"searches at {steps} (warm_start.num_inference_steps)."
+                f"warm_start.schedules_from={str(path)!r} holds budgets {list(entry['budgets'])} at {setting.label}; "
+                f"this run asks for {budgets}."
             )
-        if teacher == "shared":
-            results.append(SearchResult(budget, np.asarray(entry["schedule"]), entry["psnr"], entry["start_psnr"], 0))
-            continue
-        tables = entry["schedule"]
-        if len(tables) != samples:
-            raise ConfigError(
-                f"warm_start.schedules_from={str(path)!r} has {len(tables)} per-sample schedules at budget {key}; "
-                f"warm_start.search_samples={samples}."
-            )
-        scores = zip(tables, entry["sample_psnr"], entry["sample_start_psnr"], strict=True)
-        results.append([SearchResult(budget, np.asarray(t), p, q, 0) for t, p, q in scores])
-    return results
+        results: list[Any] = []
+        for budget, key in zip(warm.budgets, budgets, strict=True):
+            values = entry["budgets"][key]
+            if teacher == "shared":
+                schedule = np.asarray(values["schedule"])
+                results.append(SearchResult(budget, schedule, values["psnr"], values["start_psnr"], 0))
+                continue
+            tables = values["schedule"]
+            if len(tables) != samples:
+                raise ConfigError(
+                    f"warm_start.schedules_from={str(path)!r} has {len(tables)} per-sample schedules at budget "
+                    f"{key}; warm_start.search_samples={samples}."
+                )
+            scores = zip(tables, values["sample_psnr"], values["sample_start_psnr"], strict=True)
+            results.append([SearchResult(budget, np.asarray(t), p, q, 0) for t, p, q in scores])
+        found[setting] = results
+    return found
 
 
 def record_schedule(
@@ -577,7 +605,7 @@ def record_schedule(
     conditions: list[int | str],
     seeds: list[int],
     config: TrainConfig,
-    engine_options: dict[str, Any],
+    engine_options: EngineOptions,
     steps: int | None = None,
 ) -> torch.Tensor:
     """The policy's deterministic decisions on the given samples, reduced to one static ``(steps, groups)`` table.
@@ -586,9 +614,6 @@ def record_schedule(
     """
     steps = steps if steps is not None else config.env.steps_range[1]
     recorder = ActionRecorder(policy)
-    runtime.enable_cache(pipe.transformer, recorder, budget=budget, **engine_options)
-    try:
+    with runtime.cached(pipe, recorder, engine_options, budget=budget):
         timed_generation(pipe, conditions, seeds, steps, config.env.guidance_scale)
-    finally:
-        runtime.disable_cache(pipe.transformer)
     return recorder.static_replay()

@@ -1,7 +1,7 @@
 """Warm start: behaviour-clone searched schedules into the actor (and their returns into the critic) before PPO.
 
 PPO alone explores a 3^groups action space for 50 steps from scratch and settles on schedules a good static one beats.
-So training first searches schedules on training samples (:mod:`agents.schedule_search`) — one per budget shared by
+So training first searches schedules on training samples (:mod:`reporting.schedule_search`) — one per budget shared by
 all samples, or one per sample and budget (a privileged teacher) —, plays each in the training environment (same
 observations, normalisation and rewards as PPO sees), and fits the policy network to those actions and returns.
 With a per-sample teacher, DAgger rounds then run the policy itself and label the states it visits with its
@@ -142,11 +142,16 @@ def behaviour_clone(
     value_weight: float = 0.5,
     seed: int = 0,
     update_normalization: bool = True,
+    label_smoothing: float = 0.0,
 ) -> dict[str, float]:
     """Fits an SB3 (Maskable)PPO policy to the demonstrations: cross-entropy on actions, MSE on returns.
 
     Observations go through the model's ``VecNormalize`` (its statistics are first updated with them, unless
     ``update_normalization`` is false), exactly as PPO will feed them.
+
+    With ``label_smoothing`` ε the target of each group's decision puts ``1 - ε`` on the teacher's action and
+    spreads ε evenly over the possible actions, so the cloned policy keeps trying the others with a small
+    probability: what PPO then explores (its deterministic action stays the teacher's).
 
     Returns:
         ``accuracy`` (share of group decisions matching the teacher), ``loss_actor`` and ``loss_value`` of the
@@ -175,6 +180,9 @@ def behaviour_clone(
             extra = {"action_masks": masks[index]} if maskable else {}
             values, log_prob, _ = policy.evaluate_actions(observations[index], actions[index], **extra)
             actor_loss = -log_prob.mean()
+            if label_smoothing > 0:
+                spread = _mean_log_prob_of_possible_actions(policy, observations[index], masks[index], maskable)
+                actor_loss = (1 - label_smoothing) * actor_loss - label_smoothing * spread.mean()
             value_loss = torch.nn.functional.mse_loss(values.flatten(), returns[index])
             optimizer.zero_grad()
             (actor_loss + value_weight * value_loss).backward()
@@ -189,3 +197,19 @@ def behaviour_clone(
         predicted = torch.stack([c.probs.argmax(dim=-1) for c in categoricals], dim=-1)
     accuracy = float((predicted == actions).float().mean())
     return {"accuracy": accuracy, "loss_actor": float(actor_loss.detach()), "loss_value": float(value_loss.detach())}
+
+
+def _mean_log_prob_of_possible_actions(
+    policy: Any, observations: torch.Tensor, masks: torch.Tensor, maskable: bool
+) -> torch.Tensor:
+    """Per row, the sum over groups of the mean log-probability of the group's possible actions."""
+    if maskable:
+        categoricals = policy.get_distribution(observations, action_masks=masks).distributions
+    else:
+        categoricals = policy.get_distribution(observations).distribution
+    total = torch.zeros(len(observations))
+    for group, categorical in enumerate(categoricals):
+        possible = masks.view(len(observations), len(categoricals), -1)[:, group]
+        log_probs = torch.where(possible, categorical.logits, torch.zeros_like(categorical.logits))
+        total = total + log_probs.sum(dim=1) / possible.sum(dim=1).clamp_min(1)
+    return total

@@ -1,11 +1,12 @@
 """Where a training run's pipeline work runs: the one interface between the trainer and its workers.
 
-The trainer asks its :class:`Workers` for the vector environment, the warm start's searched schedules and each
-validation point. :class:`LocalWorkers`, the default, does all of it in this process (the search in
-``warm_start.workers`` processes), as the project always has. ``distributed.RayWorkers`` does the same work, split
-the same way, on Ray actors, each holding one pipeline (``--workers N``). Every kind of work is split into units
-whose make-up depends on the configuration only (an environment shard, a search generation, a validation budget),
-and results are put back in unit order, so the same seeds give the same results wherever the units run.
+The trainer asks its :class:`Workers` for the vector environment, the warm start's searched schedules (every anchor
+setting and budget) and each validation point. :class:`LocalWorkers`, the default, does all of it in this process
+(the search in ``warm_start.workers`` processes), as the project always has. ``distributed.RayWorkers`` does the
+same work, split the same way, on Ray actors, each holding one pipeline (``--workers N``). Every kind of work is split
+into units whose make-up depends on the configuration only (an environment shard of whole rollout groups, a search
+generation at its setting, a validation budget), and results are put back in unit order, so the same seeds give the
+same results wherever the units run.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from stable_baselines3.common.vec_env import VecEnv
 from envs import CacheScheduleVecEnv, EnvConfig
 from envs.sampling import SamplingSetting
 from reporting.evaluation import EvaluationPoint, evaluate_policy
-
-from .schedule_search import SearchResult, search_schedules
+from reporting.schedule_search import SearchResult
+from reporting.setting_search import search_settings
 
 
 class Workers(Protocol):
@@ -28,8 +29,10 @@ class Workers(Protocol):
     def vec_env(self, num_envs: int, config: EnvConfig, seed: int) -> VecEnv:
         """The training environment: ``num_envs`` samples in the configured number of shards."""
 
-    def search_schedules(self, model: str, budgets: Sequence[float], **options: Any) -> list[Any]:
-        """:func:`agents.schedule_search.search_schedules` with the same arguments and results."""
+    def search_settings(
+        self, model: str, settings: Sequence[SamplingSetting], budgets: Sequence[float], **options: Any
+    ) -> dict[SamplingSetting, list[Any]]:
+        """:func:`reporting.setting_search.search_settings` with the same arguments and results."""
 
     def evaluate_policy(self, pipe: Any, policy: Any, *, setting: SamplingSetting, **options: Any) -> list[Any]:
         """:func:`reporting.evaluation.evaluate_policy` at ``setting`` (``pipe`` switched to it), one point per
@@ -52,10 +55,10 @@ class LocalWorkers:
     def vec_env(self, num_envs: int, config: EnvConfig, seed: int) -> CacheScheduleVecEnv:
         return CacheScheduleVecEnv(num_envs, config, seed=seed, shards=self.env_shards)
 
-    def search_schedules(
-        self, model: str, budgets: Sequence[float], **options: Any
-    ) -> list[SearchResult] | list[list[SearchResult]]:
-        return search_schedules(model, budgets, **options)
+    def search_settings(
+        self, model: str, settings: Sequence[SamplingSetting], budgets: Sequence[float], **options: Any
+    ) -> dict[SamplingSetting, list[SearchResult] | list[list[SearchResult]]]:
+        return search_settings(model, settings, budgets, **options)
 
     def evaluate_policy(
         self, pipe: Any, policy: Any, *, setting: SamplingSetting, **options: Any

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from envs.config import DTYPES, ConfigError, EnvConfig
+from envs.config import DTYPES, SCHEDULER_NAMES, ConfigError, EnvConfig
 from envs.pipelines import make_sampler
 from policies import PolicyFormatError, load_policy
 from reporting.evaluation import trained_scheduler_notice, trained_steps_notice
@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="denoising steps (default: the config's, 50; with --model the pipeline's)",
     )
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help=f"scheduler: one of {', '.join(SCHEDULER_NAMES)} (default: the config's, the model's own)",
+    )
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the config's)")
     parser.add_argument(
         "--seeds",
@@ -91,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default=None, help="weights' dtype: float32 (default), bfloat16 or float16")
     parser.add_argument("--budgets", default=None, help="learned policy's budgets, e.g. 0.2,0.25,0.33,0.5")
     parser.add_argument("--quick", action="store_true", help="fewer seeds, knobs and repeats (every method kept)")
-    parser.add_argument("--out", default=None, help="output folder (default outputs/benchmark/<model>[-quick])")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default outputs/benchmark/<model>[-<scheduler>][-<steps>][-quick], with the flags given)",
+    )
     parser.add_argument(
         "--wandb-mode", choices=WANDB_MODES, default=None, help="W&B mode (default: online if logged in, else offline)"
     )
@@ -130,6 +139,10 @@ def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
             if args.steps < 2:
                 raise ConfigError(f"--steps={args.steps}: use at least 2 denoising steps.")
             overrides["steps"] = args.steps
+        if args.scheduler is not None:
+            if args.scheduler not in SCHEDULER_NAMES:
+                raise ConfigError(f"--scheduler {args.scheduler}: use one of {', '.join(SCHEDULER_NAMES)}.")
+            overrides["scheduler"] = args.scheduler
         if args.guidance is not None:
             if not (math.isfinite(args.guidance) and args.guidance >= 0):
                 raise ConfigError(f"--guidance={args.guidance}: a guidance scale is a finite number >= 0.")
@@ -298,7 +311,8 @@ def main(argv: Sequence[str] | None = None, distribute: Callable[..., Any] | Non
     for note in notes:
         print(f"notice: {note}")
     model_name = Path(str(config.model)).name
-    out_dir = Path(args.out or f"outputs/benchmark/{model_name}{'-quick' if args.quick else ''}")
+    setting = "".join(f"-{value}" for value in (args.scheduler, args.steps) if value is not None)
+    out_dir = Path(args.out or f"outputs/benchmark/{model_name}{setting}{'-quick' if args.quick else ''}")
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)

@@ -16,6 +16,7 @@ import yaml
 
 from envs.conditions import resolve_prompt_splits
 from envs.config import DTYPES, SCHEDULER_NAMES, ConfigError, from_dict
+from runtime import EngineOptions
 from runtime.budget import check_budgets, is_budget
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -314,7 +315,8 @@ class BenchmarkConfig:
         warmup_steps: Steps of the untimed warm-up generation of each knob.
         psnr_cap: PSNR (dB) given to identical images.
         groups: Block groups of the engine's hand-designed policies.
-        probe_blocks: Always-computed front blocks of the engine's hand-designed policies.
+        probe_blocks: Always-computed front blocks of the engine's hand-designed policies (these two make
+            :attr:`engine_options`; the learned policy runs with its own).
         targets: FLOP speedups at which the summary compares the learned policy with the best other method.
         flops_check: Count one engine method's FLOPs with ``FlopCounterMode`` too and report the agreement.
         threads: torch CPU threads (``None``: torch's default). On a busy machine 1 avoids threads waiting on each
@@ -368,10 +370,10 @@ class BenchmarkConfig:
             raise ConfigError(f"warmup_steps={self.warmup_steps}: must be >= 1.")
         if self.psnr_cap <= 0:
             raise ConfigError(f"psnr_cap={self.psnr_cap}: must be > 0 dB.")
-        if self.groups < 1 or self.probe_blocks < 0:
-            raise ConfigError(
-                f"groups={self.groups}, probe_blocks={self.probe_blocks}: need groups >= 1, probes >= 0."
-            )
+        try:
+            _ = self.engine_options  # checks groups and probe_blocks
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads={self.threads}: use at least 1, or null for torch's default.")
         if any(not (math.isfinite(t) and t > 1.0) for t in self.targets):
@@ -381,6 +383,11 @@ class BenchmarkConfig:
         if not isinstance(self.pipeline_kwargs, dict):
             raise ConfigError(f"pipeline_kwargs={self.pipeline_kwargs!r}: give a mapping of call arguments.")
         self.prompts = resolve_prompt_splits(self.prompts, "prompts")
+
+    @property
+    def engine_options(self) -> EngineOptions:
+        """The engine options of the hand-designed policies: ``groups`` and ``probe_blocks``."""
+        return EngineOptions(groups=self.groups, probe_blocks=self.probe_blocks)
 
     @property
     def seed_list(self) -> list[int]:

@@ -9,26 +9,30 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from policies import FORA, AlwaysCompute, DeltaDiT, FirstBlockThreshold, TaylorSeer
+from runtime import EngineOptions
 
 from .config import BenchmarkConfig, MethodsConfig
 from .diffusers_caches import diffusers_methods
 from .methods import LEARNED_NAME, SHARED_NAME, EngineMethod, Method
 from .replay import RecordedLearnedMethod, with_static_replays
 
+SHARED_DECISIONS = EngineOptions(shared_decisions=True)
+"""Options of the learned policy's shared rows: its own trained options, one decision per group for the batch."""
+
 
 def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-def engine_methods(methods: MethodsConfig, engine_options: dict[str, Any]) -> list[Method]:
+def engine_methods(methods: MethodsConfig, engine_options: EngineOptions) -> list[Method]:
     """The engine's hand-designed policies over their grids (family ``"baseline"``)."""
     out: list[Method] = []
 
     # Only FirstBlockCache's rule reads the probe; the others get every block to cache (probe_blocks=0), which is
     # their best setting at any speed (TeaCache's signal is the first block's input, known before any block runs).
-    no_probe = {**engine_options, "probe_blocks": 0}
+    no_probe = engine_options.replace(probe_blocks=0)
 
-    def add(name: str, knob: str, factory: Callable[[], Any], options: dict[str, Any] = no_probe) -> None:
+    def add(name: str, knob: str, factory: Callable[[], Any], options: EngineOptions = no_probe) -> None:
         out.append(EngineMethod(name, "baseline", knob, factory, options))
 
     if methods.always_compute:
@@ -83,7 +87,7 @@ def learned_methods(
         ]
     if shared:
         methods += [
-            EngineMethod(SHARED_NAME, "learned", f"budget={_fmt(b)}", lambda: policy, {"shared_decisions": True}, b)
+            EngineMethod(SHARED_NAME, "learned", f"budget={_fmt(b)}", lambda: policy, SHARED_DECISIONS, b)
             for b in budgets
         ]
     return methods
@@ -95,6 +99,6 @@ def build_methods(config: BenchmarkConfig, policy: Any | None) -> list[Method]:
     if policy is not None and config.methods.learned.budgets:
         learned = config.methods.learned
         methods += learned_methods(policy, learned.budgets, learned.shared_decisions, learned.static_replay)
-    methods += engine_methods(config.methods, {"groups": config.groups, "probe_blocks": config.probe_blocks})
+    methods += engine_methods(config.methods, config.engine_options)
     methods += diffusers_methods(config.methods, config)
     return methods

@@ -106,7 +106,7 @@ class EngineMethod(Method):
         family: Row family.
         knob: Knob description.
         policy: Returns the policy; called at every attach, so a stateful policy starts afresh each time.
-        engine_options: ``groups``, ``probe_blocks``, ... for ``runtime.enable_cache`` (the policy's own when empty).
+        engine_options: Options for ``runtime.enable_cache`` (those left unset: the policy's own).
         budget: Compute budget shown to budget-conditioned policies.
     """
 
@@ -118,19 +118,18 @@ class EngineMethod(Method):
         family: str,
         knob: str,
         policy: Callable[[], Any],
-        engine_options: dict[str, Any] | None = None,
+        engine_options: runtime.EngineOptions | None = None,
         budget: float | None = None,
     ) -> None:
         self.name, self.family, self.knob = name, family, knob
         self.make_policy = policy
-        self.engine_options = dict(engine_options or {})
+        self.engine_options = engine_options
         self.budget = budget
         self.engine: runtime.CacheEngine | None = None
 
     def attach(self, pipe: Any, settings: Settings) -> None:
-        self.engine = runtime.enable_cache(
-            pipe.transformer, self.make_policy(), budget=self.budget, **self.engine_options
-        )
+        policy, options = self.make_policy(), self.engine_options
+        self.engine = runtime.enable_cache(pipe, policy, options, budget=self.budget)
         # The engine measures its per-block costs with FlopCounterMode on its first pass: do that here, untimed.
         settings.run(pipe, steps=settings.warmup_steps, samples=1)
         self.engine.reset()

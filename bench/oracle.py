@@ -1,6 +1,6 @@
 """The per-sample oracle: an upper bound on what deciding per sample could add over one shared schedule.
 
-For each budget, :meth:`agents.schedule_search.ScheduleSearch.search_per_sample` searches a schedule for each of the
+For each budget, :meth:`reporting.schedule_search.ScheduleSearch.search_per_sample` searches a schedule for each of the
 first ``oracle.samples`` benchmark samples on its own, against that sample's uncached output. No causal policy can
 see that output, so its rows (family ``"oracle"``, ``causal: False``) bound from above what a policy reading the
 sample's own trajectory can reach with the engine's moves. Every per-sample schedule keeps the computed cells per
@@ -20,7 +20,8 @@ import torch
 
 from policies import Policy
 from reporting.evaluation import class_accuracy
-from runtime import Observation
+from reporting.setting_search import search_schedules
+from runtime import EngineOptions, Observation
 from zoo.metrics import capped_psnr, ssim
 
 from .config import BenchmarkConfig, OracleConfig
@@ -36,14 +37,14 @@ class PerSampleSchedulePolicy(Policy):
 
     Args:
         schedules: One ``(steps, groups)`` action table per sample.
-        engine_options: ``groups``, ``probe_blocks`` and ``forecast_order`` the schedules were searched with.
+        engine_options: The options the schedules were searched with (``groups`` and ``forecast_order`` set).
     """
 
-    def __init__(self, schedules: Sequence[np.ndarray], engine_options: dict[str, Any]) -> None:
+    def __init__(self, schedules: Sequence[np.ndarray], engine_options: EngineOptions) -> None:
         self.tables = torch.as_tensor(np.stack(schedules), dtype=torch.int64)  # (samples, steps, groups)
         self.num_groups = int(self.tables.shape[2])
-        self.engine_options = dict(engine_options)
-        self.forecast_order = int(self.engine_options.get("forecast_order", 1))
+        self.trained_options = engine_options
+        self.forecast_order = engine_options.forecast_order or 1
 
     def act(self, observation: Observation) -> torch.Tensor:
         if observation.num_samples > self.tables.shape[0]:
@@ -58,7 +59,7 @@ class PerSampleOracle:
     Args:
         oracle: Samples, budgets, sweeps and workers of the search.
         budgets: Compute budgets (the learned policy's, unless ``oracle.budgets`` names others).
-        engine_options: The learned policy's ``groups``, ``probe_blocks`` and ``forecast_order``.
+        engine_options: The learned policy's trained options.
         model: Model name or folder (the worker processes load it; unused with one worker).
         scheduler: Scheduler name, as for the benchmark.
     """
@@ -70,13 +71,13 @@ class PerSampleOracle:
         self,
         oracle: OracleConfig,
         budgets: Sequence[float],
-        engine_options: dict[str, Any],
+        engine_options: EngineOptions,
         model: str,
         scheduler: str,
     ) -> None:
         self.oracle = oracle
         self.budgets = list(budgets)
-        self.engine_options = dict(engine_options)
+        self.engine_options = engine_options
         self.model, self.scheduler = model, scheduler
         self.knob = "budgets=" + ",".join(f"{b:g}" for b in self.budgets)
 
@@ -84,8 +85,6 @@ class PerSampleOracle:
         self, pipe: Any, settings: Settings, reference: Reference, psnr_cap: float, echo: Callable[[str], None]
     ) -> list[dict[str, Any]]:
         """Searches the per-sample schedules at every budget and measures them; one row per budget."""
-        from agents.schedule_search import search_schedules
-
         count = min(self.oracle.samples, len(settings.seeds))
         started = time.perf_counter()
         searched = search_schedules(
@@ -161,5 +160,5 @@ def build_upper_bounds(config: BenchmarkConfig, policy: Any | None) -> list[PerS
     budgets = config.oracle.budgets if config.oracle.budgets is not None else config.methods.learned.budgets
     if config.oracle.samples == 0 or policy is None or not budgets:
         return []
-    options = dict(getattr(policy, "engine_options", None) or {})
+    options = policy.trained_options
     return [PerSampleOracle(config.oracle, budgets, options, str(config.model), config.scheduler)]

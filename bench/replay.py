@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from policies import ActionRecorder, StaticSchedulePolicy
+from policies.schedule import replay_options
+from runtime import EngineOptions
 
 from .methods import EngineMethod, Method, Settings
 
@@ -46,7 +48,7 @@ class RecordedLearnedMethod(EngineMethod):
         knob: Knob description.
         policy: The learned policy (the same object for every generation).
         budget: Compute budget.
-        engine_options: Options for ``runtime.enable_cache`` (the policy's own when empty).
+        engine_options: Options for ``runtime.enable_cache`` (those left unset: the policy's own).
     """
 
     def __init__(
@@ -55,7 +57,7 @@ class RecordedLearnedMethod(EngineMethod):
         knob: str,
         policy: Any,
         budget: float | None,
-        engine_options: dict[str, Any] | None = None,
+        engine_options: EngineOptions | None = None,
     ) -> None:
         super().__init__(name, "learned", knob, lambda: policy, engine_options, budget=budget)
         self.policy = policy
@@ -117,9 +119,8 @@ class StaticReplayMethod(EngineMethod):
 
     def prepare(self, pipe: Any, settings: Settings) -> None:
         recording = self.source.record(pipe, settings)
-        own = getattr(self.source.policy, "engine_options", None) or {}
-        options = {**own, **self.source.engine_options}  # what the learned policy runs with
-        self.schedule = StaticSchedulePolicy(recording.schedule, engine_options=options or None)
+        ran_with = replay_options(self.source.policy, self.source.engine_options)
+        self.schedule = StaticSchedulePolicy(recording.schedule, engine_options=ran_with)
 
     def info(self) -> dict[str, Any]:
         recording = self.source.recording

@@ -7,7 +7,7 @@ Nothing in the rest of the project imports this package: ``train_agent.py --work
 
 from .bench import measure_on, open_pool
 from .cluster import WorkerPool, connect
-from .search import search_schedules
+from .search import search_schedules, search_settings
 from .training import RayWorkers
 from .vec_env import RayShards
 from .worker import PipelineWorker
@@ -21,4 +21,5 @@ __all__ = [
     "measure_on",
     "open_pool",
     "search_schedules",
+    "search_settings",
 ]

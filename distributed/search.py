@@ -1,9 +1,11 @@
-"""The schedule search with its generations scored on the pipeline workers.
+"""The warm start's schedule search with its generations scored on the pipeline workers.
 
-Every budget's search loop (:meth:`agents.schedule_search.ScheduleSearch.search_steps`) runs here, in the driver;
-at each round the generations all loops ask for are scored at once on the workers (``ActorPool``), and each loop
-gets its own scores back. A generation is a fixed batch of ``(table, sample)`` rows, the one the local search runs,
-so the searched schedules are those of a local search, with any number of workers.
+Every ``(setting, budget)`` search loop runs here, in the driver (:func:`reporting.setting_search.search_in_rounds`);
+at each round the generations all loops ask for are scored at once on the workers (``ActorPool``), each worker
+switching its pipeline to the generation's scheduler (``envs.schedulers.SchedulerSwitch``) and generating its search
+samples' references at that setting once. A generation is a fixed batch of ``(table, sample)`` rows, the one the
+local search runs, so the searched schedules are those of a local search, at every anchor and with any number of
+workers.
 """
 
 from __future__ import annotations
@@ -11,64 +13,67 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from agents.schedule_search import Generation, ScheduleSearch, SearchResult, SearchSteps
+import torch
+
+from envs.sampling import SamplingSetting
+from reporting.schedule_search import Generation, SearchResult
+from reporting.setting_search import search_in_rounds
+from runtime import EngineOptions
 
 from .cluster import WorkerPool
 from .tasks import SearchSamples, score_generation
 
 
-def search_schedules(
+def search_settings(
     pool: WorkerPool,
+    settings: Sequence[SamplingSetting],
     budgets: Sequence[float],
     *,
-    scheduler: str = "default",
     conditions: Sequence[int | str],
     seeds: Sequence[int],
-    steps: int,
     guidance: float,
-    engine_options: dict[str, Any],
+    engine_options: EngineOptions,
     sweeps: int = 2,
     per_group: bool = True,
     log: Callable[[str], None] | None = None,
     per_sample: bool = False,
+    sweeps_at: dict[SamplingSetting, int] | None = None,
     **_local: Any,
-) -> list[SearchResult] | list[list[SearchResult]]:
-    """:func:`agents.schedule_search.search_schedules` on the pool's workers: same arguments, same results.
+) -> dict[SamplingSetting, list[SearchResult] | list[list[SearchResult]]]:
+    """:func:`reporting.setting_search.search_settings` on the pool's workers: same arguments, same results.
 
-    The local-only arguments (``model``, ``workers``, ``pipe``, ``env_config``) are ignored: the workers hold the
-    pipeline.
+    The local-only arguments (``model``, ``workers``, ``pipe``, ``schedulers``, ``env_config``) are ignored: the
+    workers hold the pipeline.
 
     Returns:
-        One result per budget, in the order given; with ``per_sample``, one list of per-sample results per budget.
+        Per setting, one result per budget in the order given; with ``per_sample``, one list of per-sample results
+        per budget.
     """
-    samples = SearchSamples(
-        scheduler, tuple(conditions), tuple(seeds), steps, guidance, tuple(sorted(engine_options.items()))
+    samples = SearchSamples(tuple(conditions), tuple(seeds), guidance, engine_options)
+
+    def score(generations: list[tuple[SamplingSetting, Generation]]) -> list[torch.Tensor]:
+        return pool.map(score_generation, [(samples, setting, generation) for setting, generation in generations])
+
+    return search_in_rounds(
+        settings,
+        budgets,
+        score,
+        conditions=conditions,
+        seeds=seeds,
+        guidance=guidance,
+        engine_options=engine_options,
+        sweeps=sweeps,
+        per_group=per_group,
+        log=log,
+        per_sample=per_sample,
+        sweeps_at=sweeps_at,
     )
-    search = ScheduleSearch(None, conditions, seeds, steps, guidance, engine_options)  # the loops' logic only
-    method = search.search_per_sample_steps if per_sample else search.search_steps
-    loops: dict[int, SearchSteps] = {
-        i: method(budget, sweeps=sweeps, per_group=per_group, log=log) for i, budget in enumerate(budgets)
-    }
-    results: dict[int, Any] = {}
-    pending: dict[int, list[Generation]] = {}
-    for i, loop in loops.items():
-        _advance(i, loop, None, pending, results)
-    while pending:
-        order = sorted(pending)
-        items = [(samples, generation) for i in order for generation in pending[i]]
-        scores = pool.map(score_generation, items)
-        for i in order:
-            count = len(pending.pop(i))
-            mine, scores = scores[:count], scores[count:]
-            _advance(i, loops[i], mine, pending, results)
-    return [results[i] for i in range(len(budgets))]
 
 
-def _advance(
-    index: int, loop: SearchSteps, scores: list[Any] | None, pending: dict[int, list[Generation]], results: dict
-) -> None:
-    """Sends a loop its scores (or starts it); keeps what it asks for next, or its result."""
-    try:
-        pending[index] = next(loop) if scores is None else loop.send(scores)
-    except StopIteration as stop:
-        results[index] = stop.value
+def search_schedules(
+    pool: WorkerPool, budgets: Sequence[float], *, scheduler: str = "default", steps: int, **options: Any
+) -> list[SearchResult] | list[list[SearchResult]]:
+    """:func:`search_settings` at one setting: one result per budget, in the order given (as
+    :func:`reporting.setting_search.search_schedules`)."""
+    setting = SamplingSetting(scheduler, steps)
+    return search_settings(pool, [setting], budgets, **options)[setting]

@@ -12,49 +12,46 @@ from typing import Any
 
 import torch
 
-from agents.schedule_search import Generation, ScheduleSearch
 from bench.methods import Method, Settings
 from bench.runner import measure_all, uncached_reference
 from envs.sampling import SamplingSetting
 from reporting.evaluation import EvaluationPoint, evaluate_policy, timed_generation
+from reporting.schedule_search import Generation
+from reporting.setting_search import SettingSearches
+from runtime import EngineOptions
 
 
 @dataclass(frozen=True)
 class SearchSamples:
-    """The samples and settings a schedule search scores its tables on (one :class:`ScheduleSearch` per worker).
+    """The samples a teacher's searches score their tables on, at every anchor setting.
 
     Attributes:
-        scheduler: Scheduler name (``"default"``: the pipeline's own).
         conditions: One condition per search sample.
         seeds: One seed per search sample.
-        steps: Denoising steps.
         guidance: Guidance scale.
-        engine_options: ``groups``, ``probe_blocks`` and ``forecast_order``.
+        engine_options: The engine options the tables are played with (``groups`` and ``forecast_order`` set).
     """
 
-    scheduler: str
     conditions: tuple[Any, ...]
     seeds: tuple[int, ...]
-    steps: int
     guidance: float
-    engine_options: tuple[tuple[str, Any], ...]
+    engine_options: EngineOptions
 
 
-def score_generation(worker: Any, item: tuple[SearchSamples, Generation]) -> torch.Tensor:
-    """The capped PSNR of each row of one search generation (the search samples' references made once here)."""
-    samples, generation = item
-    worker.schedulers.use(samples.scheduler)
+def score_generation(worker: Any, item: tuple[SearchSamples, SamplingSetting, Generation]) -> torch.Tensor:
+    """The capped PSNR of each row of one search generation at its setting: the worker's pipeline switched to the
+    setting's scheduler, the search samples' references at that setting made once here."""
+    samples, setting, generation = item
     key = ("search", samples)
     if key not in worker.cache:
-        worker.cache[key] = ScheduleSearch(
-            worker.pipe,
-            samples.conditions,
-            samples.seeds,
-            samples.steps,
-            samples.guidance,
-            dict(samples.engine_options),
-        )
-    return worker.cache[key].score(generation)
+        arguments = {
+            "conditions": list(samples.conditions),
+            "seeds": list(samples.seeds),
+            "guidance": samples.guidance,
+            "engine_options": samples.engine_options,
+        }
+        worker.cache[key] = SettingSearches(worker.pipe, worker.schedulers, arguments)
+    return worker.cache[key].score(setting, generation)
 
 
 @dataclass
@@ -84,7 +81,7 @@ def evaluate_point(worker: Any, item: ValidationPoint) -> EvaluationPoint:
     if key not in worker.cache:
         worker.cache[key] = timed_generation(worker.pipe, conditions, seeds, item.setting.steps, guidance)
     (point,) = evaluate_policy(
-        worker.pipe,
+        worker.pipe,  # the pipeline itself: a policy reading its scheduler (solver_order) sees the switched one
         item.policy,
         steps=item.setting.steps,
         budgets=[item.budget],

@@ -9,11 +9,11 @@ from typing import Any
 import torch
 
 from agents.config import TrainConfig
-from agents.schedule_search import SearchResult
 from envs import CacheScheduleVecEnv, EnvConfig
 from envs.pipelines import make_sampler
 from envs.sampling import SamplingSetting
 from reporting.evaluation import EvaluationPoint
+from reporting.schedule_search import SearchResult
 
 from . import search
 from .cluster import WorkerPool
@@ -41,7 +41,8 @@ class RayWorkers:
     ``agents.workers.LocalWorkers``, split into the same units, with the same results.
 
     * environment: ``ray.env_shards`` sub-batches, one per worker by default (:class:`~distributed.vec_env.RayShards`);
-    * warm start: every budget's search generations scored on the workers (:mod:`distributed.search`);
+    * warm start: the search generations of every anchor setting and budget scored on the workers
+      (:mod:`distributed.search`);
     * validation: one point per budget, each on a worker, against that worker's uncached generation.
 
     Args:
@@ -60,10 +61,10 @@ class RayWorkers:
     def vec_env(self, num_envs: int, config: EnvConfig, seed: int) -> CacheScheduleVecEnv:
         return CacheScheduleVecEnv(num_envs, config, seed=seed, shards=RayShards(self.pool, config, self.env_shards))
 
-    def search_schedules(
-        self, model: str, budgets: Sequence[float], **options: Any
-    ) -> list[SearchResult] | list[list[SearchResult]]:
-        return search.search_schedules(self.pool, budgets, **options)
+    def search_settings(
+        self, model: str, settings: Sequence[SamplingSetting], budgets: Sequence[float], **options: Any
+    ) -> dict[SamplingSetting, list[SearchResult] | list[list[SearchResult]]]:
+        return search.search_settings(self.pool, settings, budgets, **options)
 
     def evaluate_policy(
         self, pipe: Any, policy: Any, *, setting: SamplingSetting, budgets: Sequence[float | None] = (None,), **options

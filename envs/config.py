@@ -10,6 +10,7 @@ from typing import Any
 
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
+from runtime import EngineOptions
 from runtime.budget import is_budget
 from runtime.observations import DEFAULT_FEATURES, FEATURES
 
@@ -83,6 +84,7 @@ class EnvConfig:
         groups: Block groups (one action each per step).
         probe_blocks: Always-computed front blocks.
         forecast_order: Taylor order of FORECAST (1 to 3).
+            These three are the engine options the policy is trained with (:attr:`engine_options`).
         features: Observation features the policy reads (names of ``runtime.observations.FEATURES``; a per-group
             feature gives one column per group).
         train_classes / eval_classes: Disjoint class labels for training and evaluation (class-conditional models).
@@ -137,12 +139,12 @@ class EnvConfig:
         if isinstance(self.reward, dict):
             self.reward = from_dict(RewardConfig, self.reward, prefix="reward.")
         self._check_sampling()
-        if not 1 <= self.forecast_order <= 3:
-            raise ConfigError(f"forecast_order={self.forecast_order}: use 1, 2 or 3.")
-        if self.groups < 1 or self.probe_blocks < 0:
-            raise ConfigError(
-                f"groups={self.groups}, probe_blocks={self.probe_blocks}: need groups >= 1, probes >= 0."
-            )
+        if self.forecast_order is None:
+            raise ConfigError("forecast_order=None: use 1, 2 or 3.")
+        try:
+            _ = self.engine_options  # checks groups, probe_blocks and forecast_order
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if not self.features or len(set(self.features)) != len(self.features):
             raise ConfigError(f"features={self.features}: name each observation feature once, at least one.")
         unknown = [name for name in self.features if name not in FEATURES]
@@ -174,6 +176,11 @@ class EnvConfig:
         from .conditions import resolve_prompt_splits
 
         self.prompts = resolve_prompt_splits(self.prompts, "prompts")
+
+    @property
+    def engine_options(self) -> EngineOptions:
+        """The engine options the policy runs with here: ``groups``, ``probe_blocks`` and ``forecast_order``."""
+        return EngineOptions(groups=self.groups, probe_blocks=self.probe_blocks, forecast_order=self.forecast_order)
 
     def conditions(self, split: str) -> list[Any]:
         """The conditions of a split (``"train"``, ``"eval"`` or ``"test"``): its prompts, or else class labels."""

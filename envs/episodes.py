@@ -53,11 +53,9 @@ class EpisodeBatch:
         self.schedulers = SchedulerSwitch(self.pipe)
         self.bridge = BridgePolicy(config.forecast_order, feature_names(config.groups, tuple(config.features)))
         self.engine = runtime.enable_cache(
-            self.pipe.transformer,
+            self.pipe,  # its scheduler, switched per batch, is read at every generation
             self.bridge,
-            groups=config.groups,
-            probe_blocks=config.probe_blocks,
-            forecast_order=config.forecast_order,
+            config.engine_options,
             cfg_layout=self.sampler.family.layout(config.guidance_scale),
         )
         self._weights = weights_fingerprint(self.pipe.transformer)

@@ -6,6 +6,10 @@
 actor, all at once. Both take their uncached references from one store, filled one generation per shard
 (:meth:`envs.references.ReferenceStore.get_parts`), so the same shards give the same episodes wherever they run.
 With one shard, this is the plain batched environment.
+
+With ``group_rollouts = G > 1`` every shard holds whole groups (:func:`check_shard_split`): a draw's ``G`` rollouts,
+whose rewards are compared with their group's mean, always run in the same batched generation, so a shard count
+never changes what a group's rollouts are compared against.
 """
 
 from __future__ import annotations
@@ -41,6 +45,23 @@ class ShardStart:
     budgets: tuple[float, ...] | None
     setting: SamplingSetting
     references: tuple[Any, ...] | None = None
+
+
+def check_shard_split(num_envs: int, count: int, group_rollouts: int = 1) -> None:
+    """Checks that ``num_envs`` samples split into ``count`` equal shards of whole groups of ``group_rollouts``.
+
+    Raises:
+        ValueError: Naming the shard counts that fit, when a shard would be uneven or cut a group in two.
+    """
+    if count >= 1 and num_envs % (count * group_rollouts) == 0:
+        return
+    draws = num_envs // group_rollouts if num_envs % group_rollouts == 0 else 0
+    fits = [n for n in range(1, draws + 1) if draws % n == 0]
+    raise ValueError(
+        f"num_envs={num_envs} does not split into {count} shards of whole groups of group_rollouts={group_rollouts} "
+        f"(a group's rollouts are compared with each other, so they run in one shard): use a shard count that "
+        f"divides num_envs / group_rollouts, one of {fits}, or another num_envs."
+    )
 
 
 class EpisodeShards(Protocol):

@@ -10,7 +10,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 
 from .config import EnvConfig, from_dict
 from .sampling import SETTING_KEYS, draw_episode, draw_setting
-from .shards import EpisodeShards, LocalShards, ShardStart
+from .shards import EpisodeShards, LocalShards, ShardStart, check_shard_split
 
 
 class CacheScheduleVecEnv(VecEnv):
@@ -36,7 +36,8 @@ class CacheScheduleVecEnv(VecEnv):
 
     With ``shards = S > 1`` the batch is split into ``S`` contiguous sub-batches, each its own batched generation
     through its own engine (see :mod:`envs.shards`): in this process, or on Ray workers
-    (``distributed.RayShards``), with the same results. Draws, rewards and resets are those of one batch.
+    (``distributed.RayShards``), with the same results. Draws, rewards and resets are those of one batch. Each shard
+    holds whole groups of ``G`` rollouts (a count that would cut a group in two is refused).
 
     Args:
         num_envs: Samples per batch.
@@ -66,13 +67,8 @@ class CacheScheduleVecEnv(VecEnv):
                 f"num_envs={num_envs} is not a multiple of env.group_rollouts={self.group_rollouts}: each draw runs "
                 "group_rollouts times in one batch."
             )
+        check_shard_split(num_envs, shards if isinstance(shards, int) else shards.count, self.group_rollouts)
         self.shards = LocalShards(self.config, shards, pipe) if isinstance(shards, int) else shards
-        count = self.shards.count
-        if num_envs % count or (num_envs // count) % self.group_rollouts:
-            raise ValueError(
-                f"num_envs={num_envs} does not split into {count} shards of whole groups of "
-                f"env.group_rollouts={self.group_rollouts}: use a shard count that divides num_envs / group_rollouts."
-            )
         self.episodes = self.shards.episodes
         super().__init__(num_envs, self.episodes.observation_space, self.episodes.action_space)
         self._rng = np.random.default_rng(seed)

@@ -6,6 +6,7 @@ from .delta_dit import DeltaDiT
 from .export import PolicyFormatError, export_policy, export_schedule, load_policy, load_schedule
 from .first_block import FirstBlockThreshold
 from .fora import FORA
+from .interface import cached, enable_cache
 from .learned import LearnedPolicy
 from .recording import ActionRecorder
 from .sb3 import from_sb3
@@ -23,6 +24,8 @@ __all__ = [
     "PolicyFormatError",
     "StaticSchedulePolicy",
     "TaylorSeer",
+    "cached",
+    "enable_cache",
     "export_policy",
     "from_sb3",
     "export_schedule",

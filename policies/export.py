@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from runtime import EngineOptions
+
 from .learned import LearnedPolicy, training_config_sha256
 from .loading import load_policy, load_schedule, read_manifest
 from .manifest import FORMAT_VERSION, MANIFEST_KEY, MEAN, SCHEDULE, VAR, PolicyFormatError
@@ -125,7 +127,7 @@ def export_schedule(
     path: str | Path,
     schedule: StaticSchedulePolicy | torch.Tensor | np.ndarray,
     *,
-    engine_options: Mapping[str, Any] | None = None,
+    engine_options: EngineOptions | Mapping[str, Any] | None = None,
     model_family: str | None = None,
     scheduler: str | None = None,
     training_config: Mapping[str, Any] | str | bytes | None = None,

@@ -25,11 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime import NUM_ACTIONS, Observation
+from runtime import NUM_ACTIONS, EngineOptions, Observation
 from runtime.budget import is_budget
-from runtime.config import MAX_FORECAST_ORDER
 
-from .base import Policy
+from .base import Policy, trained_options
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -40,9 +39,6 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU,
 }
 """Hidden-layer activations an exported actor may use, by the name the manifest gives them (default arguments)."""
-
-ENGINE_OPTION_KEYS = ("groups", "probe_blocks", "forecast_order")
-"""Keys of a policy's ``engine_options``."""
 
 
 @dataclass
@@ -98,7 +94,8 @@ class LearnedPolicy(Policy):
         action_head: ``Linear`` layer giving ``3 * num_groups`` logits.
         activation: Activation after every hidden layer (a name of :data:`ACTIVATIONS`), or one name per layer.
         feature_names: Names of the observation features, in the order the first layer reads them.
-        engine_options: ``groups``, ``probe_blocks`` and ``forecast_order`` the policy was trained with.
+        engine_options: ``groups``, ``probe_blocks`` and ``forecast_order`` the policy was trained with (a
+            :class:`runtime.EngineOptions` or a mapping of exactly these, see :func:`~policies.base.trained_options`).
         normalization: Observation normalisation, or ``None`` for raw features.
         budget_conditioned: Whether the policy was trained to follow the ``budget`` feature.
         manifest: Provenance (``model_family``, ``scheduler``, ``training_config_sha256``, ``created_with``, ...).
@@ -118,7 +115,7 @@ class LearnedPolicy(Policy):
         *,
         activation: str | Sequence[str] = "tanh",
         feature_names: Sequence[str],
-        engine_options: Mapping[str, Any],
+        engine_options: EngineOptions | Mapping[str, Any],
         normalization: ObservationNormalization | None = None,
         budget_conditioned: bool = False,
         manifest: Mapping[str, Any] | None = None,
@@ -151,8 +148,8 @@ class LearnedPolicy(Policy):
                 f"Normalisation statistics cover {normalization.mean.numel()} features; the policy reads "
                 f"{len(self.feature_names)}."
             )
-        self.engine_options = check_engine_options(engine_options, self.num_groups)
-        self.forecast_order = self.engine_options["forecast_order"]
+        self.trained_options = trained_options(engine_options, self.num_groups)
+        self.forecast_order = self.trained_options.forecast_order
         self.normalization = normalization
         self.budget_conditioned = bool(budget_conditioned)
         self.activations = tuple(activations)
@@ -284,11 +281,6 @@ class LearnedPolicy(Policy):
         )
 
 
-def default_engine_options(num_groups: int) -> dict[str, Any]:
-    """Engine options of ``num_groups`` equal-depth groups, one probe block and first-order forecasts."""
-    return {"groups": num_groups, "probe_blocks": 1, "forecast_order": 1}
-
-
 def training_config_sha256(config: Mapping[str, Any] | str | bytes | None) -> str | None:
     """SHA-256 of a training config: of the canonical JSON of a mapping or dataclass, else of its text or bytes."""
     if config is None:
@@ -302,53 +294,6 @@ def training_config_sha256(config: Mapping[str, Any] | str | bytes | None) -> st
     if not isinstance(config, bytes):
         raise TypeError(f"training_config must be a mapping, a dataclass, text or bytes; got {type(config).__name__}.")
     return hashlib.sha256(config).hexdigest()
-
-
-def check_engine_options(options: Mapping[str, Any], num_groups: int) -> dict[str, Any]:
-    """Validates a policy's engine options against its number of groups.
-
-    Args:
-        options: ``groups`` (a count, or the increasing depth fractions in (0, 1) where groups end),
-            ``probe_blocks`` and ``forecast_order``.
-        num_groups: Groups the policy chooses actions for.
-
-    Returns:
-        The options as plain JSON values (``groups`` as an int or a list of floats).
-
-    Raises:
-        ValueError: Naming the missing, unknown or bad option.
-    """
-    if not isinstance(options, Mapping):
-        raise ValueError(f"engine_options must be a mapping with keys {list(ENGINE_OPTION_KEYS)}; got {options!r}.")
-    missing = [key for key in ENGINE_OPTION_KEYS if key not in options]
-    unknown = sorted(set(options) - set(ENGINE_OPTION_KEYS))
-    if missing or unknown:
-        raise ValueError(
-            f"engine_options: missing {missing}, unknown {unknown}; give exactly {list(ENGINE_OPTION_KEYS)}."
-        )
-    groups, probe_blocks, order = options["groups"], options["probe_blocks"], options["forecast_order"]
-    if _is_int(groups):
-        if groups != num_groups:
-            raise ValueError(f"engine_options groups={groups} but the policy acts on {num_groups} groups.")
-    elif isinstance(groups, Sequence) and not isinstance(groups, str) and all(_is_number(f) for f in groups):
-        groups = [float(f) for f in groups]
-        if any(not 0.0 < f < 1.0 for f in groups) or groups != sorted(set(groups)):
-            raise ValueError(f"engine_options groups={groups}: depth fractions must increase strictly inside (0, 1).")
-        if len(groups) + 1 != num_groups:
-            raise ValueError(
-                f"engine_options groups={groups} makes {len(groups) + 1} groups but the policy acts on {num_groups}."
-            )
-    else:
-        raise ValueError(f"engine_options groups={groups!r}: give a number of groups or a list of depth fractions.")
-    if not _is_int(probe_blocks) or probe_blocks < 0:
-        raise ValueError(f"engine_options probe_blocks={probe_blocks!r}: give a whole number >= 0.")
-    if not _is_int(order) or not 1 <= order <= MAX_FORECAST_ORDER:
-        raise ValueError(f"engine_options forecast_order={order!r}: use 1 to {MAX_FORECAST_ORDER}.")
-    return {
-        "groups": groups if isinstance(groups, list) else int(groups),
-        "probe_blocks": int(probe_blocks),
-        "forecast_order": int(order),
-    }
 
 
 def check_architecture(layers: Sequence[tuple[str, int, int]], num_features: int, num_groups: int) -> None:

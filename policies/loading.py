@@ -228,9 +228,6 @@ def _require(path: str | Path, manifest: dict[str, Any], keys: Sequence[str]) ->
     missing = [key for key in keys if key not in manifest]
     if missing:
         _fail(path, f"the manifest is missing key(s) {missing}.")
-    options = manifest["engine_options"]
-    if not isinstance(options, dict):
-        _fail(path, f"engine_options must be an object; got {options!r}.")
     for key in ("model_family", "scheduler", "training_config_sha256"):
         if manifest[key] is not None and not isinstance(manifest[key], str):
             _fail(path, f"{key} must be a string or null; got {manifest[key]!r}.")

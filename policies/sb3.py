@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from runtime import EngineOptions
 from runtime import feature_names as runtime_feature_names
 
 from .learned import (
     ACTIVATIONS,
     LearnedPolicy,
     ObservationNormalization,
-    default_engine_options,
     training_config_sha256,
 )
 
@@ -25,7 +25,7 @@ def from_sb3(
     vec_normalize: Any | None = None,
     *,
     feature_names: Sequence[str] | None = None,
-    engine_options: Mapping[str, Any] | None = None,
+    engine_options: EngineOptions | Mapping[str, Any] | None = None,
     budget_conditioned: bool = False,
     model_family: str | None = None,
     scheduler: str | None = None,
@@ -114,7 +114,7 @@ def from_sb3(
         policy.action_net,
         activation=activations,
         feature_names=feature_names if feature_names is not None else runtime_feature_names(num_groups),
-        engine_options=engine_options if engine_options is not None else default_engine_options(num_groups),
+        engine_options=engine_options,
         normalization=normalization,
         budget_conditioned=budget_conditioned,
         manifest={

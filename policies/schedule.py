@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime import NUM_ACTIONS, Action, Observation
+from runtime import NUM_ACTIONS, Action, EngineOptions, Observation
+from runtime.config import TRAINED_OPTIONS
 
-from .base import Policy
-from .learned import check_engine_options, default_engine_options
+from .base import Policy, trained_options
 
 
 class StaticSchedulePolicy(Policy):
@@ -24,8 +24,8 @@ class StaticSchedulePolicy(Policy):
 
     Args:
         schedule: ``(steps, groups)`` integer actions (values of :class:`runtime.Action`).
-        engine_options: ``groups``, ``probe_blocks`` and ``forecast_order``; by default ``num_groups`` equal groups,
-            one probe block and order 1.
+        engine_options: ``groups``, ``probe_blocks`` and ``forecast_order``, checked by
+            :func:`~policies.base.trained_options`; by default ``num_groups`` equal groups, one probe block, order 1.
         manifest: Provenance, as for :class:`LearnedPolicy`.
 
     Raises:
@@ -36,7 +36,7 @@ class StaticSchedulePolicy(Policy):
         self,
         schedule: torch.Tensor | np.ndarray | Sequence[Sequence[int]],
         *,
-        engine_options: Mapping[str, Any] | None = None,
+        engine_options: EngineOptions | Mapping[str, Any] | None = None,
         manifest: Mapping[str, Any] | None = None,
     ) -> None:
         table = torch.as_tensor(np.asarray(schedule))
@@ -49,9 +49,8 @@ class StaticSchedulePolicy(Policy):
         self.schedule = table.to(torch.int64).clone()
         self.num_groups = int(table.shape[1])
         self.feature_names = None
-        options = engine_options if engine_options is not None else default_engine_options(self.num_groups)
-        self.engine_options = check_engine_options(options, self.num_groups)
-        self.forecast_order = self.engine_options["forecast_order"]
+        self.trained_options = trained_options(engine_options, self.num_groups)
+        self.forecast_order = self.trained_options.forecast_order
         self.manifest = dict(manifest or {})
 
     @property
@@ -68,6 +67,13 @@ class StaticSchedulePolicy(Policy):
 
     def __repr__(self) -> str:
         return f"StaticSchedulePolicy(steps={self.num_steps}, groups={self.num_groups}, {self.engine_options})"
+
+
+def replay_options(policy: Any, options: EngineOptions | None) -> EngineOptions | None:
+    """The engine options of a static replay of ``policy`` run with ``options``: those ``options`` sets, the rest the
+    policy's ``trained_options``; ``None`` when neither sets any (a :class:`StaticSchedulePolicy`'s defaults)."""
+    merged = (options or EngineOptions()).with_defaults(getattr(policy, "trained_options", None))
+    return merged if any(getattr(merged, name) is not None for name in TRAINED_OPTIONS) else None
 
 
 def schedule_from_actions(actions_per_step: Sequence[torch.Tensor | np.ndarray]) -> torch.Tensor:

@@ -14,6 +14,8 @@ import torch
 import runtime
 from envs.pipelines import generate
 from policies import ActionRecorder, StaticSchedulePolicy, load_policy
+from policies.schedule import replay_options
+from runtime import EngineOptions
 
 
 @dataclass
@@ -127,7 +129,7 @@ def evaluate_policy(
     steps: int,
     guidance: float,
     budgets: Sequence[float | None] = (None,),
-    engine_options: dict[str, Any] | None = None,
+    engine_options: EngineOptions | None = None,
     repeats: int = 1,
     reference: tuple[torch.Tensor, float] | None = None,
     replay: bool = False,
@@ -140,7 +142,7 @@ def evaluate_policy(
         conditions / seeds: One generation per pair, all in one batch.
         steps / guidance: Sampling settings.
         budgets: Budgets to evaluate at (``None``: the policy's own behaviour).
-        engine_options: ``groups``, ``probe_blocks``, ``forecast_order`` for ``runtime.enable_cache``.
+        engine_options: Options for ``runtime.enable_cache`` (``None``: the policy's own).
         repeats: Timed repetitions; the wall speedup is the median of interleaved uncached/cached pairs.
         reference: Already computed uncached ``(images, seconds)`` for these settings (its images are the
             fidelity reference; the timing is always taken afresh, interleaved with the cached runs).
@@ -150,7 +152,6 @@ def evaluate_policy(
     Returns:
         One point per budget.
     """
-    engine_options = dict(engine_options or {})
     if reference is None:
         timed_generation(pipe, conditions[:1], seeds[:1], 2, guidance)  # warm-up
         reference = timed_generation(pipe, conditions, seeds, steps, guidance)
@@ -163,26 +164,20 @@ def evaluate_policy(
         recorder = ActionRecorder(policy)
         for _ in range(repeats):
             _, uncached_seconds = timed_generation(pipe, conditions, seeds, steps, guidance)
-            engine = runtime.enable_cache(pipe.transformer, recorder, budget=budget, **engine_options)
-            try:
+            with runtime.cached(pipe, recorder, engine_options, budget=budget) as engine:
                 timed_generation(pipe, conditions, seeds, 2, guidance)  # measures FLOPs, outside the timing
                 engine.reset()
                 recorder.actions.clear()  # the replay is of the timed generation's decisions only
                 images, cached_seconds = timed_generation(pipe, conditions, seeds, steps, guidance)
                 summary = engine.summary()
-            finally:
-                runtime.disable_cache(pipe.transformer)
             ratios.append(uncached_seconds / cached_seconds)
         psnr_value, ssim_value = fidelity(images, reference_images)
         replay_psnr = disagreement = None
         if replay:
-            options = {**(getattr(policy, "engine_options", None) or {}), **engine_options}  # what the policy ran with
-            static = StaticSchedulePolicy(recorder.static_replay(), engine_options=options or None)
-            runtime.enable_cache(pipe.transformer, static, **engine_options)
-            try:
+            ran_with = replay_options(policy, engine_options)
+            static = StaticSchedulePolicy(recorder.static_replay(), engine_options=ran_with)
+            with runtime.cached(pipe, static, engine_options):
                 replay_images, _ = timed_generation(pipe, conditions, seeds, steps, guidance)
-            finally:
-                runtime.disable_cache(pipe.transformer)
             replay_psnr, disagreement = fidelity(replay_images, reference_images)[0], recorder.disagreement()
         points.append(
             EvaluationPoint(

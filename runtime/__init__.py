@@ -2,9 +2,11 @@
 
 from .actions import NUM_ACTIONS, Action
 from .allocator import keep_freed_memory
+from .api import cached, disable_cache, enable_cache, get_engine
 from .blocks import find_blocks, split_groups, supported_block_classes
-from .config import CacheConfig
-from .engine import CacheEngine, PolicyLike, disable_cache, enable_cache, get_engine, safe_actions
+from .config import CacheConfig, EngineOptions
+from .decisions import PolicyLike, safe_actions
+from .engine import CacheEngine
 from .layout import CfgLayout
 from .observations import Observation, build_observation, feature_names
 
@@ -14,9 +16,11 @@ __all__ = [
     "CacheConfig",
     "CacheEngine",
     "CfgLayout",
+    "EngineOptions",
     "Observation",
     "PolicyLike",
     "build_observation",
+    "cached",
     "disable_cache",
     "enable_cache",
     "feature_names",

@@ -125,7 +125,7 @@ class BlockHook(ModelHook):
 
         if self.group is None:
             output = self._compute(args, kwargs, rows)
-            if self.index == engine.config.probe_blocks - 1:
+            if self.index == engine.options.probe_blocks - 1:
                 state.probe_residual = split_block_output(metadata, output)[0] - state.first_input
             return output
 

@@ -106,6 +106,14 @@ FEATURES: dict[str, Feature] = {
             "how much the probe residual changed since g last computed, minus how much g's first-order forecast says "
             "g changed (0 for a reuse); positive when the cache likely lags behind the model",
         ),
+        Feature(
+            "solver_order",
+            False,
+            0.0,
+            1.0,
+            "order of the scheduler's solver, divided by 3: its config's `solver_order` (2 for DPM-Solver++ 2M), 1 "
+            "for one-step schedulers such as DDIM and Euler; tells schedulers with the same time steps apart",
+        ),
         Feature("time_since_compute", True, 0.0, 1.0, "diffusion time since group g last computed (0 before it has)"),
         Feature(
             "residual_change",
@@ -136,14 +144,37 @@ if __doc__ is not None:  # the module docstring lists the features from the tabl
 DEFAULT_FEATURES = ("time", "input_change", "probe_change", "compute_spent", "budget", "since_compute", "forecast_gap")
 """The features built for a policy that names none."""
 
+SETTING_FEATURES = (
+    "time",
+    "compute_spent",
+    "budget",
+    "step_size",
+    "solver_order",
+    "since_compute",
+    "time_since_compute",
+)
+"""Features that tell the step, the budget, the step count and the scheduler apart, the same for every sample of a
+setting: what a policy needs to serve any step count and scheduler."""
+
 ADAPTIVE_FEATURES = (*DEFAULT_FEATURES, "step_size", "time_since_compute", "residual_change", "forecast_error")
 """The default features plus those that tell one sample's trajectory, step count and scheduler from another's."""
+
+SCHEDULER_FEATURES = frozenset({"solver_order"})
+"""Features read from the pipeline's scheduler, which the engine must be given (``enable_cache(pipe, ...)``)."""
+
+MAX_SOLVER_ORDER = 3
+
+
+def solver_order(scheduler: Any) -> int:
+    """The order of a diffusers scheduler's solver: its config's ``solver_order`` (DPM-Solver, UniPC, DEIS), else 1."""
+    order = getattr(getattr(scheduler, "config", None), "solver_order", None)
+    return int(order) if isinstance(order, int) and not isinstance(order, bool) and order >= 1 else 1
 
 GLOBAL_FEATURES = tuple(name for name in DEFAULT_FEATURES if not FEATURES[name].per_group)
 GROUP_FEATURES = tuple(name for name in DEFAULT_FEATURES if FEATURES[name].per_group)
 
 
-_FEATURE_SETS = (("default", DEFAULT_FEATURES), ("adaptive", ADAPTIVE_FEATURES))
+_FEATURE_SETS = (("default", DEFAULT_FEATURES), ("setting", SETTING_FEATURES), ("adaptive", ADAPTIVE_FEATURES))
 
 
 def features_markdown() -> str:
@@ -155,12 +186,14 @@ def features_markdown() -> str:
     lines = ["| feature | meaning | range | in |", "|---|---|---|---|"]
     for feature in FEATURES.values():
         name = f"`{feature.name}_g`" if feature.per_group else f"`{feature.name}`"
-        sets = next((label for label, names in _FEATURE_SETS if feature.name in names), "")
+        sets = ", ".join(label for label, names in _FEATURE_SETS if feature.name in names)
         lines.append(f"| {name} | {feature.meaning} | [{bound(feature.low)}, {bound(feature.high)}] | {sets} |")
     lines += [
         "",
         "`_g`: one column per block group `g`. *default*: `DEFAULT_FEATURES`, built for a policy that names none; "
-        "*adaptive*: the further features of `ADAPTIVE_FEATURES`.",
+        "*setting*: `SETTING_FEATURES`, what the shipped policies read (the step, the budget, the step count and the "
+        "scheduler); *adaptive*: `ADAPTIVE_FEATURES`, the default ones plus per-sample signals of each sample's own "
+        "trajectory.",
         "",
         RELATIVE_L1,
     ]
@@ -398,6 +431,8 @@ def build_observation(
             if state.step_index <= 1:
                 return 0.0
             return min(max((state.previous_time - state.time) / state.time_scale, 0.0), 1.0)
+        if name == "solver_order":
+            return min(state.solver_order, MAX_SOLVER_ORDER) / MAX_SOLVER_ORDER
         if name == "since_compute":
             return torch.div(since, SINCE_COMPUTE_SCALE).clamp_(max=1.0)
         if name == "forecast_gap":

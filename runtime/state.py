@@ -8,7 +8,7 @@ import torch
 
 from .devices import HOST, to_device
 from .diffusers_internals import BaseState, StateManager
-from .forecast import ResidualHistory, l1_scale
+from .forecast import Residual, ResidualHistory, l1_scale, relative_l1
 from .layout import CfgLayout, sample_of_row, samples_in, signal_rows
 
 DEFAULT_CONTEXT = "default"
@@ -90,6 +90,34 @@ class GroupState:
     forecast_error: torch.Tensor | None = None
     group_input: tuple[torch.Tensor | None, ...] | None = None
 
+    def computed(
+        self, rows: torch.Tensor, residual: Residual, time: float, batch_rows: int, probe: torch.Tensor | None
+    ) -> None:
+        """Records that ``rows`` computed the group at ``time``: keeps their residual, restarts their count of steps
+        since a compute, and keeps the probe residual ``probe`` of this step as theirs at the compute.
+
+        Args:
+            rows: Host index of the rows that computed.
+            residual: Their residual (group output minus group input), one tensor per stream.
+            time: The step's diffusion time.
+            batch_rows: Rows of the whole batch (``rows`` may be all of them).
+            probe: The step's probe residual of every row, or ``None`` without probe blocks.
+        """
+        self.history.push(rows, residual, time)
+        everyone = rows.numel() == batch_rows
+        if everyone:
+            self.since_compute.zero_()
+        else:
+            self.since_compute[rows] = 0
+        if probe is not None:
+            if everyone:
+                self.probe_at_compute = probe
+            else:
+                base = self.probe_at_compute if self.probe_at_compute is not None else probe
+                device_rows = to_device(rows, base)
+                self.probe_at_compute = base.index_copy(0, device_rows, probe.index_select(0, device_rows))
+        self.group_input = None
+
 
 @dataclass
 class GenerationState(BaseState):
@@ -103,6 +131,8 @@ class GenerationState(BaseState):
         time: Diffusion time the transformer received at the current step.
         previous_time: Diffusion time of the previous step (0 at the first).
         time_scale: What the time is divided by to lie in [0, 1] (1000 for timesteps, 1 for sigmas).
+        solver_order: Order of the pipeline's scheduler at the start of the generation
+            (``runtime.observations.solver_order``; 1 when the engine was given none).
         rows: Batch rows; ``shape``: hidden-state shape without the batch; ``layout``: how rows pair into samples.
         row_samples: ``(rows,)`` sample index of each row.
 
@@ -132,6 +162,7 @@ class GenerationState(BaseState):
     time: float = 0.0
     previous_time: float = 0.0
     time_scale: float = 1.0
+    solver_order: int = 1
     rows: int = 0
     shape: tuple[int, ...] = ()
     layout: CfgLayout = CfgLayout.NONE
@@ -152,11 +183,41 @@ class GenerationState(BaseState):
     span_sums: dict[tuple[int, int], SpanSum] = field(default_factory=dict)
     decision: StepDecision | None = None
 
-    def start(self, time: float, rows: int, layout: CfgLayout, num_groups: int, history_depth: int) -> None:
-        """Begins a new generation at its first step."""
+    def is_new_generation(self, time: float, rows: int, shape: tuple[int, ...]) -> bool:
+        """Whether a pass at ``time`` on ``rows`` rows of ``shape`` starts a new generation: none is under way, the
+        batch changed, or the time did not decrease."""
+        return self.step_index == 0 or rows != self.rows or time >= self.time - 1e-9 or shape != self.shape
+
+    def is_side_pass(self, time: float, rows: int) -> bool:
+        """Whether a pass at ``time`` on ``rows`` rows is an extra pass of the current step on part of its batch (the
+        same time, fewer rows), e.g. SD3's skip-layer guidance pass, rather than a new generation."""
+        return self.step_index > 0 and rows < self.rows and abs(time - self.time) <= 1e-9
+
+    def start(
+        self,
+        time: float,
+        rows: int,
+        layout: CfgLayout,
+        num_groups: int,
+        history_depth: int,
+        shape: tuple[int, ...] = (),
+        track_accumulation: bool = False,
+    ) -> None:
+        """Begins a new generation at its first step.
+
+        Args:
+            time: Diffusion time of the first step.
+            rows: Batch rows.
+            layout: How the rows pair into samples.
+            num_groups: Block groups.
+            history_depth: Residuals each group keeps.
+            shape: Hidden-state shape without the batch.
+            track_accumulation: Keep ``accumulated_input_change``.
+        """
         self.reset()
         self.time_scale = 1000.0 if time > 1.0 + 1e-6 else 1.0
         self.rows = rows
+        self.shape = shape
         self.layout = layout
         self.row_samples = sample_of_row(layout, rows)
         self.spent_flops = torch.zeros(rows, dtype=torch.float64, device=HOST)
@@ -169,6 +230,61 @@ class GenerationState(BaseState):
             )
             for g in range(num_groups)
         ]
+        if track_accumulation:
+            self.accumulated_input_change = torch.zeros(rows, dtype=torch.float64, device=HOST)
+
+    def next_step(self, time: float) -> None:
+        """Moves to the step at ``time`` (the first one right after :meth:`start`): the first block's input becomes the
+        previous one, and what belongs to the step (probe residual, decision) is cleared."""
+        if self.step_index > 0:
+            self.since_compute += 1
+        self.previous_first_input = self.first_input
+        self.first_input = None
+        self.probe_residual = None
+        self.decision = None
+        self.step_index += 1
+        self.previous_time = self.time
+        self.time = time
+
+    def accumulate_input_change(self) -> None:
+        """Adds the first block's relative input change since the previous step to ``accumulated_input_change`` (if
+        kept)."""
+        if self.accumulated_input_change is not None and self.previous_first_input is not None:
+            self.accumulated_input_change += relative_l1(self.first_input, self.previous_first_input)
+
+    def update_references(self, computing: torch.Tensor | bool) -> None:
+        """Rows that compute any group now make this step the reference of their change features.
+
+        Args:
+            computing: ``(rows,)`` whether each row computes a group, or one bool for every row.
+        """
+        if isinstance(computing, bool):
+            anyone = every = computing
+        else:
+            anyone = bool(computing.any())
+            every = anyone and bool(computing.all())
+        if self.first_input is None or not anyone:
+            return
+        if every:
+            if self.accumulated_input_change is not None:
+                self.accumulated_input_change.zero_()
+            self.set_references(self.first_input, self.probe_residual)
+            return
+        if self.accumulated_input_change is not None:
+            self.accumulated_input_change[computing] = 0.0
+        rows = to_device(torch.nonzero(computing).flatten(), self.first_input)
+        base = self.reference_input if self.reference_input is not None else torch.zeros_like(self.first_input)
+        reference_probe = self.reference_probe
+        if self.probe_residual is not None:
+            probe = self.reference_probe if self.reference_probe is not None else self.probe_residual
+            reference_probe = probe.index_copy(0, rows, self.probe_residual.index_select(0, rows))
+        self.set_references(base.index_copy(0, rows, self.first_input.index_select(0, rows)), reference_probe)
+
+    def drop_span_sums(self, group: int) -> None:
+        """Frees the summed residuals of every run of groups that includes ``group`` (stale once it computes)."""
+        for first, last in list(self.span_sums):
+            if first <= group <= last:
+                del self.span_sums[(first, last)]
 
     def set_references(self, reference_input: torch.Tensor | None, reference_probe: torch.Tensor | None) -> None:
         """Makes these the reference for the change features.

@@ -3,7 +3,7 @@
 For each budget, on ``--samples`` held-out samples (classes and seeds outside every training, validation and
 benchmark split), it measures against the uncached output of the same seed:
 
-- ``shared``: the static schedule :class:`agents.schedule_search.ScheduleSearch` finds on all the samples together;
+- ``shared``: the static schedule :class:`reporting.schedule_search.ScheduleSearch` finds on all the samples together;
 - ``oracle``: the schedule the same search finds for each sample on its own (it sees that sample's uncached output,
   so it bounds what any causal policy can reach with these moves);
 - ``learned``: the learned policy, deciding per sample;
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 import runtime
-from agents.schedule_search import ScheduleSearch
 from envs.pipelines import generate, prepare_pipeline
 from policies import ActionRecorder, StaticSchedulePolicy, load_policy
+from reporting.schedule_search import ScheduleSearch
 from runtime.budget import is_budget
 from zoo.metrics import capped_psnr
 
@@ -42,13 +42,10 @@ METHODS = ("shared", "oracle", "learned", "replay")
 
 def _flops_speedup(search: ScheduleSearch, policy: Any, budget: float | None) -> tuple[float, torch.Tensor]:
     """Runs ``policy`` through the engine on the search samples: ``(FLOP speedup, images)``."""
-    engine = runtime.enable_cache(search.pipe.transformer, policy, budget=budget, **search.engine_options)
-    try:
+    with runtime.cached(search.pipe, policy, search.engine_options, budget=budget) as engine:
         with torch.inference_mode():
             images = generate(search.pipe, search.conditions, search.seeds, search.steps, search.guidance)
         speedup = float(engine.summary()["flops_speedup"])
-    finally:
-        runtime.disable_cache(search.pipe.transformer)
     return speedup, images
 
 
@@ -65,7 +62,7 @@ def measure_budget(arguments: dict[str, Any], budget: float) -> dict[str, Any]:
     torch.set_num_threads(1)
     started = time.perf_counter()
     policy = load_policy(arguments["policy"])
-    options = dict(policy.engine_options)
+    options = policy.trained_options
     pipe = prepare_pipeline(arguments["model"], arguments["scheduler"])
     search = ScheduleSearch(
         pipe,

@@ -192,13 +192,9 @@ def record_stored(engine: runtime.CacheEngine) -> set[str]:
 
 def cached(pipe: Any, generate: Generate, policy: Any, **options: Any) -> tuple[torch.Tensor, dict, set[str], Any]:
     """One cached generation: images, the engine's summary, the stored residuals' dtypes and devices, its costs."""
-    engine = runtime.enable_cache(pipe.transformer, policy, **options)
-    stored = record_stored(engine)
-    try:
-        with torch.inference_mode():
-            images = generate()
-    finally:
-        runtime.disable_cache(pipe.transformer)
+    with runtime.cached(pipe.transformer, policy, **options) as engine, torch.inference_mode():
+        stored = record_stored(engine)
+        images = generate()
     return images, engine.summary(), stored, engine.costs
 
 
@@ -254,14 +250,11 @@ def syncs_per_step(pipe: Any, generate: Generate, steps: int, methods: dict[str,
         base = count(generate)
     added = {}
     for name, make_policy in methods.items():
-        engine = runtime.enable_cache(pipe.transformer, make_policy(), **method_options(name))
-        try:
+        with runtime.cached(pipe.transformer, make_policy(), **method_options(name)) as engine:
             with torch.inference_mode():
                 generate(samples=1, num_steps=1)  # costs measured, untimed
                 engine.reset()
                 added[name] = (count(generate) - base) / steps
-        finally:
-            runtime.disable_cache(pipe.transformer)
     return {"uncached": base / steps, "added_by_engine": added}
 
 
@@ -283,14 +276,11 @@ def speed(pipe: Any, generate: Generate, device: torch.device, repeats: int, met
     first_images: dict[str, torch.Tensor] = {}
 
     def run_method(name: str) -> float:
-        engine = runtime.enable_cache(pipe.transformer, methods[name](), **method_options(name))
-        try:
+        with runtime.cached(pipe.transformer, methods[name](), **method_options(name)) as engine:
             with torch.inference_mode():
                 generate(samples=1, num_steps=1)  # the engine measures its costs on its first pass: untimed
             engine.reset()
             images, spent = timed(generate, device)
-        finally:
-            runtime.disable_cache(pipe.transformer)
         engines[name] = engine
         first_images.setdefault(name, images)
         return spent
@@ -387,17 +377,16 @@ def explain_depth(sizes: dict[str, int], device: torch.device, dtype: torch.dtyp
             calls.append((args, kwargs))
 
     capture = transformer.register_forward_pre_hook(keep_first, with_kwargs=True)
-    engine = runtime.enable_cache(transformer, FORA(FORA_INTERVAL), groups=min(4, sizes["layers"] - 1))
     try:
-        with torch.inference_mode():
-            dit_generator(pipe, 1, 2)()
-            capture.remove()
-            engine.reset()
-            torch._dynamo.reset()
-            return torch._dynamo.explain(transformer)(*calls[0][0], **calls[0][1])
+        with runtime.cached(transformer, FORA(FORA_INTERVAL), groups=min(4, sizes["layers"] - 1)) as engine:
+            with torch.inference_mode():
+                dit_generator(pipe, 1, 2)()
+                capture.remove()
+                engine.reset()
+                torch._dynamo.reset()
+                return torch._dynamo.explain(transformer)(*calls[0][0], **calls[0][1])
     finally:
         capture.remove()
-        runtime.disable_cache(transformer)
 
 
 def explain_graph_breaks(sizes: dict[str, int], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:

@@ -23,12 +23,13 @@ import numpy as np
 import ray
 import torch
 
-from agents.schedule_search import ScheduleSearch
 from distributed import RayShards, WorkerPool
 from distributed import search_schedules as search_on_workers
 from envs import CacheScheduleVecEnv
 from envs.config import EnvConfig
 from envs.pipelines import make_sampler
+from reporting.schedule_search import ScheduleSearch
+from runtime import EngineOptions
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,7 +54,7 @@ def measure_search(args: argparse.Namespace, config: EnvConfig, pool: WorkerPool
         "seeds": list(range(args.search_samples)),
         "steps": args.steps,
         "guidance": config.guidance_scale,
-        "engine_options": {"groups": config.groups, "probe_blocks": 0, "forecast_order": 1},
+        "engine_options": EngineOptions(groups=config.groups, probe_blocks=0, forecast_order=1),
     }
     if pool is None:
         search = ScheduleSearch(make_sampler(config, scheduler="default"), **samples)

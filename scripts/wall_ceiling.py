@@ -140,7 +140,7 @@ def split_cached_time(
         pairs = []
         for _ in range(args.repeats):
             uncached, uncached_blocks = timed_generation()
-            engine = runtime.enable_cache(pipe.transformer, policy, budget=budget, **policy.engine_options)
+            engine = runtime.enable_cache(pipe, policy, policy.trained_options, budget=budget)
             parts = time_engine(engine)
             with torch.inference_mode():
                 generate(pipe, conditions[:1], seeds[:1], 2, args.guidance)  # the engine measures its costs first
@@ -177,13 +177,9 @@ def split_cached_time(
 
 def always_flops_share(pipe: Any) -> float:
     """Share of the transformer's FLOPs outside the hooked blocks (embeddings, final layer), per the engine."""
-    engine = runtime.enable_cache(pipe.transformer, AlwaysCompute(), probe_blocks=0)
-    try:
-        with torch.inference_mode():
-            generate(pipe, [0], [0], 1, 2.0)
+    with runtime.cached(pipe.transformer, AlwaysCompute(), probe_blocks=0) as engine, torch.inference_mode():
+        generate(pipe, [0], [0], 1, 2.0)
         return engine.costs.always_flops / engine.costs.full_flops
-    finally:
-        runtime.disable_cache(pipe.transformer)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def measure(model: str, budget: float, repeats: int, keep: bool) -> dict[str, fl
     conditions = [7 + i % 3 for i in range(SAMPLES)]
     seeds = list(range(1_000_000, 1_000_000 + SAMPLES))
     policy = load_policy(Path("assets/policies") / f"{model}.safetensors")
-    options = dict(policy.engine_options)
+    options = policy.trained_options
 
     def run(samples: int = SAMPLES, steps: int = STEPS) -> float:
         started = time.perf_counter()
@@ -73,15 +73,14 @@ def measure(model: str, budget: float, repeats: int, keep: bool) -> dict[str, fl
         return time.perf_counter() - started
 
     recorder = _Recorder(policy)
-    runtime.enable_cache(pipe.transformer, recorder, budget=budget, **options)
-    run()
-    runtime.disable_cache(pipe.transformer)
+    with runtime.cached(pipe, recorder, options, budget=budget):
+        run()
     candidates = {"policy": policy, "replay": _Replay(recorder.actions[-STEPS:])}
     ratios: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, candidate in candidates.items():
             uncached = run()
-            engine = runtime.enable_cache(pipe.transformer, candidate, budget=budget, **options)
+            engine = runtime.enable_cache(pipe, candidate, options, budget=budget)
             run(samples=1, steps=2)  # the engine measures its costs on its first pass, untimed
             engine.reset()
             cached = run()

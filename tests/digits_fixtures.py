@@ -36,6 +36,10 @@ def tiny_digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+ONE_SETTING_CONFIG = Path(__file__).resolve().parent / "one-setting.yaml"
+"""``train_agent.py --config`` of the tiny training runs: the dataclass defaults, one sampling setting (the shipped
+``configs/default.yaml`` trains across 20 to 50 steps and two schedulers, which a 4-step run does not fit)."""
+
 TINY_WARM_START = [
     "warm_start.budgets=[0.4, 0.6]",
     "warm_start.search_samples=2",

@@ -23,6 +23,7 @@ import train_agent
 from bench import cli
 from envs.conditions import split_prompts
 from policies import load_policy
+from tests.digits_fixtures import ONE_SETTING_CONFIG
 from tests.tiny_pipelines import build_dit_pipeline, save_text_pipeline, text_call_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +78,8 @@ class Runs:
         if family not in self.done:
             guidance, kwargs = call_settings(family)
             run_dir = self.root / f"run-{family}"
-            argv = ["--model", str(self.folder(family)), "--wandb-mode", "disabled", "--out", str(run_dir)]
+            argv = ["--config", str(ONE_SETTING_CONFIG), "--model", str(self.folder(family))]
+            argv += ["--wandb-mode", "disabled", "--out", str(run_dir)]
             if family != "dit":
                 argv += ["--prompts", str(self.prompts)]
             if family == BFLOAT16:

@@ -23,6 +23,7 @@ import generate
         (["--policy", "fora:x"], "--policy fora:x: 'x' is not an integer"),
         (["--policy", "taylorseer:4:7"], "--policy taylorseer:4:7: order=7: use 1, 2 or 3."),
         (["--out", "grid.txt"], "--out grid.txt: give an image file name ending in one of"),
+        (["--scheduler", "pndm"], "--scheduler pndm: use one of default, ddim, dpmsolver++, euler"),
     ],
 )
 def test_bad_arguments_exit_with_a_usage_error(
@@ -76,3 +77,7 @@ def test_a_scheduler_the_policy_was_not_trained_with_gets_a_notice(
         "notice: the learned policy was trained with DPMSolverMultistepScheduler and this run samples with "
         "DDIMScheduler" in printed
     )
+    flags = ["--policy", str(path), "--scheduler", "dpmsolver++", "--steps", "4", "--classes", "1", "--out", str(out)]
+    assert generate.main(flags) == 0
+    printed = capsys.readouterr().out
+    assert "notice" not in printed and "DPMSolverMultistepScheduler 4 steps" in printed

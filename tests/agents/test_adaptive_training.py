@@ -16,7 +16,7 @@ from agents.training import Trainer
 from envs import CacheScheduleVecEnv
 from policies import load_policy
 from runtime.observations import ADAPTIVE_FEATURES
-from tests.digits_fixtures import TINY_WARM_START, tiny_digits_pipeline
+from tests.digits_fixtures import ONE_SETTING_CONFIG, TINY_WARM_START, tiny_digits_pipeline
 
 ADAPTIVE = "[" + ",".join(ADAPTIVE_FEATURES) + "]"
 TINY = [
@@ -44,19 +44,22 @@ TINY = [
 def adaptive_run(tiny_digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("adaptive")
     argv = [item for override in [f"env.model={tiny_digits_dir}", *TINY] for item in ("--set", override)]
-    assert train_agent.main([*argv, "--wandb-mode", "disabled", "--out", str(run_dir)]) == 0
+    config = ["--config", str(ONE_SETTING_CONFIG)]
+    assert train_agent.main([*config, *argv, "--wandb-mode", "disabled", "--out", str(run_dir)]) == 0
     return run_dir
 
 
 def test_per_sample_teacher_and_dagger_are_recorded(adaptive_run: Path) -> None:
     teacher = json.loads((adaptive_run / "teacher-schedules.json").read_text())
     assert teacher["teacher"] == "per_sample"
-    for entry in teacher["budgets"].values():
+    (anchor,) = teacher["settings"]  # one setting: the environment's
+    assert (anchor["scheduler"], anchor["num_inference_steps"]) == ("default", 5)
+    for entry in anchor["budgets"].values():
         tables = np.asarray(entry["schedule"])
         assert tables.shape == (2, 5, 2)  # one (steps, groups) table per search sample
         assert len(entry["sample_psnr"]) == 2 and entry["psnr"] == pytest.approx(np.mean(entry["sample_psnr"]))
     (round_one,) = teacher["dagger"]
-    assert set(round_one["policy_psnr"]) == {"0.4", "0.6"} and 0.0 <= round_one["accuracy"] <= 1.0
+    assert set(round_one["policy_psnr"]["default_5"]) == {"0.4", "0.6"} and 0.0 <= round_one["accuracy"] <= 1.0
 
 
 def test_exported_policy_reads_the_adaptive_features_and_runs(adaptive_run: Path, tiny_digits_dir: Path) -> None:
@@ -80,8 +83,8 @@ def test_a_run_reuses_an_earlier_runs_schedules(adaptive_run: Path, tiny_digits_
     overrides = [f"env.model={tiny_digits_dir}", *TINY, f"warm_start.schedules_from={adaptive_run}"]
     run_dir = tmp_path / "again"
     Trainer(load_config(None, overrides), run_dir, wandb_mode="disabled").run()
-    first = json.loads((adaptive_run / "teacher-schedules.json").read_text())["budgets"]
-    again = json.loads((run_dir / "teacher-schedules.json").read_text())["budgets"]
+    first = json.loads((adaptive_run / "teacher-schedules.json").read_text())["settings"][0]["budgets"]
+    again = json.loads((run_dir / "teacher-schedules.json").read_text())["settings"][0]["budgets"]
     assert {b: e["schedule"] for b, e in again.items()} == {b: e["schedule"] for b, e in first.items()}
 
     shared = load_config(None, [*overrides, "warm_start.teacher=shared"])

@@ -1,4 +1,5 @@
-"""Training across step counts and schedulers: one teacher setting, evaluation at every end, ranges in the manifest."""
+"""Training across step counts and schedulers: a teacher per anchor setting, evaluation at every end, ranges in the
+manifest."""
 
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ from envs.sampling import SamplingSetting
 from policies import load_policy
 from reporting.evaluation import trained_scheduler_notice, trained_steps_notice
 from tests.agents.wandb_records import read_offline_run
-from tests.digits_fixtures import TINY_WARM_START
+from tests.digits_fixtures import ONE_SETTING_CONFIG, TINY_WARM_START
 
 SETTINGS = {("ddim", 4), ("ddim", 6), ("dpmsolver++", 4), ("dpmsolver++", 6)}
 TINY = [
     "env.num_inference_steps=[4, 6]",
     "env.scheduler=[ddim, dpmsolver++]",
     "env.groups=2",
-    "env.features=[time, input_change, probe_change, compute_spent, budget, since_compute, forecast_gap, step_size]",
+    "env.features=[time, input_change, probe_change, compute_spent, budget, since_compute, forecast_gap, step_size, "
+    "solver_order]",
     "agent.num_envs=2",
     "agent.n_steps=7",  # not a multiple of any episode length: rollouts end inside episodes
     "agent.batch_size=14",
@@ -33,6 +35,7 @@ TINY = [
     "eval.budgets=[0.5]",
     "checkpoint.every_timesteps=1000",
     *TINY_WARM_START,
+    "warm_start.settings=[ddim_6, dpmsolver++_4]",
 ]
 
 
@@ -40,15 +43,19 @@ TINY = [
 def any_steps_run(tiny_digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("any-steps")
     argv = [item for override in [f"env.model={tiny_digits_dir}", *TINY] for item in ("--set", override)]
-    assert train_agent.main([*argv, "--wandb-mode", "offline", "--out", str(run_dir)]) == 0
+    config = ["--config", str(ONE_SETTING_CONFIG)]
+    assert train_agent.main([*config, *argv, "--wandb-mode", "offline", "--out", str(run_dir)]) == 0
     return run_dir
 
 
-def test_the_teacher_is_searched_at_one_setting(any_steps_run: Path) -> None:
+def test_the_teacher_is_searched_at_every_anchor(any_steps_run: Path) -> None:
     teacher = json.loads((any_steps_run / "teacher-schedules.json").read_text())
-    assert (teacher["scheduler"], teacher["num_inference_steps"]) == ("ddim", 6)  # the largest count, the first
-    for entry in teacher["budgets"].values():
-        assert np.shape(entry["schedule"]) == (6, 2)
+    anchors = [(entry["scheduler"], entry["num_inference_steps"]) for entry in teacher["settings"]]
+    assert anchors == [("ddim", 6), ("dpmsolver++", 4)]
+    for entry in teacher["settings"]:
+        assert set(entry["budgets"]) == {"0.4", "0.6"}
+        for values in entry["budgets"].values():
+            assert np.shape(values["schedule"]) == (entry["num_inference_steps"], 2)
 
 
 def test_the_manifest_records_the_ranges_and_the_notices_follow_them(any_steps_run: Path) -> None:
@@ -88,6 +95,11 @@ def test_evaluation_settings_and_their_errors() -> None:
     ranged = load_config(None, [*TINY[:2], "eval.steps=[5]", "warm_start.scheduler=dpmsolver++"])
     assert ranged.evaluation_settings() == [SamplingSetting("ddim", 5), SamplingSetting("dpmsolver++", 5)]
     assert ranged.warm_start_setting() == SamplingSetting("dpmsolver++", 6)
+    assert ranged.warm_start_settings() == [SamplingSetting("dpmsolver++", 6)]
+    anchored = load_config(None, [*TINY[:2], "warm_start.settings=[ddim_6, dpmsolver++_4]"])
+    assert anchored.warm_start_settings() == [SamplingSetting("ddim", 6), SamplingSetting("dpmsolver++", 4)]
+    with pytest.raises(ConfigError, match="leave num_inference_steps and scheduler null"):
+        load_config(None, [*TINY[:2], "warm_start.settings=[ddim_6]", "warm_start.num_inference_steps=6"])
     for override, field in [
         ("eval.steps=[1, 20]", r"eval\.steps"),
         ("eval.steps=[]", r"eval\.steps"),
@@ -95,6 +107,10 @@ def test_evaluation_settings_and_their_errors() -> None:
         ("warm_start.num_inference_steps=1", r"warm_start\.num_inference_steps"),
         ("env.num_inference_steps=[50, 20]", r"env\.num_inference_steps"),
         ("env.scheduler=[ddim, pndm]", r"env\.scheduler"),
+        ("warm_start.settings=[ddim]", r"warm_start\.settings"),
+        ("warm_start.settings=[ddim_50, ddim_50]", r"warm_start\.settings"),
+        ("warm_start.settings=[ddim_50]", r"warm_start\.settings: ddim_50 lies outside"),
+        ("warm_start.sweeps_at={ddim_6: 0}", r"warm_start\.sweeps_at names \['ddim_6'\]"),
     ]:
         with pytest.raises(ConfigError, match=field):
             load_config(None, [override])

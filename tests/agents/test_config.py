@@ -11,11 +11,31 @@ from agents.config import ConfigError, TrainConfig, load_config
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def test_default_yaml_matches_dataclass_defaults() -> None:
+def test_default_yaml_differs_from_the_dataclass_defaults_only_in_its_recipe() -> None:
+    """The dataclasses default to one setting (any model); default.yaml is the shipped policy's any-setting recipe."""
     loaded = load_config(CONFIGS / "default.yaml").to_dict()
     defaults = TrainConfig().to_dict()
-    loaded["wandb"]["tags"] = defaults["wandb"]["tags"]
-    assert loaded == defaults
+    changed = {
+        f"{section}.{key}"
+        for section, fields in loaded.items()
+        for key, value in fields.items()
+        if defaults[section][key] != value
+    }
+    assert changed == {
+        "env.scheduler",
+        "env.num_inference_steps",
+        "env.features",
+        "env.group_rollouts",
+        "agent.total_timesteps",
+        "warm_start.sweeps",
+        "warm_start.epochs",
+        "warm_start.label_smoothing",
+        "warm_start.settings",
+        "warm_start.sweeps_at",
+        "eval.every_timesteps",
+        "eval.steps",
+        "wandb.tags",
+    }
 
 
 def test_flow_config_validates_and_differs_only_where_it_should() -> None:
@@ -50,26 +70,26 @@ def test_warm_start_without_budget_conditioning_takes_one_budget() -> None:
     assert config.warm_start.budgets == [0.3]
 
 
-def test_any_steps_config_differs_from_the_default_only_in_steps_schedulers_and_what_they_need() -> None:
-    ranged, default = (
-        load_config(CONFIGS / "any-steps.yaml").to_dict(),
-        load_config(CONFIGS / "default.yaml").to_dict(),
-    )
-    assert ranged["env"]["num_inference_steps"] == [20, 50]
-    assert ranged["env"]["scheduler"] == ["ddim", "dpmsolver++"]
-    assert {"step_size", "time_since_compute"} <= set(ranged["env"]["features"])
-    changed = {
-        f"{section}.{key}"
-        for section, fields in ranged.items()
-        for key, value in fields.items()
-        if default[section][key] != value
-    }
-    assert changed == {
-        "env.num_inference_steps",
-        "env.scheduler",
-        "env.features",
-        "warm_start.num_inference_steps",
-        "warm_start.scheduler",
-        "eval.steps",
-        "wandb.tags",
-    }
+def test_the_default_config_trains_one_policy_for_every_step_count_and_scheduler() -> None:
+    config = load_config(CONFIGS / "default.yaml")
+    assert config.env.steps_range == (20, 50)
+    assert config.env.scheduler_names == ["ddim", "dpmsolver++"]
+    assert {"step_size", "solver_order", "time_since_compute"} <= set(config.env.features)
+    anchors = config.warm_start_settings()
+    for scheduler in config.env.scheduler_names:  # each scheduler is shown to the policy at both ends of the range
+        assert {20, 50} <= {a.steps for a in anchors if a.scheduler == scheduler}
+    evaluated = {(s.scheduler, s.steps) for s in config.evaluation_settings()}
+    assert {("ddim", 20), ("ddim", 30), ("ddim", 50), ("dpmsolver++", 20)} <= evaluated
+
+
+def test_environment_shards_hold_whole_rollout_groups() -> None:
+    """default.yaml runs 16 environments as 4 groups of 4 rollouts: 1, 2 or 4 shards (one per Ray worker) keep each
+    group in one shard; 3 workers would cut groups, and the error names the shard counts that fit."""
+    for workers in (1, 2, 4):
+        assert load_config(CONFIGS / "default.yaml", [f"ray.workers={workers}"]).ray.shards == workers
+    with pytest.raises(ConfigError, match=r"ray\.env_shards.*group_rollouts=4.*one of \[1, 2, 4\]"):
+        load_config(CONFIGS / "default.yaml", ["ray.workers=3"])
+    config = load_config(CONFIGS / "default.yaml", ["ray.workers=3", "ray.env_shards=2"])  # shards fixed apart
+    assert (config.ray.workers, config.ray.shards) == (3, 2)
+    with pytest.raises(ConfigError, match=r"one of \[1, 2\]"):
+        load_config(CONFIGS / "default.yaml", ["agent.num_envs=8", "ray.env_shards=4"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from agents.checkpoints import NORMALIZATION_FILE, read_state
 from envs import CacheScheduleVecEnv
 from policies import LearnedPolicy, load_policy
 from tests.agents.wandb_records import read_offline_run
-from tests.digits_fixtures import TINY_WARM_START
+from tests.digits_fixtures import ONE_SETTING_CONFIG, TINY_WARM_START
 from zoo.pipelines import MiniDiTPipeline
 
 TINY = [
@@ -38,7 +39,8 @@ def trained_run(tiny_digits_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     run_dir = tmp_path_factory.mktemp("run")
     overrides = [f"env.model={tiny_digits_dir}", "agent.total_timesteps=200", *TINY]
     argv = [item for override in overrides for item in ("--set", override)]
-    assert train_agent.main([*argv, "--wandb-mode", "offline", "--out", str(run_dir)]) == 0
+    config = ["--config", str(ONE_SETTING_CONFIG)]
+    assert train_agent.main([*config, *argv, "--wandb-mode", "offline", "--out", str(run_dir)]) == 0
     return run_dir
 
 
@@ -51,7 +53,8 @@ def test_training_exports_a_policy_and_logs_to_wandb(trained_run: Path) -> None:
     assert policy.engine_options["forecast_order"] == config.env.forecast_order
     assert (trained_run / "schedule.safetensors").is_file()
     teacher = json.loads((trained_run / "teacher-schedules.json").read_text())
-    assert set(teacher["budgets"]) == {"0.4", "0.6"} and 0.0 <= teacher["clone"]["accuracy"] <= 1.0
+    (anchor,) = teacher["settings"]
+    assert set(anchor["budgets"]) == {"0.4", "0.6"} and 0.0 <= teacher["clone"]["accuracy"] <= 1.0
     history = json.loads((trained_run / "eval-history.json").read_text())
     assert [entry["timesteps"] for entry in history] == [0, 200]  # after the warm start, then at the end
     best = max(history, key=lambda entry: entry["score"])
@@ -140,3 +143,26 @@ def test_config_errors_name_the_field(capsys: pytest.CaptureFixture) -> None:
     assert "budget_range" in capsys.readouterr().err
     assert train_agent.main(["--set", "agent.n_steps=ten"]) == 2
     assert "agent.n_steps" in capsys.readouterr().err
+
+
+def test_another_model_on_the_default_config_samples_at_its_pipelines_own_setting(tmp_path: Path) -> None:
+    """The default config's schedulers, step range and anchors are the shipped model's: with --model the run takes
+    the pipeline's own scheduler and step count, and a --set still names any of them."""
+    from envs.pipelines import call_defaults
+    from envs.sampling import SamplingSetting
+    from tests.tiny_pipelines import build_dit_pipeline
+
+    folder = tmp_path / "dit"
+    build_dit_pipeline().save_pretrained(folder)
+    steps = call_defaults(str(folder))["num_inference_steps"]
+
+    def config(*flags: str) -> Any:
+        args = train_agent.parse_args(["--model", str(folder), *flags])
+        return train_agent.load_config(args.config, [*args.set, *train_agent.flag_overrides(args, args.config)])
+
+    plain = config()
+    assert plain.env.scheduler_names == ["default"] and plain.env.steps_range == (steps, steps)
+    assert plain.warm_start_settings() == [SamplingSetting("default", steps)] and plain.warm_start.sweeps_at == {}
+    assert [(s.scheduler, s.steps) for s in plain.evaluation_settings()] == [("default", steps)]
+    named = config("--set", "env.scheduler=[ddim, dpmsolver++]")
+    assert named.env.scheduler_names == ["ddim", "dpmsolver++"]

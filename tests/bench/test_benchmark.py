@@ -33,6 +33,7 @@ from bench.runner import flops_cross_check, uncached_reference
 from envs.config import ConfigError
 from policies import FORA, export_schedule, load_policy
 from reporting.evaluation import trained_steps_notice
+from runtime import EngineOptions
 from tests.agents.wandb_records import read_offline_run
 from tests.digits_fixtures import tiny_digits_pipeline
 from zoo.pipelines import MiniDiTPipeline
@@ -180,7 +181,7 @@ def test_diffusers_rows_have_plausible_flop_counts(benchmark_run: tuple[dict[str
 def test_flop_counter_agrees_with_engine_counters(benchmark_run: tuple[dict[str, Any], Path]) -> None:
     pipe, run = tiny_pipeline(), settings()
     reference = uncached_reference(pipe, run)
-    method = EngineMethod("FORA", "baseline", "N=3", lambda: FORA(3), {"groups": 4, "probe_blocks": 1})
+    method = EngineMethod("FORA", "baseline", "N=3", lambda: FORA(3), EngineOptions(groups=4, probe_blocks=1))
     check = flops_cross_check(pipe, method, run, reference)
     assert check["engine"] > 1.5
     assert check["relative_difference"] < 0.03, check
@@ -342,6 +343,7 @@ def test_wandb_logs_table_image_and_artifact(benchmark_run: tuple[dict[str, Any]
         ("--classes", "3,12"),
         ("--repeats", "0"),
         ("--guidance", "-1"),
+        ("--scheduler", "pndm"),
     ],
 )
 def test_bad_flag_names_the_flag(flag: str, value: str, capsys: pytest.CaptureFixture) -> None:
@@ -391,9 +393,10 @@ def test_config_file_mistakes_name_the_field(tmp_path: Path) -> None:
 
 def test_flags_override_the_config() -> None:
     parser = cli.build_parser()
-    args = parser.parse_args(["--quick", "--repeats", "5", "--threads", "2", "--budgets", "0.25,0.5"])
-    config = load_config(quick=True, overrides=cli.overrides_from_args(args, parser))
+    flags = ["--quick", "--repeats", "5", "--threads", "2", "--budgets", "0.25,0.5", "--scheduler", "dpmsolver++"]
+    config = load_config(quick=True, overrides=cli.overrides_from_args(parser.parse_args(flags), parser))
     assert (config.repeats, config.threads, config.methods.learned.budgets) == (5, 2, [0.25, 0.5])
+    assert config.scheduler == "dpmsolver++" and load_config().scheduler == "default"
     assert load_config(quick=True).repeats == 2 and load_config().repeats == 3
 
 
@@ -424,7 +427,8 @@ def test_benchmark_samples_as_the_policy_is_trained() -> None:
     training = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())["env"]
     benchmark = load_config()
     assert benchmark.model == training["model"]
-    assert benchmark.steps == training["num_inference_steps"]
+    steps = training["num_inference_steps"]  # one count, or the ends of the trained range (anchors sit at both)
+    assert benchmark.steps in (steps if isinstance(steps, list) else [steps])
     assert benchmark.guidance == training["guidance_scale"]
     assert not set(benchmark.classes) & set(training["train_classes"])
     assert benchmark.seed_list[0] >= training["train_seeds"][1]
@@ -459,7 +463,7 @@ def test_a_failing_method_is_recorded_and_the_others_still_run(tmp_path: Path) -
     )
     methods = [
         _Broken("Broken cache", "diffusers", "threshold=0.1", lambda: FORA(2)),
-        EngineMethod("FORA", "baseline", "N=2", lambda: FORA(2), {"groups": 2, "probe_blocks": 0}),
+        EngineMethod("FORA", "baseline", "N=2", lambda: FORA(2), EngineOptions(groups=2, probe_blocks=0)),
     ]
     lines: list[str] = []
     pipe = tiny_pipeline()
@@ -486,7 +490,7 @@ def test_the_flop_cross_check_picks_a_measured_method_and_its_failure_keeps_the_
     from bench.report import write_results
 
     config = load_config(overrides={"seeds": "1000000-1000001", "steps": STEPS, "repeats": 1, "warmup_steps": 1})
-    options = {"groups": 2, "probe_blocks": 0}
+    options = EngineOptions(groups=2, probe_blocks=0)
     methods = [
         _Broken("FORA", "baseline", "N=2", lambda: FORA(2), options),
         EngineMethod("FORA", "baseline", "N=3", lambda: FORA(3), options),
@@ -752,13 +756,13 @@ def test_adaptivity_summary_reads_each_front_and_excludes_replay_and_oracle() ->
 
 
 def test_oracle_rows_only_when_configured(tmp_path: Path) -> None:
-    from agents.schedule_search import ScheduleSearch
     from bench.grid import build_methods
     from bench.oracle import build_upper_bounds
     from bench.report import write_results
     from bench.runner import run_benchmark
     from envs.pipelines import generate
     from policies import StaticSchedulePolicy
+    from reporting.schedule_search import ScheduleSearch
 
     table = torch.ones(STEPS, 4, dtype=torch.int64)
     table[0] = 0
@@ -794,7 +798,7 @@ def test_oracle_rows_only_when_configured(tmp_path: Path) -> None:
 
     # Its FLOPs are those of the shared schedule the search starts from (moves keep the cells per group).
     samples = ([7, 8], [1000000, 1000001])
-    search = ScheduleSearch(pipe, *samples, STEPS, config.guidance, policy.engine_options)
+    search = ScheduleSearch(pipe, *samples, STEPS, config.guidance, policy.trained_options)
     start = StaticSchedulePolicy(search.evenly_spaced(0.5), engine_options=policy.engine_options)
     engine = runtime.enable_cache(pipe.transformer, start)
     try:

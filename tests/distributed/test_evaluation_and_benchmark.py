@@ -20,11 +20,13 @@ from distributed.training import RayWorkers
 from envs.config import EnvConfig
 from envs.pipelines import make_sampler
 from envs.sampling import SamplingSetting
-from policies import FORA, TaylorSeer, export_schedule
+from envs.schedulers import SchedulerSwitch
+from policies import FORA, Policy, TaylorSeer, export_schedule
 from reporting.evaluation import evaluate_policy
+from runtime import Action, EngineOptions, Observation
 from tests.digits_fixtures import tiny_digits_pipeline
 
-OPTIONS = {"groups": 2, "probe_blocks": 0, "forecast_order": 1}
+OPTIONS = EngineOptions(groups=2, probe_blocks=0, forecast_order=1)
 BENCHMARK_CONFIG = {
     "model": "tiny-random-dit",
     "repeats": 1,
@@ -54,7 +56,7 @@ def test_validation_points_are_the_local_ones(env_pool: WorkerPool, tiny_env: En
         "conditions": [7, 8],
         "seeds": [11, 12],
         "guidance": 2.0,
-        "engine_options": {"groups": 2, "probe_blocks": 0, "forecast_order": 1},
+        "engine_options": OPTIONS,
     }
     policy = TaylorSeer(2, 1)
     budgets = [None, None]  # the same point twice: one per worker
@@ -66,6 +68,36 @@ def test_validation_points_are_the_local_ones(env_pool: WorkerPool, tiny_env: En
         for field in ("flops_speedup", "psnr", "ssim", "replay_psnr", "disagreement", "compute_fraction"):
             assert getattr(mine, field) == getattr(theirs, field), field
         assert bool((mine.images == theirs.images).all())
+
+
+class SolverOrderPolicy(Policy):
+    """Reads the pipeline's scheduler: computes every step under a multistep solver (``solver_order`` 2/3 for
+    DPM-Solver++), every other step under a first-order one (1/3 for DDIM)."""
+
+    feature_names = ("time", "solver_order")
+
+    def act(self, observation: Observation) -> torch.Tensor:
+        multistep = observation.features[:, 1] > 0.5
+        compute = multistep | (observation.step_index % 2 == 0)
+        actions = torch.where(compute, int(Action.COMPUTE), int(Action.FORECAST))
+        return actions[:, None].expand(-1, observation.num_groups).to(torch.int64)
+
+
+def test_a_policy_reading_the_scheduler_is_validated_at_its_setting(env_pool: WorkerPool, tiny_env: EnvConfig) -> None:
+    """Workers pass the pipeline itself to the engine, so ``solver_order`` follows the scheduler they switch to."""
+    options = {"conditions": [7, 8], "seeds": [11, 12], "guidance": 2.0, "engine_options": OPTIONS}
+    workers = RayWorkers.__new__(RayWorkers)
+    workers.pool = env_pool
+    fractions = {}
+    for setting in (SamplingSetting("ddim", 4), SamplingSetting("dpmsolver++", 4)):
+        pipe = make_sampler(tiny_env)
+        SchedulerSwitch(pipe.pipe).use(setting.scheduler)
+        (local,) = evaluate_policy(pipe, SolverOrderPolicy(), steps=4, replay=True, **options)
+        (remote,) = workers.evaluate_policy(None, SolverOrderPolicy(), setting=setting, replay=True, **options)
+        for field in ("flops_speedup", "psnr", "ssim", "replay_psnr", "disagreement", "compute_fraction"):
+            assert getattr(local, field) == getattr(remote, field), (setting, field)
+        fractions[setting.scheduler] = remote.compute_fraction
+    assert fractions["dpmsolver++"] == 1.0 > fractions["ddim"]  # the policy saw each worker's scheduler
 
 
 class Broken(EngineMethod):
@@ -92,7 +124,7 @@ def test_benchmark_rows_are_the_local_ones(bench_pool: WorkerPool) -> None:
     config = load_config(
         overrides={"seeds": "1000000-1000002", "steps": 4, "repeats": 1, "warmup_steps": 1, "flops_check": False}
     )
-    options = {"groups": 2, "probe_blocks": 0}
+    options = EngineOptions(groups=2, probe_blocks=0)
 
     def methods() -> list[EngineMethod]:
         return [

@@ -10,30 +10,45 @@ import numpy as np
 import ray
 import torch
 
-from agents.schedule_search import ScheduleSearch, search_schedules
 from distributed import WorkerPool
 from distributed import search_schedules as search_on_workers
+from distributed import search_settings as search_settings_on_workers
 from envs.config import EnvConfig
 from envs.pipelines import make_sampler
+from envs.sampling import SamplingSetting
+from reporting.schedule_search import ScheduleSearch
+from reporting.setting_search import search_settings
+from runtime import EngineOptions
 
-OPTIONS = {"groups": 2, "probe_blocks": 0, "forecast_order": 1}
-SAMPLES = {"conditions": [1, 2, 3], "seeds": [5, 6, 7], "steps": 4, "guidance": 2.0, "engine_options": OPTIONS}
+OPTIONS = EngineOptions(groups=2, probe_blocks=0, forecast_order=1)
+SAMPLES = {"conditions": [1, 2, 3], "seeds": [5, 6, 7], "guidance": 2.0, "engine_options": OPTIONS}
 
 
 def test_searched_schedules_are_the_local_ones(env_pool: WorkerPool, tiny_env: EnvConfig) -> None:
+    """Two anchor settings (the second with another scheduler and step count, and more sweeps): every search's
+    generations on the workers, each worker switching to the generation's scheduler."""
     budgets = [0.5, 0.25, 0.75]
-    local = search_schedules(tiny_env.model, budgets, sweeps=1, workers=1, env_config=tiny_env, **SAMPLES)
-    remote = search_on_workers(env_pool, budgets, sweeps=1, **SAMPLES)
-    assert [r.budget for r in remote] == budgets
-    for mine, theirs in zip(local, remote, strict=True):
-        np.testing.assert_array_equal(mine.schedule, theirs.schedule)
-        assert (mine.psnr, mine.start_psnr, mine.evaluations) == (theirs.psnr, theirs.start_psnr, theirs.evaluations)
+    settings = [SamplingSetting("default", 4), SamplingSetting("dpmsolver++", 5)]
+    options = {"sweeps": 1, "sweeps_at": {settings[1]: 2}, **SAMPLES}
+    local = search_settings(tiny_env.model, settings, budgets, workers=1, env_config=tiny_env, **options)
+    remote = search_settings_on_workers(env_pool, settings, budgets, **options)
+    assert list(remote) == settings
+    for setting in settings:
+        assert [r.budget for r in remote[setting]] == budgets
+        for mine, theirs in zip(local[setting], remote[setting], strict=True):
+            np.testing.assert_array_equal(mine.schedule, theirs.schedule)
+            assert (mine.psnr, mine.start_psnr, mine.evaluations) == (
+                theirs.psnr,
+                theirs.start_psnr,
+                theirs.evaluations,
+            )
+    assert local[settings[0]][0].schedule.shape == (4, 2) and local[settings[1]][0].schedule.shape == (5, 2)
 
 
 def test_per_sample_schedules_are_the_local_ones(env_pool: WorkerPool, tiny_env: EnvConfig) -> None:
-    search = ScheduleSearch(make_sampler(tiny_env, scheduler="default"), **SAMPLES)
+    search = ScheduleSearch(make_sampler(tiny_env, scheduler="default"), steps=4, **SAMPLES)
     local = search.search_per_sample(0.5, sweeps=1)
-    (remote,) = search_on_workers(env_pool, [0.5], sweeps=1, per_sample=True, **SAMPLES)
+    (remote,) = search_on_workers(env_pool, [0.5], steps=4, sweeps=1, per_sample=True, **SAMPLES)
     assert len(remote) == 3
     for mine, theirs in zip(local, remote, strict=True):
         np.testing.assert_array_equal(mine.schedule, theirs.schedule)

@@ -13,13 +13,15 @@ import yaml
 from safetensors.torch import load_file
 
 import train_agent
+from tests.digits_fixtures import ONE_SETTING_CONFIG
 from tests.reliability.test_determinism import SETTINGS
 
 
 def train(model_dir: Path, out: Path, *flags: str) -> Path:
     settings = [f"env.model={model_dir}", "agent.seed=3", "ray.env_shards=2", "ray.cpus_per_worker=0.5", *SETTINGS]
     argv = [item for s in settings for item in ("--set", s)]
-    assert train_agent.main([*argv, *flags, "--wandb-mode", "disabled", "--out", str(out)]) == 0
+    config = ["--config", str(ONE_SETTING_CONFIG)]
+    assert train_agent.main([*config, *argv, *flags, "--wandb-mode", "disabled", "--out", str(out)]) == 0
     return out
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
 import numpy as np
+import pytest
 import ray
 
 from distributed import RayShards, WorkerPool
@@ -50,6 +52,19 @@ def test_one_shard_on_ray_is_the_plain_environment(env_pool: WorkerPool, tiny_en
     local = rollout(CacheScheduleVecEnv(4, tiny_env, seed=1))
     remote = rollout(CacheScheduleVecEnv(4, tiny_env, seed=1, shards=RayShards(env_pool, tiny_env, 1)))
     assert_same(local, remote)
+
+
+def test_ray_shards_keep_rollout_groups_whole(env_pool: WorkerPool, tiny_env: EnvConfig) -> None:
+    """Groups of two rollouts of one draw, two groups per shard: each group's rewards relative to its own mean, as
+    in one process; a shard count that would cut a group is refused."""
+    grouped = dataclasses.replace(tiny_env, group_rollouts=2)
+    local = rollout(CacheScheduleVecEnv(8, grouped, seed=4, shards=2))
+    remote = rollout(CacheScheduleVecEnv(8, grouped, seed=4, shards=RayShards(env_pool, grouped, 2)))
+    assert_same(local, remote)
+    for rewards in remote[3::5]:
+        np.testing.assert_allclose(rewards.reshape(4, 2).sum(axis=1), 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match="whole groups"):
+        CacheScheduleVecEnv(4, grouped, shards=RayShards(env_pool, grouped, 4))
 
 
 def test_a_worker_killed_mid_episode_is_restarted_and_replays_it(env_pool: WorkerPool, tiny_env: EnvConfig) -> None:

@@ -17,6 +17,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
 
+import policies
 import runtime
 from policies import (
     LearnedPolicy,
@@ -339,7 +340,7 @@ def test_enable_cache_with_an_exported_policy_file(tmp_path: Path) -> None:
     policy = hand_policy([0.0, 2.0, 1.0], groups=2, engine_groups=[0.5])  # REUSE where possible, else COMPUTE
     path = export_policy(tmp_path / "reuse.safetensors", policy)
     model = tiny_dit(depth=4)
-    engine = runtime.enable_cache(model, path)
+    engine = policies.enable_cache(model, path)
     assert isinstance(engine.policy, LearnedPolicy) and engine.num_groups == 2
     assert engine.groups == [[1, 2], [3]], "the exported depth fractions were used"
     denoise_dit(model, [3, 7], steps=4)
@@ -349,7 +350,7 @@ def test_enable_cache_with_an_exported_policy_file(tmp_path: Path) -> None:
     runtime.disable_cache(model)
 
     schedule = export_schedule(tmp_path / "schedule.safetensors", torch.tensor([[0, 0], [1, 0], [0, 2]]))
-    engine = runtime.enable_cache(model, schedule)
+    engine = policies.enable_cache(model, schedule)
     denoise_dit(model, [3], steps=4)
     assert engine.summary()["actions"] == {"compute": 5, "reuse": 1, "forecast": 2}
     runtime.disable_cache(model)
@@ -362,7 +363,7 @@ def test_enable_cache_rejects_a_policy_trained_on_other_features(tmp_path: Path)
     renamed = LearnedPolicy([], policy.action_head, feature_names=names, engine_options=policy.engine_options)
     path = export_policy(tmp_path / "renamed.safetensors", renamed)
     with pytest.raises(ValueError, match="trained on observation features .*noise_level"):
-        runtime.enable_cache(tiny_dit(depth=4), path)
+        policies.enable_cache(tiny_dit(depth=4), path)
 
 
 def test_a_budget_outside_the_trained_range_warns(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 
 import train_agent
 from policies import load_policy
-from tests.digits_fixtures import TINY_WARM_START
+from tests.digits_fixtures import ONE_SETTING_CONFIG, TINY_WARM_START
 
 SETTINGS = [
     "env.num_inference_steps=4",
@@ -29,7 +29,8 @@ SETTINGS = [
 def train(model_dir: Path, out: Path, seed: int) -> Path:
     settings = [f"env.model={model_dir}", f"agent.seed={seed}", *SETTINGS]
     argv = [item for s in settings for item in ("--set", s)]
-    assert train_agent.main([*argv, "--wandb-mode", "disabled", "--out", str(out)]) == 0
+    config = ["--config", str(ONE_SETTING_CONFIG)]
+    assert train_agent.main([*config, *argv, "--wandb-mode", "disabled", "--out", str(out)]) == 0
     return out / "policy.safetensors"
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SEARCH = """
 import sys
-from agents.schedule_search import search_schedules
-options = {"groups": 2, "probe_blocks": 0, "forecast_order": 1}
+from reporting.setting_search import search_schedules
+from runtime import EngineOptions
+options = EngineOptions(groups=2, probe_blocks=0, forecast_order=1)
 search_schedules(sys.argv[1], [0.3, 0.5, 0.7], conditions=[1, 2, 3], seeds=[1, 2, 3], steps=12, guidance=2.0,
                  engine_options=options, sweeps=50, workers=2)
 """

@@ -20,7 +20,7 @@ import pytest
 from agents.checkpoints import read_state
 from policies import load_policy
 from tests.agents.wandb_records import read_offline_run
-from tests.digits_fixtures import TINY_WARM_START
+from tests.digits_fixtures import ONE_SETTING_CONFIG, TINY_WARM_START
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = [
@@ -77,7 +77,7 @@ def test_sigkill_then_resume(tiny_digits_dir: Path, tmp_path: Path) -> None:
     overrides = [item for s in [*settings, "agent.total_timesteps=100000"] for item in ("--set", s)]
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        command(*overrides, "--out", str(run_dir)),
+        command("--config", str(ONE_SETTING_CONFIG), *overrides, "--out", str(run_dir)),
         cwd=ROOT,
         env=environment,
         stdout=subprocess.DEVNULL,

@@ -29,12 +29,18 @@ def test_always_compute_is_bit_identical_and_disable_restores() -> None:
     assert torch.equal(denoise_dit(model, [3, 7]), reference)
 
 
-def test_enable_cache_on_a_pipeline_says_to_pass_its_transformer() -> None:
+def test_enable_cache_on_a_pipeline_hooks_its_transformer() -> None:
     class Pipeline:
         transformer = tiny_dit()
+        scheduler = None
 
-    with pytest.raises(TypeError, match=r"got a Pipeline \(a pipeline: pass pipe.transformer\)"):
-        runtime.enable_cache(Pipeline(), AlwaysCompute())
+    pipe = Pipeline()
+    engine = runtime.enable_cache(pipe, AlwaysCompute())
+    assert runtime.get_engine(pipe.transformer) is engine and engine.scheduler is None
+    runtime.disable_cache(pipe)
+    assert runtime.get_engine(pipe.transformer) is None
+    with pytest.raises(TypeError, match=r"takes a transformer module or a pipeline with one, got a object"):
+        runtime.enable_cache(object(), AlwaysCompute())
 
 
 @pytest.mark.parametrize("interval", [2, 3])
@@ -330,12 +336,12 @@ def test_shared_decisions_apply_the_majority_to_the_whole_batch() -> None:
     assert all(actions == [int(Action.REUSE)] * 2 for actions in decision.row_actions.tolist())
     assert engine.summary()["actions"]["compute"] == 3 * 2  # only the first step computes
     everything = torch.ones(2, 2, 3, dtype=torch.bool)
-    shared = runtime.engine.shared_actions(torch.tensor([[1, 0], [1, 2]]), everything)
+    shared = runtime.decisions.shared_actions(torch.tensor([[1, 0], [1, 2]]), everything)
     assert shared.tolist() == [[1, 0]] * 2  # a tie with COMPUTE goes to COMPUTE
-    assert runtime.engine.shared_actions(torch.tensor([[1, 2], [2, 1]]), everything).tolist() == [[2, 2]] * 2
+    assert runtime.decisions.shared_actions(torch.tensor([[1, 2], [2, 1]]), everything).tolist() == [[2, 2]] * 2
     no_forecast_for_one = everything.clone()
     no_forecast_for_one[1, :, Action.FORECAST] = False
-    shared = runtime.engine.shared_actions(torch.tensor([[2, 1], [2, 1]]), no_forecast_for_one)
+    shared = runtime.decisions.shared_actions(torch.tensor([[2, 1], [2, 1]]), no_forecast_for_one)
     assert shared.tolist() == [[0, 1]] * 2  # FORECAST is not possible for every sample: COMPUTE
 
 
@@ -371,7 +377,7 @@ def _staggered(step: int, sample: int, group: int) -> Action:
     return Action.REUSE if step == 5 else Action.FORECAST
 
 
-_APPLY_SPAN = runtime.engine.CacheEngine._apply_span
+_APPLY_SPAN = runtime.residuals.ResidualCache._apply_span
 
 
 def _generate_recording_runs(
@@ -391,7 +397,7 @@ def _generate_recording_runs(
             runs.append((state.step_index - 1, first, last))
         return output
 
-    monkeypatch.setattr(runtime.engine.CacheEngine, "_apply_span", recorded)
+    monkeypatch.setattr(runtime.residuals.ResidualCache, "_apply_span", recorded)
     engine = runtime.enable_cache(model, ScriptedPolicy(script), groups=4, probe_blocks=1, forecast_order=1)
     out = denoise_dit(model, [1, 2], steps=8)
     summary, kept = engine.summary(), sorted(engine.current_state().span_sums)

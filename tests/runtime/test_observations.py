@@ -95,3 +95,38 @@ def test_features_the_engine_cannot_build_are_refused_by_name() -> None:
     with pytest.raises(ValueError, match="names group 3, but the engine has 1 groups"):
         runtime.enable_cache(model, other_groups, groups=1, probe_blocks=0)
     assert runtime.get_engine(model) is None
+
+
+class _Pipeline:
+    """What ``enable_cache`` reads of a pipeline: its ``transformer`` and its current ``scheduler``."""
+
+    def __init__(self, transformer: torch.nn.Module, scheduler) -> None:
+        self.transformer, self.scheduler = transformer, scheduler
+
+
+def test_solver_order_is_read_from_the_pipelines_scheduler_at_every_generation() -> None:
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    model = PolynomialTransformer([0.5], depth=2)
+    policy = NamedFeatures(("time", "solver_order"), lambda step, sample, group: Action.COMPUTE)
+    with pytest.raises(ValueError, match=r"reads the pipeline's scheduler .* pass the pipeline"):
+        runtime.enable_cache(model, policy, groups=1, probe_blocks=0)
+    assert runtime.get_engine(model) is None
+    pipe = _Pipeline(model, DDIMScheduler())
+    runtime.enable_cache(pipe, policy, groups=1, probe_blocks=0)
+    x = torch.randn(2, 4, 8, dtype=torch.float64)
+    try:
+        assert runtime.get_engine(pipe) is runtime.get_engine(model)
+        for scheduler in (
+            DDIMScheduler(),
+            DPMSolverMultistepScheduler(solver_order=2),
+            DPMSolverMultistepScheduler(solver_order=3),
+        ):
+            pipe.scheduler = scheduler  # swapped between generations, as SchedulerSwitch and users do
+            for t in TIMES[:2]:
+                model(x, torch.full((2,), t))
+    finally:
+        runtime.disable_cache(pipe)
+    orders = [float(row["solver_order"][0]) for row in policy.table()]
+    assert orders == pytest.approx([1 / 3, 1 / 3, 2 / 3, 2 / 3, 1.0, 1.0])
+    assert runtime.get_engine(model) is None

@@ -123,7 +123,7 @@ def test_groups_skipping_together_apply_one_summed_residual(tiny_pipeline, monke
             runtime.disable_cache(transformer)
 
     merged, merged_summary = generate()
-    monkeypatch.setattr(runtime.engine.CacheEngine, "_apply_span", lambda *args: None)
+    monkeypatch.setattr(runtime.residuals.ResidualCache, "_apply_span", lambda *args: None)
     separate, separate_summary = generate()
 
     assert merged_summary["merged_groups"] > 0 and separate_summary["merged_groups"] == 0

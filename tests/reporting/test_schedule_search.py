@@ -7,13 +7,15 @@ import pytest
 import torch
 
 import runtime
-from agents.schedule_search import ScheduleSearch, search_schedules
 from envs.pipelines import generate
 from policies import TaylorSeer
+from reporting.schedule_search import ScheduleSearch
+from reporting.setting_search import search_schedules
+from runtime import EngineOptions
 from tests.digits_fixtures import tiny_digits_pipeline
 from zoo.metrics import capped_psnr
 
-OPTIONS = {"groups": 2, "probe_blocks": 0, "forecast_order": 1}
+OPTIONS = EngineOptions(groups=2, probe_blocks=0, forecast_order=1)
 COMPUTE = int(runtime.Action.COMPUTE)
 
 
@@ -36,7 +38,7 @@ def test_starting_schedules_spend_the_budget(search: ScheduleSearch) -> None:
 
 def test_evenly_spaced_schedule_scores_like_taylorseer(search: ScheduleSearch) -> None:
     pipe = search.pipe
-    runtime.enable_cache(pipe.transformer, TaylorSeer(2, 1), **OPTIONS)
+    runtime.enable_cache(pipe.transformer, TaylorSeer(2, 1), OPTIONS)
     try:
         with torch.inference_mode():
             images = generate(pipe, search.conditions, search.seeds, 8, 2.0)
@@ -93,3 +95,22 @@ def test_per_sample_search_of_one_sample_is_the_search_on_that_sample() -> None:
 def test_evaluate_per_sample_needs_one_sample_per_table(search: ScheduleSearch) -> None:
     with pytest.raises(ValueError, match="one search sample per table"):
         search.evaluate_per_sample([search.evenly_spaced(0.5)], [0, 1])
+
+
+def test_search_settings_searches_each_anchor_with_its_scheduler_and_sweeps(tiny_digits_dir) -> None:
+    from envs.pipelines import prepare_pipeline
+    from envs.sampling import SamplingSetting
+    from reporting.setting_search import search_settings
+
+    ddim, dpm = SamplingSetting("ddim", 6), SamplingSetting("dpmsolver++", 4)
+    arguments = dict(conditions=[1, 2], seeds=[5, 6], guidance=2.0, engine_options=OPTIONS, sweeps=1)
+    found = search_settings(str(tiny_digits_dir), [ddim, dpm], [0.5], sweeps_at={dpm: 0}, **arguments)
+    (at_ddim,), (at_dpm,) = found[ddim], found[dpm]
+    assert at_ddim.schedule.shape == (6, 2) and at_dpm.schedule.shape == (4, 2)
+    assert at_ddim.evaluations > 5  # five starting spacings, then moves
+    assert at_dpm.evaluations == 5 and at_dpm.psnr >= at_dpm.start_psnr  # no sweep: the best start only
+    # Each anchor ran with its own scheduler: its schedule scores what the search reported under that scheduler.
+    for setting, result in ((ddim, at_ddim), (dpm, at_dpm)):
+        pipe = prepare_pipeline(tiny_digits_pipeline(), setting.scheduler)
+        again = ScheduleSearch(pipe, [1, 2], [5, 6], steps=setting.steps, guidance=2.0, engine_options=OPTIONS)
+        assert again.evaluate([result.schedule])[0] == pytest.approx(result.psnr, abs=0.05)  # other batch: rounding

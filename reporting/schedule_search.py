@@ -10,30 +10,25 @@ table per block of samples.
 The search loops (:meth:`ScheduleSearch.search_steps`, :meth:`ScheduleSearch.search_per_sample_steps`) are generators:
 they yield the generations they need scored (:class:`Generation`, a fixed unit of ``(table, sample)`` pairs whose
 make-up depends only on the search, never on where it runs) and receive their PSNRs. :meth:`ScheduleSearch.search`
-scores them here; ``distributed`` scores the generations of every budget at once on its workers, with the same
-results.
+scores them here; :func:`reporting.setting_search.search_in_rounds` runs the loops of every anchor setting and budget
+side by side and has each round's generations scored elsewhere (``distributed``: on Ray workers), with the same
+results. :mod:`reporting.setting_search` runs the searches of a teacher (every setting and budget).
 """
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import diffusers
 import numpy as np
 import torch
 
 import runtime
-from envs.config import EnvConfig
-from envs.pipelines import generate, make_sampler, prepare_pipeline
+from envs.pipelines import generate
 from policies import Policy
-from runtime import Action, Observation
+from runtime import Action, EngineOptions, Observation
 from zoo.metrics import capped_psnr
-
-from . import process_guard
 
 
 class _TablePolicy(Policy):
@@ -95,7 +90,7 @@ class ScheduleSearch:
         seeds: One seed per search sample.
         steps: Denoising steps.
         guidance: Classifier-free guidance scale.
-        engine_options: ``groups``, ``probe_blocks`` and ``forecast_order`` for ``runtime.enable_cache``.
+        engine_options: The engine's options; ``groups`` and ``forecast_order`` must be set.
         psnr_cap: PSNR given to identical images.
         tables_per_batch: Candidate schedules evaluated together in one generation.
     """
@@ -107,7 +102,7 @@ class ScheduleSearch:
         seeds: Sequence[int],
         steps: int,
         guidance: float,
-        engine_options: dict[str, Any],
+        engine_options: EngineOptions,
         psnr_cap: float = 60.0,
         tables_per_batch: int = 8,
     ) -> None:
@@ -116,8 +111,12 @@ class ScheduleSearch:
         self.pipe = pipe
         self.conditions, self.seeds = list(conditions), list(seeds)
         self.steps, self.guidance = steps, guidance
-        self.engine_options = dict(engine_options)
-        self.groups = int(self.engine_options["groups"])
+        if engine_options.num_groups is None or engine_options.forecast_order is None:
+            raise ValueError(
+                f"{engine_options}: set groups and forecast_order; the search plays (steps, groups) tables with them."
+            )
+        self.engine_options = engine_options
+        self.groups = engine_options.num_groups
         self.psnr_cap = psnr_cap
         self.tables_per_batch = max(1, tables_per_batch)
         self.evaluations = 0
@@ -209,19 +208,15 @@ class ScheduleSearch:
     def _psnr_of_pairs(self, tables: Sequence[np.ndarray], samples: Sequence[int]) -> torch.Tensor:
         """One batched generation playing ``tables[i]`` on sample ``samples[i]``; capped PSNR per pair."""
         per_row = torch.as_tensor(np.stack(tables), dtype=torch.int64)
-        policy = _TablePolicy(per_row, int(self.engine_options["forecast_order"]))
-        runtime.enable_cache(self.pipe.transformer, policy, **self.engine_options)
-        try:
-            with torch.inference_mode():
-                images = generate(
-                    self.pipe,
-                    [self.conditions[s] for s in samples],
-                    [self.seeds[s] for s in samples],
-                    self.steps,
-                    self.guidance,
-                )
-        finally:
-            runtime.disable_cache(self.pipe.transformer)
+        policy = _TablePolicy(per_row, self.engine_options.forecast_order)
+        with runtime.cached(self.pipe.transformer, policy, self.engine_options), torch.inference_mode():
+            images = generate(
+                self.pipe,
+                [self.conditions[s] for s in samples],
+                [self.seeds[s] for s in samples],
+                self.steps,
+                self.guidance,
+            )
         return capped_psnr(images, self.reference[list(samples)], self.psnr_cap)
 
     def search(self, budget: float, **options: Any) -> SearchResult:
@@ -372,94 +367,3 @@ class ScheduleSearch:
             candidate[step, columns] = int(Action.FORECAST)
             out.append(candidate)
         return out
-
-
-_WORKER: dict[str, ScheduleSearch] = {}
-
-
-def _start_worker(model: str, scheduler: str, arguments: dict[str, Any], env_config: EnvConfig | None = None) -> None:
-    """Loads the pipeline and the search samples' references in a worker (started by :func:`agents.workers.start`,
-    which ends the worker when the training process is gone)."""
-    torch.set_num_threads(1)  # one process per core beats two threads on these small batches
-    diffusers.utils.logging.set_verbosity_error()
-    pipe = (
-        make_sampler(env_config, scheduler=scheduler) if env_config is not None else prepare_pipeline(model, scheduler)
-    )
-    _WORKER["search"] = ScheduleSearch(pipe, **arguments)
-
-
-def _search_in_worker(budget: float, options: dict[str, Any], per_sample: bool) -> SearchResult | list[SearchResult]:
-    search = _WORKER["search"]
-    method = search.search_per_sample if per_sample else search.search
-    return method(budget, **options, log=lambda line: print(line, flush=True))
-
-
-def search_schedules(
-    model: str,
-    budgets: Sequence[float],
-    *,
-    scheduler: str = "default",
-    conditions: Sequence[int | str],
-    seeds: Sequence[int],
-    steps: int,
-    guidance: float,
-    engine_options: dict[str, Any],
-    sweeps: int = 2,
-    per_group: bool = True,
-    workers: int = 1,
-    pipe: Any = None,
-    log: Callable[[str], None] | None = None,
-    per_sample: bool = False,
-    env_config: EnvConfig | None = None,
-) -> list[SearchResult] | list[list[SearchResult]]:
-    """Searches one schedule per budget, in ``workers`` processes (one torch thread each) when above 1.
-
-    Args:
-        model: Zoo model name or pipeline folder (loaded by each worker process).
-        budgets: Compute budgets.
-        scheduler: Scheduler name for :func:`envs.pipelines.prepare_pipeline`.
-        conditions / seeds: The search samples.
-        steps / guidance: Sampling settings.
-        engine_options: ``groups``, ``probe_blocks``, ``forecast_order``.
-        sweeps / per_group: As in :meth:`ScheduleSearch.search`.
-        workers: Processes; 1 searches here, in ``pipe`` (or a pipeline loaded from ``model``).
-        pipe: An unhooked pipeline to search in when ``workers == 1``.
-        log: Progress lines (worker processes print theirs).
-        per_sample: Search a schedule for each sample on its own (:meth:`ScheduleSearch.search_per_sample`).
-        env_config: The environment configuration the worker processes build their sampler from (prompts, device,
-            dtype, call arguments); ``None``: ``model`` and ``scheduler`` only.
-
-    Returns:
-        One result per budget, in the order given; with ``per_sample``, one list of per-sample results per budget.
-    """
-    arguments = {
-        "conditions": list(conditions),
-        "seeds": list(seeds),
-        "steps": steps,
-        "guidance": guidance,
-        "engine_options": dict(engine_options),
-    }
-    options = {"sweeps": sweeps, "per_group": per_group}
-    if workers <= 1:
-        if pipe is None:
-            pipe = (
-                make_sampler(env_config, scheduler=scheduler)
-                if env_config is not None
-                else prepare_pipeline(model, scheduler)
-            )
-        search = ScheduleSearch(pipe, **arguments)
-        method = search.search_per_sample if per_sample else search.search
-        return [method(budget, **options, log=log) for budget in budgets]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        workers,
-        mp_context=context,
-        initializer=process_guard.start,
-        initargs=process_guard.initializer_arguments(
-            f"{__name__}:_start_worker", model, scheduler, arguments, env_config
-        ),
-    ) as pool:
-        # Larger budgets have more computed cells to move: start them first.
-        order = sorted(range(len(budgets)), key=lambda i: -budgets[i])
-        futures = {i: pool.submit(_search_in_worker, budgets[i], options, per_sample) for i in order}
-        return [futures[i].result() for i in range(len(budgets))]
