@@ -234,6 +234,10 @@ class Trainer:
             parts.append(part)
             teacher.append(_teacher_entry(setting, warm.budgets, results, part, per_sample))
         demonstrations = merge_demonstrations(parts)
+        if env_config.group_rollouts > 1:
+            # PPO's rewards are then relative to the mean of the draw's group, where the teacher's own return is 0:
+            # a critic cloned on absolute returns would start PPO with advantages made of its own error.
+            demonstrations = dataclasses.replace(demonstrations, returns=np.zeros_like(demonstrations.returns))
         metrics = behaviour_clone(
             self.model,
             demonstrations,

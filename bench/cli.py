@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budgets", default=None, help="learned policy's budgets, e.g. 0.2,0.25,0.33,0.5")
     parser.add_argument("--quick", action="store_true", help="fewer seeds, knobs and repeats (every method kept)")
     parser.add_argument(
+        "--no-oracle", action="store_true", help="leave out the per-sample oracle rows (minutes of search per budget)"
+    )
+    parser.add_argument(
         "--out",
         default=None,
         help="output folder (default outputs/benchmark/<model>[-<scheduler>][-<steps>][-quick], with the flags given)",
@@ -174,6 +177,8 @@ def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
             learned["budgets"] = parse_budgets(args.budgets, "--budgets")
         if args.policy is not None:
             learned["policy"] = args.policy
+        if args.no_oracle:
+            overrides["oracle"] = {"samples": 0}
     except ConfigError as error:
         parser.error(str(error))
     if learned:

@@ -1,19 +1,23 @@
-"""Ablation of the adaptive training method: each ingredient on and off, the same seeds, one report.
+"""Ablation of the training method: each ingredient off in turn, the same seeds and teacher, one report.
 
-Every arm is a training run of ``train_agent.py``'s config (``--config``) with its own overrides; the searched
-schedules are shared between arms that use the same teacher (``warm_start.schedules_from``), so only the first arm
-of each teacher searches. For each arm and validation budget the report gives the FLOP speedup, the PSNR of the
-policy and of its own static replay (the majority schedule of its decisions, played for every sample), their
-difference, and the share of step × group cells where its samples disagree; ``warm start`` rows are the policy
-after cloning (and DAgger), ``after PPO`` rows the checkpoint the run exported.
+Every arm is a training run of ``train_agent.py``'s config (``--config``, default ``configs/default.yaml``) with its
+own overrides. The searched teacher is shared: the first arm searches it and the others clone its schedules
+(``warm_start.schedules_from``; an arm with fewer anchors takes those it names), so arms differ only in what they
+switch. ``--reuse ARM=RUN_DIR`` takes an arm's results from a finished run (e.g. the ``./run train`` that produced
+the shipped policy) instead of training it again.
 
-    python scripts/adaptive_ablation.py [--out runs/ablation] [--arms shared per_sample ...] [--set KEY=VALUE]
+For each arm it reports, per validation setting (scheduler and step count), the mean over budgets of the PSNR and
+the FLOP speedup after the warm start (``warm start``) and for the checkpoint the run exported (``exported``), and
+the score the run picks its checkpoint by (mean PSNR less overspend).
+
+    python scripts/adaptive_ablation.py [--out runs/ablation] [--arms method no_groups ...] [--reuse method=DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,74 +26,63 @@ from agents.config import load_config
 from agents.training import HISTORY_FILE, TEACHER_FILE, Trainer
 from runtime.observations import ADAPTIVE_FEATURES
 
-ADAPTIVE = "[" + ",".join(ADAPTIVE_FEATURES) + "]"
+SAMPLE_FEATURES = "[" + ",".join([*ADAPTIVE_FEATURES, "solver_order"]) + "]"
 
-PER_SAMPLE = ["warm_start.teacher=per_sample"]
-FEATURES = [f"env.features={ADAPTIVE}"]
-DAGGER = ["warm_start.dagger_rounds=2"]
-BC_ONLY = ["agent.total_timesteps=1"]  # the report gives their warm-start rows only
-
-ARMS: dict[str, tuple[str, list[str], bool]] = {
-    "per_sample+features+dagger+grpo": ("per_sample", [*PER_SAMPLE, *FEATURES, *DAGGER, "env.group_rollouts=4"], True),
-    "per_sample+features+dagger+ppo": ("per_sample", [*PER_SAMPLE, *FEATURES, *DAGGER], True),
-    "per_sample+features": ("per_sample", [*PER_SAMPLE, *FEATURES, *BC_ONLY], False),
-    "per_sample": ("per_sample", [*PER_SAMPLE, *BC_ONLY], False),
-    "shared": ("shared", BC_ONLY, False),
-    "shared+features+grpo": ("shared", [*FEATURES, "env.group_rollouts=4"], True),
+ARMS: dict[str, list[str]] = {
+    "method": [],
+    "no_groups": ["env.group_rollouts=1"],
+    "no_smoothing": ["warm_start.label_smoothing=0.0"],
+    "one_anchor": ["warm_start.settings=[ddim_50]", "warm_start.sweeps_at={}"],
+    "sample_features": [f"env.features={SAMPLE_FEATURES}"],
 }
-"""Arm name -> (teacher, overrides, whether PPO runs after the warm start)."""
+"""Arm name -> overrides of the config (``method``: the config itself; its ``warm start`` rows are the method
+without PPO)."""
 
 
-def run_arm(name: str, config_path: Path, common: list[str], out: Path, teachers: dict[str, Path]) -> Path:
-    """Trains one arm (reusing its teacher's schedules when an earlier arm searched them); returns its folder."""
-    teacher, overrides, _ = ARMS[name]
+def run_arm(name: str, config_path: Path, common: list[str], out: Path, teacher: Path | None) -> Path:
+    """Trains one arm, cloning ``teacher``'s schedules when given; returns its folder."""
     run_dir = out / name
     if (run_dir / HISTORY_FILE).is_file():
         return run_dir
-    extra = [f"warm_start.schedules_from={teachers[teacher]}"] if teacher in teachers else []
-    config = load_config(config_path, [*common, *overrides, *extra])
+    extra = [f"warm_start.schedules_from={teacher}"] if teacher is not None else []
+    config = load_config(config_path, [*common, *ARMS[name], *extra])
     started = time.perf_counter()
     Trainer(config, run_dir, wandb_mode="disabled").run()
     (run_dir / "seconds.txt").write_text(f"{time.perf_counter() - started:.0f}\n")
-    teachers.setdefault(teacher, run_dir / TEACHER_FILE)
     return run_dir
 
 
 def rows_of(name: str, run_dir: Path) -> list[dict[str, Any]]:
-    """The warm-start and exported-checkpoint evaluations of one arm, one row per budget."""
+    """The warm-start and exported-checkpoint evaluations of one arm, one row per setting and budget."""
     history = json.loads((run_dir / HISTORY_FILE).read_text())
     exported = json.loads((run_dir / "policy-eval.json").read_text())
     stages = [("warm start", history[0]["timesteps"], history[0]["points"])]
-    if ARMS[name][2]:
-        stages.append(("after PPO", exported["timesteps"], exported["points"]))
+    stages.append(("exported", exported["timesteps"], exported["points"]))
+    score = {entry["timesteps"]: entry["score"] for entry in history}
     rows = []
     for stage, steps, points in stages:
         for point in points:
-            rows.append({"arm": name, "stage": stage, "timesteps": steps, **point})
+            rows.append({"arm": name, "stage": stage, "timesteps": steps, "score": score.get(steps), **point})
     return rows
 
 
 def report(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of all rows, and the mean over budgets per arm and stage."""
+    """Markdown: per arm and stage, the mean PSNR over budgets at each setting, and the score."""
+    settings = list(dict.fromkeys((r.get("scheduler"), r.get("num_inference_steps")) for r in rows))
+    header = " | ".join(f"{s} {n}" for s, n in settings)
     lines = [
-        "| arm | stage | budget | FLOP speedup | PSNR | replay PSNR | learned − replay | cells disagreeing |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        f"| arm | stage (timesteps) | score | {header} |",
+        "|---|---|---:|" + "---:|" * len(settings),
     ]
-    for row in rows:
-        delta = row["psnr"] - row["replay_psnr"] if row.get("replay_psnr") is not None else float("nan")
-        disagreement = row.get("disagreement")
-        lines.append(
-            f"| {row['arm']} | {row['stage']} ({row['timesteps']}) | {row['budget']:g} | {row['flops_speedup']:.2f}× "
-            f"| {row['psnr']:.2f} | {row.get('replay_psnr') or float('nan'):.2f} | {delta:+.2f} "
-            f"| {'' if disagreement is None else f'{disagreement:.1%}'} |"
-        )
-    lines += ["", "| arm | stage | mean PSNR | mean replay PSNR | mean learned − replay |", "|---|---|---:|---:|---:|"]
-    keys = list(dict.fromkeys((row["arm"], row["stage"]) for row in rows))
-    for arm, stage in keys:
+    for arm, stage in dict.fromkeys((r["arm"], r["stage"]) for r in rows):
         mine = [r for r in rows if r["arm"] == arm and r["stage"] == stage]
-        psnr = sum(r["psnr"] for r in mine) / len(mine)
-        replay = sum(r["replay_psnr"] for r in mine) / len(mine)
-        lines.append(f"| {arm} | {stage} | {psnr:.2f} | {replay:.2f} | {psnr - replay:+.2f} |")
+        cells = []
+        for setting in settings:
+            at = [r for r in mine if (r.get("scheduler"), r.get("num_inference_steps")) == setting]
+            psnr = sum(r["psnr"] for r in at) / len(at)
+            speedup = sum(r["flops_speedup"] for r in at) / len(at)
+            cells.append(f"{psnr:.2f} ({speedup:.2f}×)")
+        lines.append(f"| {arm} | {stage} ({mine[0]['timesteps']}) | {mine[0]['score']:.2f} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -99,13 +92,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every arm")
+    parser.add_argument("--reuse", action="append", default=[], metavar="ARM=RUN_DIR", help="a finished run of an arm")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    teachers: dict[str, Path] = {}
+    for item in args.reuse:
+        arm, _, folder = item.partition("=")
+        if arm not in ARMS or not (Path(folder) / HISTORY_FILE).is_file():
+            parser.error(f"--reuse {item}: give ARM=RUN_DIR with an arm of {list(ARMS)} and a finished run's folder.")
+        target = args.out / arm
+        if not target.exists():
+            shutil.copytree(folder, target, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
+    teacher: Path | None = None
     rows = []
     for name in args.arms:
-        run_dir = run_arm(name, args.config, args.set, args.out, teachers)
-        teachers.setdefault(ARMS[name][0], run_dir / TEACHER_FILE)
+        run_dir = run_arm(name, args.config, args.set, args.out, teacher)
+        teacher = teacher or run_dir / TEACHER_FILE
         rows += rows_of(name, run_dir)
         text = report(rows)
         (args.out / "ablation.md").write_text(text)

@@ -40,8 +40,10 @@ def test_default_yaml_differs_from_the_dataclass_defaults_only_in_its_recipe() -
 
 def test_flow_config_validates_and_differs_only_where_it_should() -> None:
     flow = load_config(CONFIGS / "mini-flow-digits.yaml")
-    assert flow.env.model == "mini-flow-digits" and flow.env.num_inference_steps == 28
-    assert flow.agent.n_steps % flow.env.num_inference_steps == 0
+    assert flow.env.model == "mini-flow-digits" and flow.env.steps_range == (20, 50)
+    assert 28 in {s.steps for s in flow.warm_start_settings()} and 28 in flow.eval.steps  # the model's default
+    default = load_config(CONFIGS / "default.yaml")
+    assert flow.env.features == default.env.features and flow.env.group_rollouts == default.env.group_rollouts
 
 
 @pytest.mark.parametrize(

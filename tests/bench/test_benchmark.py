@@ -397,6 +397,9 @@ def test_flags_override_the_config() -> None:
     config = load_config(quick=True, overrides=cli.overrides_from_args(parser.parse_args(flags), parser))
     assert (config.repeats, config.threads, config.methods.learned.budgets) == (5, 2, [0.25, 0.5])
     assert config.scheduler == "dpmsolver++" and load_config().scheduler == "default"
+    assert load_config().oracle.samples > 0
+    no_oracle = cli.overrides_from_args(parser.parse_args(["--no-oracle"]), parser)
+    assert load_config(overrides=no_oracle).oracle.samples == 0
     assert load_config(quick=True).repeats == 2 and load_config().repeats == 3
 
 
