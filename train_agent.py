@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from agents.checkpoints import read_state
-from agents.config import ConfigError, load_config  # noqa: F401 (load_config is part of the CLI module API)
+from agents.config import ConfigError, load_config, parse_setting
 from agents.training import CHECKPOINTS, CONFIG_FILE, Trainer
 from envs.config import DTYPES
 from envs.pipelines import call_defaults, check_conditioning
@@ -41,14 +41,6 @@ from reporting.tracking import MODES as WANDB_MODES
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 RESUMABLE_FIELDS = ("agent.total_timesteps", "ray.workers", "ray.address")
 RESUMABLE_SECTIONS = ("eval", "checkpoint", "wandb")
-SHIPPED_SETTINGS = {
-    "env.scheduler": "default",
-    "warm_start.settings": None,
-    "warm_start.sweeps_at": {},
-    "eval.steps": None,
-}
-"""Fields of the default config that name the shipped model's sampling settings (its schedulers, anchors and
-validation step counts), and what ``--model`` puts in their place: the pipeline's own scheduler at one setting."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,9 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def flag_overrides(args: argparse.Namespace, config_path: Path) -> list[str]:
     """``--set`` overrides of the ``--model``, ``--prompts``, ``--device`` and ``--dtype`` flags.
 
-    With ``--model``, the steps and guidance scale default to the pipeline's own unless a ``--set`` or a config file
-    other than the default one (which is the shipped model's) gives them; on the default config, so do the scheduler,
-    the warm start's anchors and the validation step counts (:data:`SHIPPED_SETTINGS`), unless a ``--set`` names them.
+    With ``--model``, the scheduler, steps and guidance scale default to the pipeline's own unless a ``--set`` or a
+    config file other than the default one (which is the shipped model's) gives them.
 
     Raises:
         ConfigError: For a prompt file that does not exist or an unknown dtype.
@@ -95,14 +86,12 @@ def flag_overrides(args: argparse.Namespace, config_path: Path) -> list[str]:
         written = {}
         if config_path.resolve() != DEFAULT_CONFIG.resolve() and config_path.is_file():
             written = (yaml.safe_load(config_path.read_text()) or {}).get("env") or {}
-        for key, value in call_defaults(args.model).items():
+        for key, value in {"scheduler": "default", **call_defaults(args.model)}.items():
             if f"env.{key}" in named or key in written:
                 continue
             overrides.append(f"env.{key}={json.dumps(value)}")
             if key == "num_inference_steps" and "agent.n_steps" not in named:
                 overrides.append(f"agent.n_steps={int(value)}")  # whole episodes per rollout
-        if config_path.resolve() == DEFAULT_CONFIG.resolve():
-            overrides += [f"{key}={json.dumps(value)}" for key, value in SHIPPED_SETTINGS.items() if key not in named]
     if args.prompts is not None:
         if not args.prompts.is_file():
             raise ConfigError(f"--prompts {args.prompts}: no such file; give a .txt file with one prompt a line.")
@@ -114,6 +103,68 @@ def flag_overrides(args: argparse.Namespace, config_path: Path) -> list[str]:
             raise ConfigError(f"--dtype {args.dtype}: use one of {', '.join(DTYPES)}.")
         overrides.append(f"env.dtype={json.dumps(args.dtype)}")
     return overrides
+
+
+def fit_default_recipe(config_path: Path, overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Fits the default config's setting-specific fields to the environment that ``--set`` or ``--model`` chose.
+
+    The default config is the shipped model's recipe: its teacher anchors (``warm_start.settings`` /
+    ``sweeps_at``) and validation step counts (``eval.steps``) name schedulers and step counts of that model. When
+    the overrides change the environment's schedulers or step range, the anchors and step counts outside it are
+    dropped (none left: the single-setting warm start and validation at both ends of the range). Fields the overrides
+    name themselves, and config files other than the default one, are left as written.
+
+    Args:
+        config_path: The ``--config`` file.
+        overrides: The ``--set`` overrides, flags included.
+
+    Returns:
+        Extra overrides, and one notice per field they change.
+    """
+    if config_path.resolve() != DEFAULT_CONFIG.resolve():
+        return [], []
+    named = {override.split("=", 1)[0].strip() for override in overrides}
+    recipe = yaml.safe_load(config_path.read_text()) or {}
+    anchors = (recipe.get("warm_start") or {}).get("settings")
+    sweeps_at = (recipe.get("warm_start") or {}).get("sweeps_at") or {}
+    eval_steps = (recipe.get("eval") or {}).get("steps")
+    cleared = ["warm_start.sweeps_at={}", "eval.steps=null"]
+    if "warm_start.settings" not in named:
+        cleared.append("warm_start.settings=null")
+    probe = load_config(config_path, [*overrides, *cleared])
+    env = probe.env
+    low, high = env.steps_range
+    fitted: list[str] = []
+    notices: list[str] = []
+    settings = probe.warm_start.settings
+    single_setting = {"warm_start.scheduler", "warm_start.num_inference_steps"} & named
+    if anchors and "warm_start.settings" not in named:
+        settings = [label for label in anchors if _fits(label, env.scheduler_names, low, high) and not single_setting]
+        if settings != anchors:
+            fitted.append(f"warm_start.settings={json.dumps(settings or None)}")
+            notices.append(
+                f"the default config's teacher anchors {anchors} outside the environment you chose (schedulers "
+                f"{list(env.scheduler_names)}, {low} to {high} steps) are dropped: "
+                + (f"warm_start.settings={settings}." if settings else "the warm start searches one setting.")
+            )
+    if "warm_start.sweeps_at" not in named and set(sweeps_at) - set(settings or []):
+        kept_sweeps = {label: sweeps for label, sweeps in sweeps_at.items() if label in (settings or [])}
+        fitted.append(f"warm_start.sweeps_at={json.dumps(kept_sweeps)}")
+    if eval_steps and "eval.steps" not in named:
+        kept_steps = [steps for steps in eval_steps if low <= steps <= high]
+        if kept_steps != eval_steps:
+            fitted.append(f"eval.steps={json.dumps(kept_steps or None)}")
+            notices.append(
+                f"the default config's validation step counts {eval_steps} outside {low} to {high} steps are "
+                "dropped: " + (f"eval.steps={kept_steps}." if kept_steps else f"validation runs at {low} and {high}.")
+            )
+    return fitted, notices
+
+
+def _fits(label: str, schedulers: list[str], low: int, high: int) -> bool:
+    """Whether an anchor ``<scheduler>_<steps>`` lies among the environment's schedulers and step range."""
+    setting = parse_setting(label)
+    return setting.scheduler in schedulers and low <= setting.steps <= high
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(config_path, [*args.set, *worker_overrides(args)])
             run_dir = args.resume
         else:
-            config = load_config(args.config, [*args.set, *flag_overrides(args, args.config), *worker_overrides(args)])
+            overrides = [*args.set, *flag_overrides(args, args.config), *worker_overrides(args)]
+            fitted, notices = fit_default_recipe(args.config, overrides)
+            for notice in notices:
+                print(f"note: {notice}", file=sys.stderr)
+            config = load_config(args.config, [*overrides, *fitted])
             config.ray.env_shards = config.ray.shards  # recorded: a resumed run keeps its shards, whatever its workers
             run_dir = (
                 args.out or Path("runs") / f"{config.env.model.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"

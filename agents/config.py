@@ -310,6 +310,11 @@ class TrainConfig:
                 f"warm_start.budgets={warm.budgets}: a policy without a budget (env.budget_conditioned: false) can "
                 "follow one schedule only; give one budget, or set warm_start.enabled: false."
             )
+        if self.agent.num_envs % self.env.group_rollouts:
+            raise ConfigError(
+                f"agent.num_envs={self.agent.num_envs} is not a multiple of env.group_rollouts="
+                f"{self.env.group_rollouts}: each draw runs group_rollouts times in one batch; change either."
+            )
         self._check_anchors()
 
     def _check_anchors(self) -> None:

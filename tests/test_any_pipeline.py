@@ -37,7 +37,7 @@ TINY_BUDGET = [
     *("agent.n_epochs=1", "warm_start.budgets=[0.5]", "warm_start.search_samples=2", "warm_start.demo_samples=2"),
     *("warm_start.workers=1", "warm_start.epochs=2", "warm_start.sweeps=1", "warm_start.per_group=false"),
     *("eval.every_timesteps=1000", "eval.num_samples=2", "eval.budgets=[0.5]", "eval.grid_samples=0"),
-    *("checkpoint.every_timesteps=1000", f"env.num_inference_steps={STEPS}"),
+    *("checkpoint.every_timesteps=1000", f"env.num_inference_steps={STEPS}", "env.group_rollouts=2"),
 ]
 
 

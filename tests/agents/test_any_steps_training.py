@@ -25,6 +25,7 @@ TINY = [
     "env.features=[time, input_change, probe_change, compute_spent, budget, since_compute, forecast_gap, step_size, "
     "solver_order]",
     "agent.num_envs=2",
+    "env.group_rollouts=2",
     "agent.n_steps=7",  # not a multiple of any episode length: rollouts end inside episodes
     "agent.batch_size=14",
     "agent.n_epochs=1",

@@ -95,3 +95,30 @@ def test_environment_shards_hold_whole_rollout_groups() -> None:
     assert (config.ray.workers, config.ray.shards) == (3, 2)
     with pytest.raises(ConfigError, match=r"one of \[1, 2\]"):
         load_config(CONFIGS / "default.yaml", ["agent.num_envs=8", "ray.env_shards=4"])
+
+
+def test_the_default_recipe_follows_an_environment_the_overrides_change() -> None:
+    """Anchors and validation step counts outside a --set environment are dropped; named fields stay as written."""
+    from train_agent import DEFAULT_CONFIG, fit_default_recipe
+
+    overrides = ["env.num_inference_steps=[20, 30]", "env.scheduler=ddim"]
+    fitted, notices = fit_default_recipe(DEFAULT_CONFIG, overrides)
+    config = load_config(DEFAULT_CONFIG, [*overrides, *fitted])
+    assert config.warm_start.settings == ["ddim_30", "ddim_20"] and config.warm_start.sweeps_at == {}
+    assert config.eval.steps == [20, 30] and len(notices) == 2
+
+    fitted, _ = fit_default_recipe(DEFAULT_CONFIG, ["env.num_inference_steps=5"])
+    single = load_config(DEFAULT_CONFIG, ["env.num_inference_steps=5", *fitted])
+    assert single.warm_start.settings is None and single.warm_start_settings()[0].steps == 5
+    assert single.eval.steps is None
+
+    named = ["env.num_inference_steps=5", "warm_start.settings=[ddim_50]"]
+    with pytest.raises(ConfigError, match="ddim_50 lies outside"):
+        fit_default_recipe(DEFAULT_CONFIG, named)
+    assert fit_default_recipe(CONFIGS / "mini-flow-digits.yaml", ["env.num_inference_steps=5"]) == ([], [])
+    assert fit_default_recipe(DEFAULT_CONFIG, []) == ([], [])
+
+
+def test_num_envs_must_hold_whole_groups() -> None:
+    with pytest.raises(ConfigError, match="agent.num_envs=6 is not a multiple of env.group_rollouts=4"):
+        load_config(CONFIGS / "default.yaml", ["agent.num_envs=6"])
