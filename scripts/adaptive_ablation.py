@@ -7,8 +7,8 @@ switch. ``--reuse ARM=RUN_DIR`` takes an arm's results from a finished run (e.g.
 the shipped policy) instead of training it again.
 
 For each arm it reports, per validation setting (scheduler and step count), the mean over budgets of the PSNR and
-the FLOP speedup after the warm start (``warm start``) and for the checkpoint the run exported (``exported``), and
-the score the run picks its checkpoint by (mean PSNR less overspend).
+the FLOP speedup after the warm start and at each PPO evaluation (the one the run exported is marked), and the score
+the run picks its checkpoint by (mean PSNR less overspend).
 
     python scripts/adaptive_ablation.py [--out runs/ablation] [--arms method no_groups ...] [--reuse method=DIR]
 """
@@ -53,16 +53,16 @@ def run_arm(name: str, config_path: Path, common: list[str], out: Path, teacher:
 
 
 def rows_of(name: str, run_dir: Path) -> list[dict[str, Any]]:
-    """The warm-start and exported-checkpoint evaluations of one arm, one row per setting and budget."""
+    """Every validation of one arm (the warm start, then each PPO evaluation), one row per setting and budget."""
     history = json.loads((run_dir / HISTORY_FILE).read_text())
-    exported = json.loads((run_dir / "policy-eval.json").read_text())
-    stages = [("warm start", history[0]["timesteps"], history[0]["points"])]
-    stages.append(("exported", exported["timesteps"], exported["points"]))
-    score = {entry["timesteps"]: entry["score"] for entry in history}
+    exported = json.loads((run_dir / "policy-eval.json").read_text())["timesteps"]
     rows = []
-    for stage, steps, points in stages:
-        for point in points:
-            rows.append({"arm": name, "stage": stage, "timesteps": steps, "score": score.get(steps), **point})
+    for index, entry in enumerate(history):
+        stage = "warm start" if index == 0 else "PPO"
+        if entry["timesteps"] == exported:
+            stage += ", exported"
+        common = {"arm": name, "stage": stage, "timesteps": entry["timesteps"], "score": entry["score"]}
+        rows += [{**common, **point} for point in entry["points"]]
     return rows
 
 
@@ -74,8 +74,9 @@ def report(rows: list[dict[str, Any]]) -> str:
         f"| arm | stage (timesteps) | score | {header} |",
         "|---|---|---:|" + "---:|" * len(settings),
     ]
-    for arm, stage in dict.fromkeys((r["arm"], r["stage"]) for r in rows):
-        mine = [r for r in rows if r["arm"] == arm and r["stage"] == stage]
+    for arm, steps in dict.fromkeys((r["arm"], r["timesteps"]) for r in rows):
+        mine = [r for r in rows if r["arm"] == arm and r["timesteps"] == steps]
+        stage = mine[0]["stage"]
         cells = []
         for setting in settings:
             at = [r for r in mine if (r.get("scheduler"), r.get("num_inference_steps")) == setting]

@@ -20,6 +20,7 @@ from tests.digits_fixtures import ONE_SETTING_CONFIG, TINY_WARM_START
 from zoo.pipelines import MiniDiTPipeline
 
 TINY = [
+    "env.scheduler=default",
     "env.num_inference_steps=5",
     "env.groups=2",
     "agent.num_envs=4",

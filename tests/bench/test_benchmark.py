@@ -426,12 +426,13 @@ def test_quick_config_keeps_every_method_and_default_policy_notice() -> None:
 
 
 def test_benchmark_samples_as_the_policy_is_trained() -> None:
-    """The benchmark's steps and guidance follow the training config, or the learned rows are off-distribution."""
+    """The benchmark's steps and guidance lie in what the training config covers, or the learned rows are
+    off-distribution."""
     training = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())["env"]
     benchmark = load_config()
     assert benchmark.model == training["model"]
-    steps = training["num_inference_steps"]  # one count, or the ends of the trained range (anchors sit at both)
-    assert benchmark.steps in (steps if isinstance(steps, list) else [steps])
+    low, high = training["num_inference_steps"]
+    assert low <= benchmark.steps <= high
     assert benchmark.guidance == training["guidance_scale"]
     assert not set(benchmark.classes) & set(training["train_classes"])
     assert benchmark.seed_list[0] >= training["train_seeds"][1]
