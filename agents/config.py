@@ -298,6 +298,11 @@ class TrainConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
+        if self.agent.num_envs % self.env.group_rollouts:
+            raise ConfigError(
+                f"agent.num_envs={self.agent.num_envs} is not a multiple of env.group_rollouts="
+                f"{self.env.group_rollouts}: each draw runs group_rollouts times in one batch; change either."
+            )
         try:
             check_shard_split(self.agent.num_envs, self.ray.shards, self.env.group_rollouts)
         except ValueError as error:
@@ -309,11 +314,6 @@ class TrainConfig:
             raise ConfigError(
                 f"warm_start.budgets={warm.budgets}: a policy without a budget (env.budget_conditioned: false) can "
                 "follow one schedule only; give one budget, or set warm_start.enabled: false."
-            )
-        if self.agent.num_envs % self.env.group_rollouts:
-            raise ConfigError(
-                f"agent.num_envs={self.agent.num_envs} is not a multiple of env.group_rollouts="
-                f"{self.env.group_rollouts}: each draw runs group_rollouts times in one batch; change either."
             )
         self._check_anchors()
 
