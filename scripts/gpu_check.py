@@ -192,7 +192,7 @@ def record_stored(engine: runtime.CacheEngine) -> set[str]:
 
 def cached(pipe: Any, generate: Generate, policy: Any, **options: Any) -> tuple[torch.Tensor, dict, set[str], Any]:
     """One cached generation: images, the engine's summary, the stored residuals' dtypes and devices, its costs."""
-    with runtime.cached(pipe.transformer, policy, **options) as engine, torch.inference_mode():
+    with runtime.cached(pipe, policy, **options) as engine, torch.inference_mode():
         stored = record_stored(engine)
         images = generate()
     return images, engine.summary(), stored, engine.costs
@@ -250,7 +250,7 @@ def syncs_per_step(pipe: Any, generate: Generate, steps: int, methods: dict[str,
         base = count(generate)
     added = {}
     for name, make_policy in methods.items():
-        with runtime.cached(pipe.transformer, make_policy(), **method_options(name)) as engine:
+        with runtime.cached(pipe, make_policy(), **method_options(name)) as engine:
             with torch.inference_mode():
                 generate(samples=1, num_steps=1)  # costs measured, untimed
                 engine.reset()
@@ -276,7 +276,7 @@ def speed(pipe: Any, generate: Generate, device: torch.device, repeats: int, met
     first_images: dict[str, torch.Tensor] = {}
 
     def run_method(name: str) -> float:
-        with runtime.cached(pipe.transformer, methods[name](), **method_options(name)) as engine:
+        with runtime.cached(pipe, methods[name](), **method_options(name)) as engine:
             with torch.inference_mode():
                 generate(samples=1, num_steps=1)  # the engine measures its costs on its first pass: untimed
             engine.reset()

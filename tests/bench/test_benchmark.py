@@ -369,9 +369,9 @@ def test_bad_output_folder_or_policy_file_stops_before_the_run(tmp_path: Path, c
 
 def test_steps_other_than_the_policys_training_get_a_notice() -> None:
     policy = load_policy(REPO / "assets" / "policies" / "mini-dit-digits.safetensors")
-    trained = policy.manifest["trained_on"]["num_inference_steps"]
-    assert trained_steps_notice(policy, trained) is None
-    assert f"trained with {trained} denoising steps and this run uses 4" in trained_steps_notice(policy, 4)
+    low, high = policy.manifest["trained_on"]["num_inference_steps"]  # the shipped policy serves a range
+    assert trained_steps_notice(policy, low) is None and trained_steps_notice(policy, high) is None
+    assert f"trained with {low} to {high} denoising steps and this run uses 4" in trained_steps_notice(policy, 4)
     assert trained_steps_notice(FORA(2), 4) is None  # no manifest: nothing to compare with
 
 
