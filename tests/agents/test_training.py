@@ -159,7 +159,9 @@ def test_another_model_on_the_default_config_samples_at_its_pipelines_own_settin
 
     def config(*flags: str) -> Any:
         args = train_agent.parse_args(["--model", str(folder), *flags])
-        return train_agent.load_config(args.config, [*args.set, *train_agent.flag_overrides(args, args.config)])
+        overrides = [*args.set, *train_agent.flag_overrides(args, args.config)]
+        fitted, _ = train_agent.fit_default_recipe(args.config, overrides)
+        return train_agent.load_config(args.config, [*overrides, *fitted])
 
     plain = config()
     assert plain.env.scheduler_names == ["default"] and plain.env.steps_range == (steps, steps)
