@@ -8,7 +8,8 @@ the shipped policy) instead of training it again.
 
 For each arm it reports, per validation setting (scheduler and step count), the mean over budgets of the PSNR and
 the FLOP speedup after the warm start and at each PPO evaluation (the one the run exported is marked), and the score
-the run picks its checkpoint by (mean PSNR less overspend).
+the run picks its checkpoint by (mean PSNR less overspend), and the share of step × group cells where the validation
+samples did not all take the same action.
 
     python scripts/adaptive_ablation.py [--out runs/ablation] [--arms method no_groups ...] [--reuse method=DIR]
 """
@@ -71,8 +72,8 @@ def report(rows: list[dict[str, Any]]) -> str:
     settings = list(dict.fromkeys((r.get("scheduler"), r.get("num_inference_steps")) for r in rows))
     header = " | ".join(f"{s} {n}" for s, n in settings)
     lines = [
-        f"| arm | stage (timesteps) | score | {header} |",
-        "|---|---|---:|" + "---:|" * len(settings),
+        f"| arm | stage (timesteps) | score | {header} | cells where samples disagree |",
+        "|---|---|---:|" + "---:|" * (len(settings) + 1),
     ]
     for arm, steps in dict.fromkeys((r["arm"], r["timesteps"]) for r in rows):
         mine = [r for r in rows if r["arm"] == arm and r["timesteps"] == steps]
@@ -83,6 +84,8 @@ def report(rows: list[dict[str, Any]]) -> str:
             psnr = sum(r["psnr"] for r in at) / len(at)
             speedup = sum(r["flops_speedup"] for r in at) / len(at)
             cells.append(f"{psnr:.2f} ({speedup:.2f}×)")
+        shares = [r["disagreement"] for r in mine if r.get("disagreement") is not None]
+        cells.append(f"{100 * sum(shares) / len(shares):.1f}%" if shares else "–")
         lines.append(f"| {arm} | {stage} ({mine[0]['timesteps']}) | {mine[0]['score']:.2f} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 

@@ -14,7 +14,7 @@ _SPEC.loader.exec_module(ablation)
 
 def _point(scheduler: str, steps: int, budget: float, psnr: float, speedup: float) -> dict:
     return {"scheduler": scheduler, "num_inference_steps": steps, "budget": budget, "psnr": psnr,
-            "flops_speedup": speedup}  # fmt: skip
+            "flops_speedup": speedup, "disagreement": 0.1 if budget < 0.5 else 0.0}  # fmt: skip
 
 
 def _run(folder: Path, history: list[tuple[int, float, float]], exported: int) -> Path:
@@ -46,7 +46,7 @@ def test_rows_cover_every_validation_and_mark_the_exported_one(tmp_path: Path) -
     assert {r["stage"] for r in rows if r["arm"] == "method"} == {"warm start, exported", "PPO"}
     assert {r["stage"] for r in rows if r["arm"] == "no_groups"} == {"warm start", "PPO, exported"}
     lines = ablation.report(rows).splitlines()
-    assert lines[0] == "| arm | stage (timesteps) | score | ddim 20 | dpmsolver++ 20 |"
-    assert lines[2] == "| method | warm start, exported (0) | 37.00 | 30.50 (3.00×) | 32.50 (3.00×) |"
-    assert lines[5] == "| no_groups | PPO, exported (800) | 35.50 | 29.50 (3.00×) | 31.50 (3.00×) |"
+    assert lines[0] == "| arm | stage (timesteps) | score | ddim 20 | dpmsolver++ 20 | cells where samples disagree |"
+    assert lines[2] == "| method | warm start, exported (0) | 37.00 | 30.50 (3.00×) | 32.50 (3.00×) | 5.0% |"
+    assert lines[5] == "| no_groups | PPO, exported (800) | 35.50 | 29.50 (3.00×) | 31.50 (3.00×) | 5.0% |"
     assert len(lines) == 6
