@@ -25,7 +25,6 @@ def test_default_yaml_differs_from_the_dataclass_defaults_only_in_its_recipe() -
         "env.scheduler",
         "env.num_inference_steps",
         "env.features",
-        "env.group_rollouts",
         "agent.total_timesteps",
         "warm_start.sweeps",
         "warm_start.epochs",
@@ -43,7 +42,7 @@ def test_flow_config_validates_and_differs_only_where_it_should() -> None:
     assert flow.env.model == "mini-flow-digits" and flow.env.steps_range == (20, 50)
     assert 28 in {s.steps for s in flow.warm_start_settings()} and 28 in flow.eval.steps  # the model's default
     default = load_config(CONFIGS / "default.yaml")
-    assert flow.env.features == default.env.features and flow.env.group_rollouts == default.env.group_rollouts
+    assert flow.env.features == default.env.features
 
 
 @pytest.mark.parametrize(
@@ -85,16 +84,17 @@ def test_the_default_config_trains_one_policy_for_every_step_count_and_scheduler
 
 
 def test_environment_shards_hold_whole_rollout_groups() -> None:
-    """default.yaml runs 16 environments as 4 groups of 4 rollouts: 1, 2 or 4 shards (one per Ray worker) keep each
-    group in one shard; 3 workers would cut groups, and the error names the shard counts that fit."""
+    """16 environments as 4 groups of 4 rollouts: 1, 2 or 4 shards (one per Ray worker) keep each group in one shard;
+    3 workers would cut groups, and the error names the shard counts that fit."""
+    grouped = ["env.group_rollouts=4"]
     for workers in (1, 2, 4):
-        assert load_config(CONFIGS / "default.yaml", [f"ray.workers={workers}"]).ray.shards == workers
+        assert load_config(CONFIGS / "default.yaml", [*grouped, f"ray.workers={workers}"]).ray.shards == workers
     with pytest.raises(ConfigError, match=r"ray\.env_shards.*group_rollouts=4.*one of \[1, 2, 4\]"):
-        load_config(CONFIGS / "default.yaml", ["ray.workers=3"])
-    config = load_config(CONFIGS / "default.yaml", ["ray.workers=3", "ray.env_shards=2"])  # shards fixed apart
+        load_config(CONFIGS / "default.yaml", [*grouped, "ray.workers=3"])
+    config = load_config(CONFIGS / "default.yaml", [*grouped, "ray.workers=3", "ray.env_shards=2"])  # shards apart
     assert (config.ray.workers, config.ray.shards) == (3, 2)
     with pytest.raises(ConfigError, match=r"one of \[1, 2\]"):
-        load_config(CONFIGS / "default.yaml", ["agent.num_envs=8", "ray.env_shards=4"])
+        load_config(CONFIGS / "default.yaml", [*grouped, "agent.num_envs=8", "ray.env_shards=4"])
 
 
 def test_the_default_recipe_follows_an_environment_the_overrides_change() -> None:
@@ -121,4 +121,4 @@ def test_the_default_recipe_follows_an_environment_the_overrides_change() -> Non
 
 def test_num_envs_must_hold_whole_groups() -> None:
     with pytest.raises(ConfigError, match="agent.num_envs=6 is not a multiple of env.group_rollouts=4"):
-        load_config(CONFIGS / "default.yaml", ["agent.num_envs=6"])
+        load_config(CONFIGS / "default.yaml", ["agent.num_envs=6", "env.group_rollouts=4"])
