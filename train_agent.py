@@ -139,7 +139,8 @@ def fit_default_recipe(config_path: Path, overrides: list[str]) -> tuple[list[st
     settings = probe.warm_start.settings
     single_setting = {"warm_start.scheduler", "warm_start.num_inference_steps"} & named
     if anchors and "warm_start.settings" not in named:
-        settings = [label for label in anchors if _fits(label, env.scheduler_names, low, high) and not single_setting]
+        fitting = [parse_setting(label) for label in anchors]
+        settings = [a.label for a in fitting if env.covers(a.scheduler, a.steps) and not single_setting]
         if settings != anchors:
             fitted.append(f"warm_start.settings={json.dumps(settings or None)}")
             notices.append(
@@ -159,12 +160,6 @@ def fit_default_recipe(config_path: Path, overrides: list[str]) -> tuple[list[st
                 "dropped: " + (f"eval.steps={kept_steps}." if kept_steps else f"validation runs at {low} and {high}.")
             )
     return fitted, notices
-
-
-def _fits(label: str, schedulers: list[str], low: int, high: int) -> bool:
-    """Whether an anchor ``<scheduler>_<steps>`` lies among the environment's schedulers and step range."""
-    setting = parse_setting(label)
-    return setting.scheduler in schedulers and low <= setting.steps <= high
 
 
 def main(argv: list[str] | None = None) -> int:

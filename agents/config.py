@@ -321,7 +321,7 @@ class TrainConfig:
         """The teacher's anchors must lie among the settings the environment trains on."""
         low, high = self.env.steps_range
         for setting in self.warm_start_settings() if self.warm_start.settings is not None else []:
-            if setting.scheduler not in self.env.scheduler_names or not low <= setting.steps <= high:
+            if not self.env.covers(setting.scheduler, setting.steps):
                 raise ConfigError(
                     f"warm_start.settings: {setting.label} lies outside what the environment trains on (schedulers "
                     f"{list(self.env.scheduler_names)}, {low} to {high} steps): widen env.scheduler / "

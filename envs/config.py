@@ -199,6 +199,11 @@ class EnvConfig:
         """The schedulers episodes are drawn with, in the configured order."""
         return [self.scheduler] if isinstance(self.scheduler, str) else list(self.scheduler)
 
+    def covers(self, scheduler: str, steps: int) -> bool:
+        """Whether episodes can be drawn with this scheduler and step count."""
+        low, high = self.steps_range
+        return scheduler in self.scheduler_names and low <= steps <= high
+
     @property
     def fixed_sampling(self) -> bool:
         """Whether every episode uses one step count and one scheduler (nothing is drawn)."""
